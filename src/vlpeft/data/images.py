@@ -1,0 +1,134 @@
+"""Image reading and BLIP preprocessing with Pillow + NumPy (torchvision is not available here).
+
+`preprocess` reproduces transformers' BLIP image processor (PIL backend, `BlipImageProcessorPil`,
+which `BlipImageProcessor` falls back to without torchvision) step for step, so a real BLIP
+checkpoint sees the pixels it was trained on:
+
+    x = PIL.resize(rgb_uint8, (S, S), BICUBIC)      # uint8 -> uint8: Pillow rounds inside resize
+    x = float32(float64(x) * (1/255))               # rescale
+    x = (x - mean) / std                            # per channel, float32
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlpeft.errors import UserError, did_you_mean
+
+# OpenAI CLIP statistics, which BLIP (LAVIS and transformers) uses for normalisation.
+BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open `path` and decode it fully into an RGB image.
+
+    Decoding happens here (`.load()`), not lazily later inside a data loader worker, so a missing,
+    truncated or corrupt file becomes a one-line UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors, ...
+        raise UserError(f"{path}: cannot read image (truncated or corrupt file: {e})") from e
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; transparency is composited onto white, as transformers does."""
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How images become model input: a square resize and per-channel normalisation."""
+
+    image_size: int
+    mean: tuple[float, float, float] = BLIP_MEAN
+    std: tuple[float, float, float] = BLIP_STD
+    resample: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise UserError(f"image preprocessing: image_size must be positive, got {self.image_size}")
+        if self.resample not in _RESAMPLE:
+            raise UserError(
+                f"image preprocessing: unknown resample {self.resample!r}{did_you_mean(self.resample, _RESAMPLE)}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UserError("image preprocessing: mean and std need 3 values (R, G, B)")
+        if min(self.std) <= 0:
+            raise UserError(f"image preprocessing: std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ImagePreprocess":
+        unknown = set(d) - {"image_size", "mean", "std", "resample"}
+        if unknown:
+            raise UserError(f"image preprocessing: unknown keys {sorted(unknown)}")
+        if "image_size" not in d:
+            raise UserError("image preprocessing: missing key 'image_size'")
+        return ImagePreprocess(
+            image_size=int(d["image_size"]),
+            mean=tuple(float(v) for v in d.get("mean", BLIP_MEAN)),
+            std=tuple(float(v) for v in d.get("std", BLIP_STD)),
+            resample=str(d.get("resample", "bicubic")),
+        )
+
+
+def preprocess_array(image: Image.Image | np.ndarray, pp: ImagePreprocess) -> np.ndarray:
+    """One image (PIL, or a uint8 array (H, W, 3) such as a synthetic scene) -> float32 (3, S, S)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    rgb = to_rgb(image)
+    size = (pp.image_size, pp.image_size)
+    if rgb.size != size:  # Pillow's resize to the same size is a copy; skip it
+        rgb = rgb.resize(size, resample=_RESAMPLE[pp.resample])
+    x = np.asarray(rgb)  # (S, S, 3) uint8
+    x = (x.astype(np.float64) * (1 / 255)).astype(np.float32)  # (S, S, 3) in [0, 1]
+    mean = np.asarray(pp.mean, dtype=np.float32)
+    std = np.asarray(pp.std, dtype=np.float32)
+    x = (x - mean) / std  # (S, S, 3), broadcast over the channel axis
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, S, S)
+
+
+def preprocess(images: Sequence[Image.Image | np.ndarray], pp: ImagePreprocess) -> torch.Tensor:
+    """A batch of PIL images (or uint8 arrays (H, W, 3)) -> FloatTensor (B, 3, S, S), normalised as BLIP expects."""
+    if len(images) == 0:
+        return torch.zeros(0, 3, pp.image_size, pp.image_size)
+    batch = np.stack([preprocess_array(im, pp) for im in images])  # (B, 3, S, S)
+    return torch.from_numpy(batch)
+
+
+def check_images_exist(paths: Sequence[str | os.PathLike], listed_in: str | os.PathLike) -> None:
+    """UserError naming the first missing file and how many are missing, if any of `paths` is absent."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(
+            f"{missing[0]}: image not found ({len(missing)} of {len(paths)} images listed in {listed_in} are missing)"
+        )

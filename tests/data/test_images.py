@@ -1,0 +1,89 @@
+"""Image reading errors and BLIP preprocessing parity with transformers."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlpeft.data.images import BLIP_MEAN, BLIP_STD, ImagePreprocess, check_images_exist, load_image, preprocess
+from vlpeft.errors import UserError
+
+
+def _random_image(h, w, mode="RGB", seed=0):
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    a = np.random.default_rng(seed).integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+    return Image.fromarray(a, mode=mode)
+
+
+def test_load_image_decodes_to_rgb(tmp_path):
+    path = tmp_path / "a.png"
+    _random_image(9, 7, "RGBA").save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (7, 9)
+
+
+def test_load_image_missing_file_names_it(tmp_path):
+    with pytest.raises(UserError, match=r"nope\.png: image not found"):
+        load_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_load_image_bad_file_is_a_user_error(tmp_path, damage):
+    path = tmp_path / "bad.png"
+    _random_image(64, 64).save(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        load_image(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "cannot read image" in message and "\n" not in message
+
+
+def test_check_images_exist_names_first_missing_and_count(tmp_path):
+    present = tmp_path / "x.png"
+    _random_image(2, 2).save(present)
+    paths = [present, tmp_path / "m1.png", tmp_path / "m2.png"]
+    with pytest.raises(UserError, match=r"m1\.png: image not found \(2 of 3 images listed in ann\.json are missing\)"):
+        check_images_exist(paths, "ann.json")
+    check_images_exist([present], "ann.json")  # no error when all exist
+
+
+@pytest.mark.parametrize("shape,mode", [((50, 70), "RGB"), ((32, 32), "RGB"), ((41, 23), "RGBA")])
+def test_preprocess_matches_transformers_blip_processor(shape, mode):
+    transformers = pytest.importorskip("transformers")
+    size = 32
+    image = _random_image(*shape, mode=mode, seed=shape[0])
+    reference = transformers.BlipImageProcessor(size={"height": size, "width": size})(image, return_tensors="pt")
+    ours = preprocess([image], ImagePreprocess(size))
+    assert ours.shape == (1, 3, size, size) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, reference["pixel_values"], atol=1e-5, rtol=0)
+
+
+def test_preprocess_no_resize_is_plain_normalisation():
+    image = _random_image(16, 16)
+    x = preprocess([image, image], ImagePreprocess(16))  # (2, 3, 16, 16)
+    expected = (np.asarray(image, dtype=np.float32) / 255 - np.array(BLIP_MEAN, dtype=np.float32)) / np.array(
+        BLIP_STD, dtype=np.float32
+    )
+    np.testing.assert_allclose(x[1].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
+    assert torch.equal(x[0], x[1])
+
+
+def test_preprocess_accepts_uint8_arrays():
+    image = _random_image(20, 20)
+    assert torch.equal(preprocess([np.asarray(image)], ImagePreprocess(12)), preprocess([image], ImagePreprocess(12)))
+
+
+def test_image_preprocess_dict_round_trip_and_validation():
+    pp = ImagePreprocess(48, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resample="bilinear")
+    assert ImagePreprocess.from_dict(pp.to_dict()) == pp
+    assert ImagePreprocess.from_dict({"image_size": 64}) == ImagePreprocess(64, BLIP_MEAN, BLIP_STD, "bicubic")
+    with pytest.raises(UserError, match='did you mean "bicubic"'):
+        ImagePreprocess(64, resample="bicubik")
+    with pytest.raises(UserError, match="unknown keys"):
+        ImagePreprocess.from_dict({"image_size": 64, "size": 3})
