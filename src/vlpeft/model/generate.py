@@ -64,6 +64,7 @@ def _beam(model, context, context_mask, ids, max_new_tokens, K, length_penalty) 
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     cache = KVCache()
     step_in, step_mask = ids, torch.ones_like(ids)
+    stopped_early = False
     for t in range(max_new_tokens):
         logp = model.decoder_logits(step_in, step_mask, context, context_mask, cache=cache)[:, -1].float().log_softmax(-1)
         V = logp.shape[-1]
@@ -94,14 +95,16 @@ def _beam(model, context, context_mask, ids, max_new_tokens, K, length_penalty) 
         if all(len(f) >= K for f in finished):
             best_live = (scores / (t + 2) ** length_penalty).max(-1).values.tolist()
             if all(max(s for s, _ in f) >= bl for f, bl in zip(finished, best_live)):
+                stopped_early = True
                 break
         step_in, step_mask = new_tok.view(-1, 1), torch.ones(B * K, 1, dtype=torch.long, device=dev)
     results = []
     for b in range(B):
         pool = list(finished[b])
-        if not pool:  # nothing reached [SEP]: fall back to the live beams
+        if not stopped_early:  # max_new_tokens reached: unfinished beams compete as they are
             length = seqs.shape[1]
-            pool = [(scores[b, k].item() / max(length, 1) ** length_penalty, seqs[b * K + k].tolist()) for k in range(K)]
+            pool += [(scores[b, k].item() / max(length, 1) ** length_penalty, seqs[b * K + k].tolist())
+                     for k in range(K) if scores[b, k] > float("-inf")]
         results.append(max(pool, key=lambda p: p[0])[1])
     return [_cut(r, sep, pad) for r in results]
 

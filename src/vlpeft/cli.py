@@ -1,0 +1,130 @@
+"""The `vlpeft` command line. Each sub-command parses its flags and calls one plain function.
+
+Errors a user can act on (`UserError`) print one line and exit with code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vlpeft.errors import UserError
+
+
+def cmd_pretrain(args) -> int:
+    from vlpeft.model.checkpoint import load_model
+    from vlpeft.recipes.pretrain import PretrainConfig, evaluate_pretrained, pretrain
+    from vlpeft.io import write_json
+
+    out = Path(args.out)
+    if (out / "config.json").exists() and args.if_missing:
+        load_model(out)  # refuse a broken or foreign folder rather than silently reuse it
+        print(f"{out}: checkpoint exists; pre-training skipped (--if-missing)")
+        return 0
+    if (out / "config.json").exists() and not args.force:
+        raise UserError(f"{out}: already holds a checkpoint (use --force to replace it)")
+    given = {k: getattr(args, k) for k in ("steps", "scenes", "batch_size") if getattr(args, k) is not None}
+    cfg = PretrainConfig(preset=args.preset, seed=args.seed, threads=args.threads, **given)
+    record = pretrain(cfg, out, progress=not args.quiet)
+    print(f"pre-trained {cfg.preset} for {cfg.steps} steps in {record['train_seconds']:.0f} s -> {out}")
+    if args.no_eval:
+        return 0
+    loaded = load_model(out)
+    report = evaluate_pretrained(loaded.model, loaded.tokenizer, loaded.preprocess, seed=cfg.seed)
+    write_json(out / "evaluation.json", report)
+    print(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=1))
+    return 0
+
+
+def cmd_caption(args) -> int:
+    import torch
+
+    from vlpeft.data.images import load_image, preprocess
+    from vlpeft.model.checkpoint import load_model
+    from vlpeft.model.generate import generate
+
+    if not args.images and not args.scenes:
+        raise UserError("caption: give IMAGE files or --scenes N")
+    loaded = load_model(args.model)
+    if args.scenes:
+        from vlpeft.data.scenes import generate_scenes
+
+        named = [(s.scene_id, s.image) for s in generate_scenes(args.scenes, seed=args.seed, split="test")]
+    else:
+        named = [(str(p), load_image(p)) for p in args.images]  # every image read before any output
+    tok = loaded.tokenizer
+    start = None
+    if args.prompt:
+        ids, _ = tok.encode_batch([args.prompt], max_len=loaded.model.cfg.text.max_positions, add_sep=False)
+        ids[:, 0] = tok.dec_id
+        start = ids
+    with torch.inference_mode():
+        for i in range(0, len(named), 32):
+            chunk = named[i:i + 32]
+            img = loaded.model.encode_image(preprocess([im for _, im in chunk], loaded.preprocess))
+            s = None if start is None else start.expand(len(chunk), -1)
+            out = generate(loaded.model, img, start_ids=s, max_new_tokens=args.max_new_tokens, num_beams=args.beams)
+            for (name, _), tokens in zip(chunk, out):
+                text = tok.decode(tokens)
+                print(f"{name}\t{(args.prompt + ' ' + text).strip() if args.prompt else text}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), like every other vlpeft error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("pretrain", help="pre-train a tiny BLIP on synthetic scenes (ITC + ITM + LM)")
+    s.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    s.add_argument("--out", required=True, help="checkpoint folder to write")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
+    s.add_argument("--scenes", type=int, help="training scenes (default: the recipe's)")
+    s.add_argument("--batch-size", type=int, help="pairs per step (default: the recipe's)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    existing = s.add_mutually_exclusive_group()
+    existing.add_argument("--force", action="store_true", help="replace an existing checkpoint in --out")
+    existing.add_argument("--if-missing", action="store_true", help="do nothing when --out already holds a checkpoint")
+    s.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("caption", help="print one caption per image")
+    s.add_argument("--model", required=True, help="checkpoint folder (vlpeft or transformers BLIP) or hub id")
+    s.add_argument("images", nargs="*", help="image files")
+    s.add_argument("--scenes", type=int, default=0, help="caption N held-out synthetic scenes instead")
+    s.add_argument("--seed", type=int, default=0, help="scene seed for --scenes")
+    s.add_argument("--prompt", default="", help='caption prompt, e.g. "a picture of"')
+    s.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
+    s.add_argument("--max-new-tokens", type=int, default=30)
+    s.set_defaults(func=cmd_caption)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"vlpeft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlpeft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Checkpoint folders: vlpeft's own format, and transformers BLIP folders or hub ids.
+
+vlpeft format (written by `save_checkpoint`, atomically file by file):
+    config.json        {"format": "vlpeft-blip", "version": 1, "model": BlipConfig, "preprocess": ImagePreprocess}
+    model.safetensors  weights (a tied LM head is stored once, as the decoder's word embeddings)
+    tokenizer.json     the `tokenizers` WordPiece tokenizer
+    pretrain.json      (pre-trained here) the data recipe, objectives, steps and seed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlpeft.data.images import ImagePreprocess
+from vlpeft.errors import UserError
+from vlpeft.io import atomic_path, read_json, write_json
+from vlpeft.model.blip import Blip
+from vlpeft.model.config import BlipConfig
+from vlpeft.model.tokenizer import TextTokenizer, load_tokenizer, save_tokenizer
+
+FORMAT = "vlpeft-blip"
+
+
+@dataclass
+class LoadedModel:
+    model: Blip
+    tokenizer: TextTokenizer
+    preprocess: ImagePreprocess
+    source: str
+    kind: str  # "vlpeft" or "transformers"
+    pretrain: dict[str, Any] | None = None  # pretrain.json, when the checkpoint was pre-trained here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(folder: str | Path, model: Blip, tokenizer: TextTokenizer, preprocess: ImagePreprocess,
+                    pretrain: dict[str, Any] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_lm_head:
+        state.pop("lm_head.out.weight", None)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    save_tokenizer(tokenizer, folder / "tokenizer.json")
+    if pretrain is not None:
+        write_json(folder / "pretrain.json", pretrain)
+    # config.json last: a folder with a config is a complete checkpoint.
+    write_json(folder / "config.json", {"format": FORMAT, "version": 1, "model": model.cfg.to_dict(),
+                                        "preprocess": preprocess.to_dict()})
+    return folder
+
+
+def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a vlpeft checkpoint folder, a transformers BLIP folder, or (with a network) a hub id."""
+    folder = Path(path_or_hub_id)
+    if not folder.exists():
+        folder = _download(str(path_or_hub_id))
+    if not folder.is_dir():
+        raise UserError(f"{folder}: a checkpoint must be a folder")
+    meta = read_json(folder / "config.json", "checkpoint config")
+    if not isinstance(meta, dict):
+        raise UserError(f"{folder / 'config.json'}: expected a JSON object")
+    if meta.get("format") == FORMAT:
+        loaded = _load_vlpeft(folder, meta)
+    elif meta.get("model_type") == "blip":
+        loaded = _load_transformers(folder, meta)
+    else:
+        what = meta.get("model_type") or meta.get("format") or "unknown"
+        raise UserError(f"{folder}: not a BLIP checkpoint (config.json describes {what!r})")
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def _load_vlpeft(folder: Path, meta: dict) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    cfg = BlipConfig.from_dict(meta.get("model", {}), source=str(folder / "config.json"))
+    preprocess = ImagePreprocess.from_dict(meta.get("preprocess") or {"image_size": cfg.vision.image_size})
+    tokenizer = load_tokenizer(_need(folder / "tokenizer.json"), add_blip_tokens=False)
+    weights = _need(folder / "model.safetensors")
+    try:
+        state = load_file(weights)
+    except Exception as e:
+        raise UserError(f"{weights}: cannot read weights ({e.__class__.__name__}: {str(e)[:160]})") from e
+    model = Blip(cfg)
+    _load_state(model, state, weights, allowed_missing={"lm_head.out.weight"} if cfg.tie_lm_head else set())
+    pretrain_file = folder / "pretrain.json"
+    pretrain = read_json(pretrain_file, "pretrain record") if pretrain_file.exists() else None
+    return LoadedModel(model, tokenizer, preprocess, str(folder), "vlpeft", pretrain)
+
+
+def _load_transformers(folder: Path, meta: dict) -> LoadedModel:
+    from vlpeft.model.hf import config_from_hf, convert_state_dict, read_hf_weights
+
+    tokenizer = load_tokenizer(folder)
+    ids = {"cls": tokenizer.cls_id, "enc": tokenizer.enc_id}
+    cfg = config_from_hf(meta, str(folder / "config.json"), token_ids=ids)
+    pp_file = folder / "preprocessor_config.json"
+    pp = read_json(pp_file, "image preprocessor config") if pp_file.exists() else {}
+    size = pp.get("size", cfg.vision.image_size)
+    size = size.get("height", cfg.vision.image_size) if isinstance(size, dict) else int(size)
+    preprocess = ImagePreprocess(image_size=size, **{k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp})
+    model = Blip(cfg)
+    state = convert_state_dict(read_hf_weights(folder), cfg)
+    # transformers' retrieval model has no contrastive temperature: keep BLIP's initial 0.07.
+    _load_state(model, state, folder, allowed_missing={"temp"})
+    return LoadedModel(model, tokenizer, preprocess, str(folder), "transformers")
+
+
+def _load_state(model: Blip, state: dict, source: Path, allowed_missing: set[str]) -> None:
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise UserError(f"{source}: tensor {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in allowed_missing]
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
+        raise UserError(f"{source}: weights do not match the model config: {'; '.join(p for p in parts if p)}")
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the checkpoint folder")
+    return path
+
+
+def _download(hub_id: str) -> Path:
+    if hub_id.startswith((".", "/", "~")) or hub_id.count("/") != 1:
+        raise UserError(f"{hub_id}: no such checkpoint folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as e:
+        raise UserError(f"{hub_id}: not a local folder, and the hub download failed ({e.__class__.__name__})") from e
+
+
+def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
+    """A small JSON-able description for result records."""
+    n = sum(p.numel() for p in loaded.model.parameters())
+    return {"source": loaded.source, "kind": loaded.kind, "config": loaded.model.cfg.to_dict(),
+            "parameters": n, "preprocess": loaded.preprocess.to_dict()}
+
+
+__all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info"]
