@@ -79,6 +79,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def cmd_methods(args) -> int:
+    from vlpeft.model.checkpoint import load_model
+    from vlpeft.peft import REGISTRY, get_method
+    from vlpeft.peft.budget import default_placement, ladder
+
+    cfg = load_model(args.model).model.cfg
+    names = args.method or list(REGISTRY)
+    table = {}
+    for name in names:
+        spec = get_method(name)
+        table[name] = {"knob": spec.knob, "summary": spec.summary, "default_placement": default_placement(name),
+                       "ladder": ladder(cfg, name)}
+    if args.json:
+        print(json.dumps({"model": str(args.model), "methods": table}, indent=1))
+        return 0
+    print(f"{'method':8} {'knob':12} {'value':>6} {'params':>12} {'% backbone':>11}  placement")
+    for name, row in table.items():
+        for r in row["ladder"]:
+            value = "-" if r["value"] is None else r["value"]
+            print(f"{name:8} {row['knob'] or '-':12} {value:>6} {r['budget']:>12,} {r['percent_of_backbone']:>10.3f}%  "
+                  f"{'+'.join(row['default_placement'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -108,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
     s.add_argument("--max-new-tokens", type=int, default=30)
     s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")
+    s.add_argument("--model", required=True, help="checkpoint folder")
+    s.add_argument("--method", action="append", help="only this method (repeatable)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_methods)
     return p
 
 
