@@ -103,6 +103,42 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from vlpeft.recipes.finetune import Diverged, FinetuneConfig, finetune
+
+    out = Path(args.out)
+    if (out / "metrics.json").exists() and not args.force:
+        raise UserError(f"{out}: already holds a finished run (use --force to replace it)")
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--options: not valid JSON ({e.msg})") from e
+    if not isinstance(options, dict):
+        raise UserError("--options: expected a JSON object of method config fields")
+    given = {k: getattr(args, k) for k in ("lr", "batch_size", "epochs", "min_steps", "steps", "length_policy",
+                                           "val_limit", "test_limit", "caption_prompt", "num_beams", "vqa_inference",
+                                           "threads", "device") if getattr(args, k) is not None}
+    cfg = FinetuneConfig(model=args.model, task=args.task, method=args.method, budget=args.budget,
+                         method_options=options, data_size=args.data_size, seed=args.seed,
+                         subset_seed=args.subset_seed, **given)
+    try:
+        m = finetune(cfg, out, progress=not args.quiet)
+    except Diverged as e:
+        raise UserError(f"training diverged: {e}") from e
+    print(f"{m['task']} {m['method']} {m['knob']}={m['knob_value']} data={m['data_size']} seed={m['seed']}: "
+          f"test {m['metric']} {m['test_score']:.4g} (best val {m['best_val_score']:.4g}), "
+          f"{m['trainable_params']:,} trainable params, {m['train_seconds']:.0f} s -> {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from vlpeft.recipes.finetune import evaluate_run
+
+    r = evaluate_run(args.model, args.peft, args.task)
+    print(f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g} (recorded {r['recorded_test_score']:.6g})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -132,6 +168,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
     s.add_argument("--max-new-tokens", type=int, default=30)
     s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("finetune", help="fine-tune one cell: model x task x method x budget x data size x seed")
+    s.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    s.add_argument("--task", required=True, help="scenes-caption, scenes-vqa, easyvqa-caption, easyvqa-vqa, coco-caption, vqav2")
+    s.add_argument("--method", required=True, help="prompt, prefix, adapter, lora, mam, full, frozen, bitfit, ia3")
+    s.add_argument("--budget", help="knob value (8) or parameter target (params=50k)")
+    s.add_argument("--options", help='other method config fields as JSON, e.g. \'{"placement": ["text_decoder"]}\'')
+    s.add_argument("--data-size", default="1.0", help="fraction (0.1, 10%%) or count (200) of training examples")
+    s.add_argument("--seed", type=int, default=0, help="training seed")
+    s.add_argument("--subset-seed", type=int, default=0, help="seed of the nested data subsets")
+    s.add_argument("--out", required=True, help="run folder to write")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--min-steps", type=int)
+    s.add_argument("--steps", type=int)
+    s.add_argument("--length-policy", choices=["epochs", "steps", "epochs_min_steps"])
+    s.add_argument("--val-limit", type=int)
+    s.add_argument("--test-limit", type=int)
+    s.add_argument("--caption-prompt")
+    s.add_argument("--num-beams", type=int)
+    s.add_argument("--vqa-inference", choices=["rank", "generate"])
+    s.add_argument("--threads", type=int)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="re-score a run's saved PEFT weights on its task's test split")
+    s.add_argument("--model", required=True, help="the checkpoint the run fine-tuned")
+    s.add_argument("--peft", required=True, help="the run folder")
+    s.add_argument("--task", help="task (checked against the run's)")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")
     s.add_argument("--model", required=True, help="checkpoint folder")

@@ -1,0 +1,348 @@
+"""One cell of a study: fine-tune one model with one PEFT method at one budget on one task, one data
+size and one seed; select on validation; report the test score. A plain function: config in,
+run folder out.
+
+Run folder (every file written atomically; `metrics.json` last, so its presence means "complete"):
+    metrics.json           scores, sizes, timings, versions, the resolved config
+    curve.json             loss and validation score at every evaluation
+    peft_config.json       the method and its config       } the PEFT weights (prefixes folded),
+    peft_model.safetensors only the trained tensors         } reloadable with `vlpeft evaluate`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import vlpeft
+from vlpeft.data.subsets import nested_subset, resolve_size, stratified_nested_subset
+from vlpeft.errors import UserError
+from vlpeft.io import write_json
+from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, make_config, save_peft
+from vlpeft.peft.base import trainable_state
+from vlpeft.peft.budget import parse_budget, resolve
+from vlpeft.recipes import defaults
+from vlpeft.tasks import captioning, vqa
+from vlpeft.tasks.builtin import load_task, task_info
+
+# Parts of the model each kind of task runs (a method placed elsewhere would train unused weights).
+TASK_PARTS = {"caption": ("vision", "text_decoder"), "vqa": ("vision", "text_encoder", "text_decoder")}
+LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
+
+
+class Diverged(RuntimeError):
+    """The loss or the gradients stopped being finite: the run fails with the step and reason."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: str = field(metadata={"help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
+    task: str = field(metadata={"help": "task name (vlpeft.tasks.builtin.TASKS)"})
+    method: str = field(metadata={"help": "PEFT method (vlpeft.peft.REGISTRY)"})
+    budget: str | None = field(default=None, metadata={"help": "knob value (8, knob=8) or parameter target (params=50k)"})
+    method_options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
+    data_size: Any = field(default=1.0, metadata={"help": "training examples: fraction (0.1, '10%') or count (200)"})
+    seed: int = field(default=0, metadata={"help": "training seed (initialisation, batch order)"})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets (separate from seed)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate; default per method (recipes/defaults.py)"})
+    batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"help": "examples per step"})
+    length_policy: str = field(default=defaults.COMMON["length_policy"], metadata={"help": "epochs | steps | epochs_min_steps"})
+    epochs: int = field(default=defaults.COMMON["epochs"], metadata={"help": "passes over the training subset"})
+    min_steps: int = field(default=defaults.COMMON["min_steps"], metadata={"help": "floor on steps (epochs_min_steps)"})
+    steps: int = field(default=0, metadata={"help": "exact steps (policy 'steps')"})
+    warmup_ratio: float = field(default=defaults.COMMON["warmup_ratio"], metadata={"help": "warm-up fraction of the steps"})
+    weight_decay: float = field(default=defaults.COMMON["weight_decay"], metadata={"help": "AdamW weight decay on matrices"})
+    label_smoothing: float = field(default=defaults.COMMON["label_smoothing"], metadata={"help": "LM loss label smoothing"})
+    grad_clip: float = field(default=defaults.COMMON["grad_clip"], metadata={"help": "gradient-norm clip (0 = off)"})
+    evals: int = field(default=5, metadata={"help": "validation evaluations over the run (model selection)"})
+    patience: int = field(default=0, metadata={"help": "stop after this many evaluations without improvement (0 = never)"})
+    val_limit: int = field(default=500, metadata={"help": "validation examples used for selection (0 = all)"})
+    test_limit: int = field(default=0, metadata={"help": "test examples scored (0 = all)"})
+    caption_prompt: str | None = field(default=None, metadata={"help": "caption prompt; default: '' on built-in tasks, 'a picture of' on COCO"})
+    num_beams: int = field(default=1, metadata={"help": "beam size for caption decoding (1 = greedy)"})
+    vqa_inference: str = field(default="rank", metadata={"help": "rank (BLIP's candidate ranking) or generate"})
+    max_text_len: int = field(default=40, metadata={"help": "tokens kept per text, incl. specials"})
+    scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
+    paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = leave as is)"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
+
+    def __post_init__(self):
+        checks = [("batch_size", self.batch_size > 0), ("epochs", self.epochs > 0), ("min_steps", self.min_steps >= 0),
+                  ("steps", self.steps >= 0), ("evals", self.evals > 0), ("patience", self.patience >= 0),
+                  ("warmup_ratio", 0 <= self.warmup_ratio < 1), ("num_beams", self.num_beams >= 1),
+                  ("val_limit", self.val_limit >= 0), ("test_limit", self.test_limit >= 0),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("lr", self.lr is None or self.lr >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise UserError(f"finetune: {name}={getattr(self, name)!r} is out of range")
+        if self.length_policy not in LENGTH_POLICIES:
+            raise UserError(f"finetune: length_policy {self.length_policy!r} is not one of {', '.join(LENGTH_POLICIES)}")
+        if self.length_policy == "steps" and self.steps <= 0:
+            raise UserError("finetune: length_policy 'steps' needs steps > 0")
+        if self.vqa_inference not in ("rank", "generate"):
+            raise UserError(f"finetune: vqa_inference {self.vqa_inference!r} is not 'rank' or 'generate'")
+
+
+def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
+    """Optimiser steps for a training subset of n_train examples under cfg.length_policy."""
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    if cfg.length_policy == "steps":
+        return cfg.steps
+    if cfg.length_policy == "epochs":
+        return cfg.epochs * per_epoch
+    return max(cfg.epochs * per_epoch, cfg.min_steps)
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to 0."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("finetune: device 'cuda' asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def prepare(cfg: FinetuneConfig, loaded=None) -> dict[str, Any]:
+    """Everything validated and loaded before any training or writing: model, task, subsets, method."""
+    info = task_info(cfg.task)
+    if loaded is None:
+        loaded = vlpeft.load_model(cfg.model)
+    model = loaded.model
+    needs = {"caption": ["text_decoder"], "vqa": ["text_encoder", "text_decoder"]}[info.kind]
+    for part in needs:
+        if getattr(model, part) is None:
+            raise UserError(f"{cfg.model}: task {cfg.task} needs a {part}, which this checkpoint lacks")
+    scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
+    task = load_task(cfg.task, scene_seed=scene_seed, paths=cfg.paths or None) if info.data == "scenes" \
+        else load_task(cfg.task, paths=cfg.paths or None)
+    n = resolve_size(cfg.data_size, len(task.train), f"task {cfg.task} data_size")
+    if info.kind == "vqa":
+        train = stratified_nested_subset(task.train, n, cfg.subset_seed, key=lambda ex: vqa.training_answer_key(ex))
+    else:
+        train = nested_subset(task.train, n, cfg.subset_seed)
+    val = nested_subset(task.val, min(cfg.val_limit or len(task.val), len(task.val)), 0)
+    test = task.test if not cfg.test_limit else nested_subset(task.test, min(cfg.test_limit, len(task.test)), 0)
+
+    spec = get_method(cfg.method)
+    budget = parse_budget(cfg.budget) if cfg.budget is not None else None
+    options = dict(cfg.method_options)
+    placement = options.get("placement", list(make_config(cfg.method, {k: v for k, v in options.items()
+                                                                          if k != "placement"}).placement))
+    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in TASK_PARTS[info.kind]]
+    if not used:
+        raise UserError(f"{cfg.method}: placement {placement} has no part that task {cfg.task} uses "
+                        f"({', '.join(TASK_PARTS[info.kind])})")
+    options["placement"] = used
+    resolved = resolve(model.cfg, cfg.method, budget, options)
+    method_cfg = make_config(cfg.method, resolved["overrides"])
+    prompt = cfg.caption_prompt if cfg.caption_prompt is not None else ("a picture of" if info.data == "coco" else "")
+    return {"loaded": loaded, "info": info, "task": task, "train": train, "val": val, "test": test,
+            "method_cfg": method_cfg, "resolved": resolved, "spec": spec, "prompt": prompt, "scene_seed": scene_seed}
+
+
+def make_batch(prep, cfg, examples, rng):
+    tok, pp = prep["loaded"].tokenizer, prep["loaded"].preprocess
+    if prep["info"].kind == "caption":
+        return captioning.caption_batch(examples, prep["task"], tok, pp, prep["prompt"], cfg.max_text_len, rng)
+    return vqa.vqa_batch(examples, prep["task"], tok, pp, cfg.max_text_len, rng)
+
+
+def task_loss(prep, model, batch, cfg) -> torch.Tensor:
+    fn = captioning.caption_loss if prep["info"].kind == "caption" else vqa.vqa_loss
+    return fn(model, batch, cfg.label_smoothing)
+
+
+def evaluate_split(prep, cfg, model, examples) -> dict[str, Any]:
+    """Scores of `model` on `examples` (primary metric under "score")."""
+    tok, pp, task = prep["loaded"].tokenizer, prep["loaded"].preprocess, prep["task"]
+    model.eval()
+    if prep["info"].kind == "caption":
+        preds = captioning.predict_captions(model, examples, task, tok, pp, prep["prompt"], cfg.num_beams,
+                                            max_new_tokens=min(30, model.cfg.text.max_positions - 8))
+        scores = captioning.score_captions(preds, examples, meteor=False)
+    else:
+        preds = vqa.predict_answers(model, examples, task, tok, pp, task.answers, cfg.vqa_inference, cfg.max_text_len)
+        scores = vqa.score_answers(preds, examples)
+    scores["score"] = scores[prep["info"].metric]
+    scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
+    return scores
+
+
+def _param_groups(model, weight_decay):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = lambda n, p: p.ndim >= 2 and "embed" not in n.split(".")[-2] and not n.endswith(("tokens", "prefixes", "embedding"))
+    return [{"params": [p for n, p in named if decay(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decay(n, p)], "weight_decay": 0.0}]
+
+
+def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
+             log=print) -> dict[str, Any]:
+    """Train, select on validation, score the test split; write the run folder `out` (if given)."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    prep = prepare(cfg, loaded)
+    device = _device(cfg.device)
+    model = prep["loaded"].model.to(device)
+    torch.manual_seed(cfg.seed)
+    apply_peft(model, cfg.method, prep["method_cfg"])
+    counts = count_params(model)
+    lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
+    steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep["train"]))
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=lr) if steps else None
+    eval_at = sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}) if steps else []
+    curve, best, best_state, since_best = [], -math.inf, None, 0
+    started = time.time()
+    order, pos = rng.permutation(len(prep["train"])), 0
+    bar = tqdm(range(steps), desc=f"{cfg.task} {cfg.method}", disable=not progress, mininterval=2.0)
+    running = []
+    for step in bar:
+        if pos + cfg.batch_size > len(order):
+            order, pos = rng.permutation(len(prep["train"])), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, [prep["train"][i] for i in idx], rng).items()}
+        model.train()
+        loss = task_loss(prep, model, batch, cfg)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss is {loss.item()} at step {step}")
+        for g in opt.param_groups:
+            g["lr"] = lr * lr_factor(step, steps, cfg.warmup_ratio)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            raise Diverged(f"gradient norm is {norm.item()} at step {step}")
+        opt.step()
+        running.append(loss.item())
+        if step + 1 in eval_at:
+            val = evaluate_split(prep, cfg, model, prep["val"])
+            row = {"step": step + 1, "loss": float(np.mean(running)), "val_score": val["score"],
+                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
+            running = []
+            curve.append(row)
+            bar.set_postfix(loss=round(row["loss"], 3), val=round(val["score"], 3))
+            if val["score"] > best:
+                best, best_state, since_best = val["score"], trainable_state(model), 0
+            else:
+                since_best += 1
+                if cfg.patience and since_best >= cfg.patience:
+                    break
+    train_seconds = time.time() - started
+    steps_done = curve[-1]["step"] if curve else 0
+    if best_state is not None:  # the validation-selected weights
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in best_state.items():
+                params[n].copy_(t)
+    fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
+    if not curve:  # nothing trained (frozen): validation score of the model as is
+        best = evaluate_split(prep, cfg, model, prep["val"])["score"]
+    t0 = time.time()
+    test = evaluate_split(prep, cfg, model, prep["test"])
+    eval_seconds = time.time() - t0
+    metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_peft(model, out, extra={"task": cfg.task, "base_model": cfg.model})
+        write_json(out / "curve.json", curve)
+        write_json(out / "metrics.json", metrics)  # last: marks the run complete
+    return metrics
+
+
+def run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test, device) -> dict:
+    info = prep["info"]
+    n_train, n_full = len(prep["train"]), len(prep["task"].train)
+    secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
+    return {
+        "status": "done",
+        "task": cfg.task, "task_kind": info.kind, "task_relation": info.relation,
+        "method": cfg.method, "knob": prep["resolved"]["knob"], "knob_value": prep["resolved"]["value"],
+        "budget_target": prep["resolved"]["target"],
+        "method_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep["method_cfg"]).items()},
+        "data_size": n_train, "data_fraction": n_train / n_full, "train_pool": n_full,
+        "seed": cfg.seed, "subset_seed": cfg.subset_seed,
+        "metric": info.metric, "test_score": test["score"], "best_val_score": best_val,
+        "secondary": secondary, "metrics_ran": test.get("metrics_ran", []), "test_examples": test["examples"],
+        "n_val": len(prep["val"]), "n_test": len(prep["test"]),
+        "params": counts, "trainable_params": counts["trainable"], "budget_params": counts["budget"],
+        "total_params": counts["total"],
+        "lr": lr, "steps": steps, "steps_done": steps_done, "batch_size": cfg.batch_size,
+        "length_policy": cfg.length_policy, "epochs": cfg.epochs, "min_steps": cfg.min_steps,
+        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+        "examples_per_second": round(steps_done * cfg.batch_size / train_seconds, 2) if train_seconds > 0 and steps_done else 0.0,
+        "peak_memory_mb": peak_memory_mb(device),
+        "caption_prompt": prep["prompt"], "vqa_inference": cfg.vqa_inference, "num_beams": cfg.num_beams,
+        "scene_seed": prep["scene_seed"], "task_details": prep["task"].details,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items()},
+        "environment": environment(device),
+    }
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process max RSS (KiB on Linux)
+
+
+def environment(device) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "numpy", "transformers", "tokenizers", "pycocoevalcap", "easy-vqa"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"vlpeft": vlpeft.__version__, "versions": versions, "python": platform.python_version(),
+            "git_commit": commit, "host": platform.node(), "machine": platform.machine(),
+            "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Re-score the saved PEFT weights of a run on its test split, with the run's own settings."""
+    from vlpeft.io import read_json
+
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json", "run metrics")
+    saved = metrics.get("config") or {}
+    if task is not None and task != metrics.get("task"):
+        raise UserError(f"{run_dir}: this run was trained on {metrics.get('task')!r}, not {task!r}")
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path})
+    prep = prepare(cfg)
+    model = prep["loaded"].model
+    load_peft(model, run_dir)
+    test = evaluate_split(prep, cfg, model, prep["test"])
+    return {"task": cfg.task, "method": cfg.method, "metric": prep["info"].metric, "test_score": test["score"],
+            "recorded_test_score": metrics.get("test_score"), "secondary": test}
+
+
+__all__ = ["FinetuneConfig", "finetune", "evaluate_run", "train_steps", "Diverged"]
