@@ -32,6 +32,7 @@ from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, m
 from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import parse_budget, resolve
 from vlpeft.recipes import defaults
+from vlpeft.recipes.optim import param_groups
 from vlpeft.tasks import captioning, vqa
 from vlpeft.tasks.builtin import load_task, task_info
 
@@ -186,13 +187,6 @@ def evaluate_split(prep, cfg, model, examples) -> dict[str, Any]:
     return scores
 
 
-def _param_groups(model, weight_decay):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = lambda n, p: p.ndim >= 2 and "embed" not in n.split(".")[-2] and not n.endswith(("tokens", "prefixes", "embedding"))
-    return [{"params": [p for n, p in named if decay(n, p)], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if not decay(n, p)], "weight_decay": 0.0}]
-
-
 def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
              log=print) -> dict[str, Any]:
     """Train, select on validation, score the test split; write the run folder `out` (if given)."""
@@ -209,7 +203,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep["train"]))
     rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=lr) if steps else None
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr) if steps else None
     eval_at = sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}) if steps else []
     curve, best, best_state, since_best = [], -math.inf, None, 0
     started = time.time()
@@ -276,6 +270,10 @@ def run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_sec
     info = prep["info"]
     n_train, n_full = len(prep["train"]), len(prep["task"].train)
     secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
+    if info.kind == "vqa":  # the floor any VQA model must clear: always answer the commonest training answer
+        majority = prep["task"].answers[0]
+        secondary["majority_answer"] = majority
+        secondary["majority_baseline"] = vqa.score_answers([majority] * len(prep["test"]), prep["test"])["vqa_accuracy"]
     return {
         "status": "done",
         "task": cfg.task, "task_kind": info.kind, "task_relation": info.relation,

@@ -32,6 +32,7 @@ from vlpeft.model.blip import Blip
 from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import TextTokenizer, train_wordpiece
+from vlpeft.recipes.optim import param_groups
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,6 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on biases, norms, embeddings and the temperature."""
-    def decays(name: str, p: torch.Tensor) -> bool:
-        return p.ndim >= 2 and ".embed." not in f".{name}" and not name.endswith(("pos_embed", "cls_token"))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
 
 
 def build_tokenizer(scenes, vocab_size: int) -> TextTokenizer:

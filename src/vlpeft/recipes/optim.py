@@ -1,0 +1,20 @@
+"""What pre-training and fine-tuning share: AdamW parameter groups."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the parameters that require grad: weight decay on the weight matrices of
+    linear and convolution layers (LoRA's A and B included), none on biases, norms, embeddings,
+    position/[CLS] vectors, prompts and prefixes (decaying those pulls them towards zero tokens)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            matrix = p.ndim >= 2 and (isinstance(module, (nn.Linear, nn.Conv2d)) and name == "weight"
+                                      or name in ("lora_A", "lora_B"))
+            (decay if matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
