@@ -73,8 +73,10 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def build_tokenizer(scenes, vocab_size: int) -> TextTokenizer:
-    """WordPiece over the pre-training captions (every phrasing of every scene)."""
-    texts = [c for s in scenes for c in s.captions]
+    """WordPiece over the text of the pre-training scenes: every caption phrasing and every question and
+    answer (the tokenizer stands in for a real model's English vocabulary; the model itself is
+    pre-trained on captions only). Words never seen still encode, letter by letter, without [UNK]."""
+    texts = [c for s in scenes for c in s.captions] + [t for s in scenes for qa in s.qa for t in (qa.question, qa.answer)]
     return TextTokenizer.from_tokenizer(train_wordpiece(texts, vocab_size=vocab_size), source="scene captions")
 
 
@@ -167,6 +169,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
                               "lm": f"caption LM, label smoothing {cfg.label_smoothing}"},
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
+        "tokenizer_corpus": "captions, questions and answers of the training scenes (WordPiece)",
         "config": dataclasses.asdict(cfg),
         "steps": cfg.steps,
         "seed": cfg.seed,
