@@ -149,6 +149,27 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from vlpeft.study import dry_run, load_spec, run_study
+    from vlpeft.study.spec import with_executor
+
+    spec = with_executor(load_spec(args.spec), kind=args.executor, workers=args.workers, threads=args.threads,
+                         address=args.address, gpus=args.gpus)
+    if args.address and spec.executor.kind != "ray":
+        raise UserError("--address needs --executor ray")
+    if args.dry_run:
+        cells = dry_run(spec)
+        for c in cells:
+            print(f"{c['id']}  ({c['examples']} training examples)")
+        print(f"{len(cells)} cells")
+        return 0
+    summary = run_study(spec, args.out, quiet=args.quiet)
+    failed = f", {summary['failed']} FAILED (see {args.out}/report.md)" if summary["failed"] else ""
+    print(f"study {spec.name}: {summary['done']}/{summary['total']} runs done{failed}; ran {summary['ran']} "
+          f"in {summary['seconds']:.0f} s -> {args.out}/results.sqlite, results.csv, report.md")
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -211,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--peft", required=True, help="the run folder")
     s.add_argument("--task", help="task (checked against the run's)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("study", help="run (or resume) a whole study grid: the main job")
+    s.add_argument("spec", nargs="?", default="quick", help="preset name in configs/ (quick, full, paper-blip) or a YAML file "
+                   "(default: quick)")
+    s.add_argument("--out", required=True, help="study folder (results.sqlite, results.csv, report.md, runs/)")
+    s.add_argument("--executor", choices=["local", "ray"], help="override the spec's executor")
+    s.add_argument("--workers", type=int, help="local worker processes (0 = in this process)")
+    s.add_argument("--threads", type=int, help="torch threads per run")
+    s.add_argument("--address", help="ray cluster address (default: start a local Ray instance)")
+    s.add_argument("--gpus", type=float, help="ray: GPUs per run")
+    s.add_argument("--dry-run", action="store_true", help="list the cells and check them; run nothing")
+    s.add_argument("--quiet", action="store_true", help="no per-run lines")
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")
     s.add_argument("--model", required=True, help="checkpoint folder")

@@ -12,6 +12,8 @@ Run folder (every file written atomically; `metrics.json` last, so its presence 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import platform
 import resource
@@ -75,6 +77,7 @@ class FinetuneConfig:
     max_text_len: int = field(default=40, metadata={"help": "tokens kept per text, incl. specials"})
     scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
     paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
+    feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = leave as is)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
 
@@ -121,6 +124,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=4)
+def cached_task(name: str, scene_seed: int | None, paths_json: str):
+    """load_task, remembered: a study's worker runs many cells of the same task (tasks are read-only)."""
+    paths = json.loads(paths_json) or None
+    return load_task(name, scene_seed=scene_seed, paths=paths) if scene_seed is not None else load_task(name, paths=paths)
+
+
 def prepare(cfg: FinetuneConfig, loaded=None) -> dict[str, Any]:
     """Everything validated and loaded before any training or writing: model, task, subsets, method."""
     info = task_info(cfg.task)
@@ -132,8 +142,7 @@ def prepare(cfg: FinetuneConfig, loaded=None) -> dict[str, Any]:
         if getattr(model, part) is None:
             raise UserError(f"{cfg.model}: task {cfg.task} needs a {part}, which this checkpoint lacks")
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
-    task = load_task(cfg.task, scene_seed=scene_seed, paths=cfg.paths or None) if info.data == "scenes" \
-        else load_task(cfg.task, paths=cfg.paths or None)
+    task = cached_task(cfg.task, scene_seed if info.data == "scenes" else None, json.dumps(cfg.paths or {}, sort_keys=True))
     n = resolve_size(cfg.data_size, len(task.train), f"task {cfg.task} data_size")
     if info.kind == "vqa":
         train = stratified_nested_subset(task.train, n, cfg.subset_seed, key=lambda ex: vqa.training_answer_key(ex))
@@ -143,20 +152,26 @@ def prepare(cfg: FinetuneConfig, loaded=None) -> dict[str, Any]:
     test = task.test if not cfg.test_limit else nested_subset(task.test, min(cfg.test_limit, len(task.test)), 0)
 
     spec = get_method(cfg.method)
-    budget = parse_budget(cfg.budget) if cfg.budget is not None else None
-    options = dict(cfg.method_options)
-    placement = options.get("placement", list(make_config(cfg.method, {k: v for k, v in options.items()
-                                                                          if k != "placement"}).placement))
-    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in TASK_PARTS[info.kind]]
-    if not used:
-        raise UserError(f"{cfg.method}: placement {placement} has no part that task {cfg.task} uses "
-                        f"({', '.join(TASK_PARTS[info.kind])})")
-    options["placement"] = used
-    resolved = resolve(model.cfg, cfg.method, budget, options)
-    method_cfg = make_config(cfg.method, resolved["overrides"])
+    resolved, method_cfg = method_for_task(model.cfg, cfg.task, cfg.method, cfg.budget, cfg.method_options)
     prompt = cfg.caption_prompt if cfg.caption_prompt is not None else ("a picture of" if info.data == "coco" else "")
     return {"loaded": loaded, "info": info, "task": task, "train": train, "val": val, "test": test,
             "method_cfg": method_cfg, "resolved": resolved, "spec": spec, "prompt": prompt, "scene_seed": scene_seed}
+
+
+def method_for_task(model_cfg, task: str, method: str, budget, options: dict):
+    """The method's config on `task`: its placement cut to the parts the task runs, the budget resolved
+    to a knob value. -> (budget.resolve record, method config). Raises UserError when nothing is left."""
+    info = task_info(task)
+    options = dict(options)
+    placement = options.get("placement", list(make_config(method, {k: v for k, v in options.items()
+                                                                    if k != "placement"}).placement))
+    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in TASK_PARTS[info.kind]]
+    if not used:
+        raise UserError(f"{method}: placement {placement} has no part that task {task} uses "
+                        f"({', '.join(TASK_PARTS[info.kind])})")
+    options["placement"] = used
+    resolved = resolve(model_cfg, method, parse_budget(budget) if budget is not None else None, options)
+    return resolved, make_config(method, resolved["overrides"])
 
 
 def make_batch(prep, cfg, examples, rng):
@@ -166,21 +181,34 @@ def make_batch(prep, cfg, examples, rng):
     return vqa.vqa_batch(examples, prep["task"], tok, pp, cfg.max_text_len, rng)
 
 
-def task_loss(prep, model, batch, cfg) -> torch.Tensor:
+def task_loss(prep, model, batch, cfg, image_states=None) -> torch.Tensor:
     fn = captioning.caption_loss if prep["info"].kind == "caption" else vqa.vqa_loss
-    return fn(model, batch, cfg.label_smoothing)
+    return fn(model, batch, cfg.label_smoothing, image_states=image_states)
 
 
-def evaluate_split(prep, cfg, model, examples) -> dict[str, Any]:
+def frozen_image_encoder(prep, cfg, model):
+    """Cached image encoding when the method leaves the vision encoder untouched, else None."""
+    from vlpeft.recipes import features
+
+    if not cfg.feature_cache or not features.vision_untouched(model):
+        return None
+    source = json.dumps([cfg.model, prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess)],
+                        sort_keys=True, default=str)
+    return features.image_encoder(model, prep["task"], prep["loaded"].preprocess, source)
+
+
+def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, Any]:
     """Scores of `model` on `examples` (primary metric under "score")."""
     tok, pp, task = prep["loaded"].tokenizer, prep["loaded"].preprocess, prep["task"]
     model.eval()
     if prep["info"].kind == "caption":
         preds = captioning.predict_captions(model, examples, task, tok, pp, prep["prompt"], cfg.num_beams,
-                                            max_new_tokens=min(30, model.cfg.text.max_positions - 8))
+                                            max_new_tokens=min(30, model.cfg.text.max_positions - 8),
+                                            encode_images=encode_images)
         scores = captioning.score_captions(preds, examples, meteor=False)
     else:
-        preds = vqa.predict_answers(model, examples, task, tok, pp, task.answers, cfg.vqa_inference, cfg.max_text_len)
+        preds = vqa.predict_answers(model, examples, task, tok, pp, task.answers, cfg.vqa_inference, cfg.max_text_len,
+                                    encode_images=encode_images)
         scores = vqa.score_answers(preds, examples)
     scores["score"] = scores[prep["info"].metric]
     scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
@@ -200,6 +228,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     torch.manual_seed(cfg.seed)
     apply_peft(model, cfg.method, prep["method_cfg"])
     counts = count_params(model)
+    encode = frozen_image_encoder(prep, cfg, model)  # None: the ViT runs in every step
     lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep["train"]))
     rng = np.random.default_rng(cfg.seed)
@@ -215,9 +244,11 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
             order, pos = rng.permutation(len(prep["train"])), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, [prep["train"][i] for i in idx], rng).items()}
+        examples = [prep["train"][i] for i in idx]
+        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng).items()}
         model.train()
-        loss = task_loss(prep, model, batch, cfg)
+        states = encode([ex.image_id for ex in examples]) if encode else None
+        loss = task_loss(prep, model, batch, cfg, states)
         if not torch.isfinite(loss):
             raise Diverged(f"loss is {loss.item()} at step {step}")
         for g in opt.param_groups:
@@ -231,7 +262,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         opt.step()
         running.append(loss.item())
         if step + 1 in eval_at:
-            val = evaluate_split(prep, cfg, model, prep["val"])
+            val = evaluate_split(prep, cfg, model, prep["val"], encode)
             row = {"step": step + 1, "loss": float(np.mean(running)), "val_score": val["score"],
                    "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
             running = []
@@ -252,9 +283,9 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
                 params[n].copy_(t)
     fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
     if not curve:  # nothing trained (frozen): validation score of the model as is
-        best = evaluate_split(prep, cfg, model, prep["val"])["score"]
+        best = evaluate_split(prep, cfg, model, prep["val"], encode)["score"]
     t0 = time.time()
-    test = evaluate_split(prep, cfg, model, prep["test"])
+    test = evaluate_split(prep, cfg, model, prep["test"], encode)
     eval_seconds = time.time() - t0
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device)
     if out is not None:

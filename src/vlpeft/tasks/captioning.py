@@ -45,13 +45,16 @@ def caption_loss(model, batch, label_smoothing: float = 0.0, image_states=None) 
 
 @torch.inference_mode()
 def predict_captions(model, examples: Sequence[CaptionExample], task, tok, pp, prompt: str = "",
-                     num_beams: int = 1, max_new_tokens: int = 30, batch_size: int = 64) -> list[str]:
-    """One caption per example (prompt removed)."""
+                     num_beams: int = 1, max_new_tokens: int = 30, batch_size: int = 64,
+                     encode_images=None) -> list[str]:
+    """One caption per example (prompt removed). `encode_images(image ids) -> (B, N, D)` replaces the
+    plain image encoding (e.g. by cached frozen features)."""
     p = [tok.dec_id] + prompt_ids(tok, prompt)
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        img = model.encode_image(preprocess([task.image(ex.image_id) for ex in chunk], pp))
+        ids = [ex.image_id for ex in chunk]
+        img = encode_images(ids) if encode_images else model.encode_image(preprocess([task.image(i) for i in ids], pp))
         start = torch.tensor([p] * len(chunk), dtype=torch.long)
         out += [tok.decode(t) for t in generate(model, img, start_ids=start, max_new_tokens=max_new_tokens,
                                                 num_beams=num_beams)]

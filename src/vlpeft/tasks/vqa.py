@@ -85,15 +85,16 @@ def rank_answers(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128) -> 
 
 @torch.inference_mode()
 def predict_answers(model, examples: Sequence[VQAExample], task, tok, pp, answers: Sequence[str],
-                    mode: str = "rank", max_len: int = 40, batch_size: int = 64, k: int = 128) -> list[str]:
-    """One answer per question. Each distinct image is encoded once."""
+                    mode: str = "rank", max_len: int = 40, batch_size: int = 64, k: int = 128,
+                    encode_images=None) -> list[str]:
+    """One answer per question. Each distinct image is encoded once (by `encode_images(ids)` if given)."""
     cand_ids, cand_mask = encode_answers(tok, answers) if mode == "rank" else (None, None)
     out: list[str] = []
     image_ids = list(dict.fromkeys(ex.image_id for ex in examples))
     states: dict[str, torch.Tensor] = {}
     for i in range(0, len(image_ids), batch_size):
         chunk = image_ids[i:i + batch_size]
-        img = model.encode_image(preprocess([task.image(x) for x in chunk], pp))
+        img = encode_images(chunk) if encode_images else model.encode_image(preprocess([task.image(x) for x in chunk], pp))
         states.update(zip(chunk, img))
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]

@@ -1,0 +1,157 @@
+"""Executors: run cells somewhere and hand each result back to the driver, which alone writes the store.
+
+- `run_cell` is what runs one cell, in whatever process: fine-tune into the cell's run folder and
+  return {"status": "done", "metrics": ...} or {"status": "failed", "reason": one line}. It never raises.
+- `local`: N worker processes on this machine (spawned, each with `threads` torch threads; N = 0 runs
+  cells in the driver process itself). A worker that dies (killed, out of memory) fails the cells it
+  held; the pool is rebuilt and the study goes on.
+- `ray`: each cell is a Ray task asking for `threads` CPUs (and `gpus` GPUs); results come back to the
+  driver through `ray.wait`. `address=None` starts a local Ray instance; otherwise it joins a cluster
+  on which vlpeft is installed on every node.
+
+Both keep at most as many cells in flight as there are slots, so a row marked 'running' is running.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import socket
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+_LOADED: dict[str, Any] = {}  # per process: model path -> LoadedModel (pristine; each run gets a copy)
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune one cell. payload: {"id", "config" (FinetuneConfig fields), "run_dir", "threads"}."""
+    started = time.time()
+    base = {"host": socket.gethostname(), "started": started}
+    run_dir = Path(payload["run_dir"])
+    try:
+        import torch
+
+        from vlpeft.recipes.finetune import FinetuneConfig, finetune
+        import vlpeft
+
+        torch.set_num_threads(payload["threads"])
+        cfg = FinetuneConfig(**{**payload["config"], "threads": payload["threads"]})
+        if cfg.model not in _LOADED:
+            _LOADED[cfg.model] = vlpeft.load_model(cfg.model)
+        pristine = _LOADED[cfg.model]
+        loaded = dataclasses.replace(pristine, model=copy.deepcopy(pristine.model))
+        metrics = finetune(cfg, run_dir, progress=False, loaded=loaded, log=lambda *a, **k: None)
+        return {**base, "status": "done", "metrics": metrics, "ended": time.time()}
+    except Exception as e:  # every failure becomes a row with its reason; the study goes on
+        from vlpeft.errors import UserError
+        from vlpeft.recipes.finetune import Diverged
+
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if not isinstance(e, (UserError, Diverged)):
+            reason = f"{e.__class__.__name__}: {reason}"
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            except OSError:
+                pass
+        elif isinstance(e, Diverged):
+            reason = f"diverged: {reason}"
+        return {**base, "status": "failed", "reason": reason, "ended": time.time()}
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    return {"status": "failed", "reason": reason, "host": socket.gethostname(), "ended": time.time()}
+
+
+def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callable, on_done: Callable) -> None:
+    """Run payloads on `workers` spawned processes (0: in this process), calling back in the driver."""
+    if workers == 0:
+        _init_worker(threads)
+        for p in payloads:
+            on_start(p["id"])
+            on_done(p["id"], run_cell(p))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending, inflight, pool = deque(payloads), {}, None
+    try:
+        while pending or inflight:
+            if pool is None:
+                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(threads,))
+            while pending and len(inflight) < workers:
+                p = pending.popleft()
+                on_start(p["id"])
+                inflight[pool.submit(run_cell, p)] = p
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                p = inflight.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    result, broken = _failed("worker process died (killed or out of memory)"), True
+                on_done(p["id"], result)
+            if broken:  # the other in-flight cells died with the pool
+                for fut, p in inflight.items():
+                    on_done(p["id"], _failed("worker process died (killed or out of memory)"))
+                inflight = {}
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None, on_start: Callable,
+            on_done: Callable) -> None:
+    """Run payloads as Ray tasks (a local instance when address is None)."""
+    try:
+        import ray
+    except ImportError:
+        from vlpeft.errors import UserError
+
+        raise UserError("executor ray: Ray is not installed (pip install 'ray==2.60.0')") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     **({} if address else {"num_cpus": os.cpu_count()}))
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            from vlpeft.errors import UserError
+
+            raise UserError(f"executor ray: cannot reach Ray at {address or 'a new local instance'} ({e})") from e
+    try:
+        remote = ray.remote(run_cell).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
+        cpus = ray.cluster_resources().get("CPU", 1)
+        slots = max(1, int(cpus // threads))
+        pending, inflight = deque(payloads), {}
+        while pending or inflight:
+            while pending and len(inflight) < slots:
+                p = pending.popleft()
+                on_start(p["id"])
+                inflight[remote.remote(p)] = p
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                p = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # a Ray worker died or the task could not run
+                    result = _failed(f"ray task failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                on_done(p["id"], result)
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,275 @@
+"""The driver of a study: validate everything, make sure the checkpoint exists, fill the store with the
+grid, run what is not done on the chosen executor, record each result as it comes, export and report.
+
+Study folder:
+    results.sqlite   the store (vlpeft.study.store), the one source of truth
+    results.csv      every row, metrics flattened (and results.parquet when pyarrow is installed)
+    report.md        the results table
+    runs/<cell id>/  each run's folder (metrics.json, curve.json, PEFT weights; error.log on a crash)
+
+Resume: the same command again skips done cells, re-runs failed and interrupted ones (rows left
+'running' by a killed driver), and adopts a run folder whose metrics.json was written but whose row
+was not (a kill between the two). It refuses a folder holding a different study.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vlpeft.errors import UserError
+from vlpeft.study import store
+from vlpeft.study.spec import Cell, StudySpec, expand, fingerprint
+
+# FinetuneConfig fields that do not change a run's result (so they are not compared on resume).
+NOT_RESULT_FIELDS = ("threads", "device")
+
+
+def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
+    """What every cell of the study shares; a folder whose store has another value is another study."""
+    models = sorted({spec.model, *spec.task_models.values()})
+    return {"model": spec.model, "task_models": spec.task_models,
+            "checkpoints": {m: checkpoint_hash(m) for m in models}, "training": spec.training, "paths": spec.paths,
+            "subset_seed": spec.subset_seed}
+
+
+def checkpoint_hash(model: str) -> str:
+    """Content hash of a local checkpoint's weights (the hub id itself for a remote one)."""
+    import hashlib
+
+    folder = Path(model)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if not files:
+        return model
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def ensure_model(spec: StudySpec, log=print) -> None:
+    """Pre-train `spec.pretrain` into `spec.model` when that folder holds no checkpoint yet."""
+    folder = Path(spec.model)
+    if (folder / "config.json").exists() or spec.pretrain is None:
+        return
+    if folder.exists() and any(folder.iterdir()) and not (folder / "config.json").exists():
+        log(f"{folder}: incomplete checkpoint (no config.json): pre-training again")
+    from vlpeft.recipes.pretrain import PretrainConfig, pretrain
+
+    log(f"{folder}: no checkpoint: pre-training the {spec.pretrain} preset (once; reused by later studies)")
+    record = pretrain(PretrainConfig(preset=spec.pretrain), folder, progress=sys.stderr.isatty())
+    log(f"pre-trained in {record['train_seconds']:.0f} s -> {folder}")
+
+
+def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
+    """(cell, FinetuneConfig fields, training examples) for every cell, each checked: an unknown task
+    path, an unreachable budget or a data size the task cannot give is a UserError before anything runs."""
+    import vlpeft
+    from vlpeft.data.subsets import resolve_size
+    from vlpeft.recipes.finetune import FinetuneConfig, cached_task, method_for_task
+    from vlpeft.tasks.builtin import task_info
+
+    models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed)
+
+    def model_of(name: str) -> tuple:
+        if name not in models:
+            if name == spec.model and spec.pretrain is not None and not (Path(name) / "config.json").exists():
+                from vlpeft.model.config import preset  # not pre-trained yet: the preset's architecture
+
+                models[name] = (preset(spec.pretrain), 0)
+            else:
+                loaded = vlpeft.load_model(name)
+                models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)))
+        return models[name]
+
+    pools, checked, out = {}, set(), []
+    for cell in expand(spec):
+        info = task_info(cell.task)
+        model_cfg, scene_seed = model_of(spec.task_models.get(cell.task, spec.model))
+        scene_seed = spec.training.get("scene_seed", scene_seed)
+        if cell.task not in pools:
+            task = cached_task(cell.task, scene_seed if info.data == "scenes" else None,
+                               json.dumps(spec.paths or {}, sort_keys=True))
+            pools[cell.task] = len(task.train)
+        key = (cell.task, cell.label, cell.budget)
+        if key not in checked:
+            grid = spec.methods[cell.label]
+            try:
+                method_for_task(model_cfg, cell.task, cell.method, cell.budget, grid.options)
+            except UserError as e:
+                raise UserError(f"{spec.source}: methods.{cell.label} on {cell.task}: {e}") from None
+            checked.add(key)
+        n = resolve_size(cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}")
+        fields = cell.finetune_fields(spec)
+        FinetuneConfig(**fields)  # types and ranges
+        out.append((cell, fields, n))
+    return out
+
+
+def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
+    """The folder's store, created for this study or checked to belong to it (untouched if not)."""
+    path = out / "results.sqlite"
+    if not path.exists():
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise UserError(f"{out}: folder is not empty and holds no study (results.sqlite); choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        con = store.connect(path)
+        store.set_meta(con, {"fingerprint": fingerprint(ident), "identity": json.dumps(ident, sort_keys=True, default=str),
+                             "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return con
+    import sqlite3
+
+    try:  # read-only look first: a foreign store must stay untouched
+        ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        found = dict(ro.execute("SELECT key, value FROM meta").fetchall())
+        ro.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a vlpeft results store ({e})") from None
+    if found.get("fingerprint") != fingerprint(ident):
+        theirs = json.loads(found.get("identity", "{}") or "{}")
+        diff = [k for k in ident if json.dumps(ident[k], sort_keys=True, default=str) != json.dumps(theirs.get(k), sort_keys=True, default=str)]
+        raise UserError(f"{out}: holds a different study (its {', '.join(diff) or 'settings'} differ from this spec's); "
+                        f"use another --out")
+    return store.connect(path)
+
+
+def _comparable(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_RESULT_FIELDS}, sort_keys=True, default=str)
+
+
+def _adoptable(run_dir: Path, config: dict) -> dict | None:
+    """metrics.json of a finished run whose row was never updated (driver killed in between)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    saved = {k: v for k, v in (metrics.get("config") or {}).items() if k in config}
+    return metrics if metrics.get("status") == "done" and _comparable(saved) == _comparable(config) else None
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """Done/total, failures and ETA: a live bar on a terminal, and one line per finished run."""
+
+    def __init__(self, total: int, already: int, quiet: bool = False):
+        self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
+        self.already, self.t0 = already, time.time()
+        self.bar = None
+        if sys.stderr.isatty() and not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
+
+    def eta(self) -> str:
+        if not self.done:
+            return "?"
+        return _fmt_seconds((time.time() - self.t0) / self.done * (self.total - self.done))
+
+    def finished(self, cell_id: str, result: dict) -> None:
+        self.done += 1
+        m = result.get("metrics") or {}
+        if result["status"] == "done":
+            what = f"{m.get('metric')} {m.get('test_score', float('nan')):.4g}"
+        else:
+            self.failed += 1
+            what = f"FAILED: {result.get('reason')}"
+        seconds = (result.get("ended") or time.time()) - (result.get("started") or time.time())
+        line = (f"[{self.done}/{self.total}{f', {self.failed} failed' if self.failed else ''}, ETA {self.eta()}] "
+                f"{cell_id}: {what} ({seconds:.0f} s)")
+        if self.bar is not None:
+            self.bar.write(line)
+            self.bar.set_postfix(failed=self.failed)
+            self.bar.update(1)
+        elif not self.quiet:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) -> dict[str, Any]:
+    """Run (or resume) the study into `out`; returns a summary {total, done, failed, ran, seconds}."""
+    from vlpeft.study import executors, export
+
+    out = Path(out)
+    t0 = time.time()
+    cells = resolve_cells(spec)  # every input problem surfaces here, before any writing
+    ensure_model(spec, log=log)
+    ident = study_fingerprint(spec)
+    con = open_store(out, spec, ident)
+    try:
+        store.add_cells(con, [(c, f) for c, f, _ in cells])
+        existing = {r["id"]: r for r in store.rows(con)}
+        for cell, fields, _ in cells:
+            if _comparable(json.loads(existing[cell.id]["config"])) != _comparable(fields):
+                raise UserError(f"{out}: cell {cell.id} was recorded with other settings (method options or "
+                                f"learning rate changed under the same label); use another --out or another label")
+        interrupted = store.reset_interrupted(con)
+        if interrupted:
+            log(f"{interrupted} run(s) were interrupted last time: running them again")
+        todo = []
+        for cell, fields, n in cells:
+            row = existing[cell.id]
+            if row["status"] == "done":
+                continue
+            adopted = _adoptable(out / "runs" / cell.id, fields)
+            if adopted is not None:
+                store.finish(con, cell.id, {"status": "done", "metrics": adopted})
+                continue
+            todo.append((n, cell, fields))
+        todo.sort(key=lambda t: -t[0])  # longest first: better packing, honest ETA
+        ex = spec.executor
+        payloads = [{"id": c.id, "config": f, "run_dir": str(out / "runs" / c.id), "threads": ex.threads}
+                    for _, c, f in todo]
+        n_cells = len(cells)
+        log(f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
+            f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) -> {out}")
+        progress = Progress(len(todo), n_cells - len(todo), quiet=quiet)
+
+        def on_start(cell_id):
+            store.mark_running(con, cell_id)
+
+        def on_done(cell_id, result):
+            store.finish(con, cell_id, result)
+            progress.finished(cell_id, result)
+
+        try:
+            if ex.kind == "ray":
+                executors.run_ray(payloads, ex.threads, ex.gpus, ex.address, on_start, on_done)
+            else:
+                executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done)
+        finally:
+            progress.close()
+        ids = [c.id for c, _, _ in cells]
+        export.export_all(con, out, spec, ids)
+        counts: dict[str, int] = {}
+        wanted = set(ids)
+        for r in store.rows(con):
+            if r["id"] in wanted:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+    finally:
+        con.close()
+    summary = {"total": n_cells, "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+               "ran": len(todo), "seconds": round(time.time() - t0, 1)}
+    return summary
+
+
+def dry_run(spec: StudySpec) -> list[dict[str, Any]]:
+    """The cells the spec expands to, checked, without writing anything."""
+    return [{"id": c.id, "examples": n} for c, _, n in resolve_cells(spec)]
+
+
+__all__ = ["run_study", "dry_run", "resolve_cells"]

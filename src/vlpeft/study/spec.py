@@ -1,0 +1,347 @@
+"""The study spec: one YAML file declaring the whole grid, validated, expanded into cells with stable IDs.
+
+A spec (see configs/*.yaml for complete, commented examples):
+
+    name: quick
+    model: runs/tiny          # checkpoint folder (relative to where you run) or transformers hub id
+    pretrain: tiny            # if `model` is a missing folder, pre-train this preset into it first
+    tasks: [scenes-caption, easyvqa-vqa]
+    methods:                  # label -> grid of one PEFT method (label defaults to the method's name)
+      lora: {budgets: [2, 8]}
+      lora-vision: {method: lora, budgets: ["params=20k"], options: {placement: [vision]}}
+      full: {lr: [3e-5, 1e-4]}            # a learning-rate grid, selected on validation by the report
+    data_sizes: [250, "10%", 1.0]
+    seeds: [0, 1]
+    training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
+    executor: {kind: local, workers: 2, threads: 1}
+
+A cell is task x method label x budget x data size x seed x learning rate. Its ID is built from those
+values only, e.g. `easyvqa-vqa.lora.b8.n250.s0` (`.lr1e-3` is added when the label has an lr grid),
+so the same cell always has the same ID whatever else the spec holds. Everything else that shapes a
+result (model, training settings, paths, method options) is part of the cell's resolved config, which
+the store compares before reusing a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlpeft.errors import UserError, did_you_mean
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # presets shipped with the repository
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class MethodGrid:
+    method: str = field(default="", metadata={"help": "PEFT method name (vlpeft.peft.REGISTRY); defaults to the label"})
+    budgets: tuple = field(default=(), metadata={"help": "knob values (8) or parameter targets ('params=50k'); "
+                                                         "empty for methods without a knob, or for the default knob"})
+    options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
+    lr: tuple = field(default=(), metadata={"help": "learning rates to try (empty: the method's default); "
+                                                    "the report selects on validation"})
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    kind: str = field(default="local", metadata={"help": "local (worker processes here) or ray"})
+    workers: int = field(default=2, metadata={"help": "local: worker processes (0 = run in this process)"})
+    threads: int = field(default=1, metadata={"help": "torch threads per run (per worker / per Ray task)"})
+    address: str | None = field(default=None, metadata={"help": "ray: cluster address (None = start a local instance)"})
+    gpus: float = field(default=0.0, metadata={"help": "ray: GPUs per run (fractions share a GPU)"})
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str = field(metadata={"help": "study name (shown in the report)"})
+    model: str = field(metadata={"help": "checkpoint folder or hub id"})
+    tasks: tuple = field(metadata={"help": "task names (vlpeft.tasks.builtin.TASKS)"})
+    methods: dict = field(metadata={"help": "label -> MethodGrid"})
+    data_sizes: tuple = field(metadata={"help": "training-set sizes: counts (250) or fractions (0.1, '10%')"})
+    seeds: tuple = field(default=(0,), metadata={"help": "training seeds"})
+    task_models: dict = field(default_factory=dict, metadata={"help": "task -> checkpoint, overriding `model` for that task "
+                                                                       "(e.g. BLIP's captioning and VQA checkpoints)"})
+    pretrain: str | None = field(default=None, metadata={"help": "pre-train this preset into `model` if it is missing"})
+    subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets"})
+    training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
+    paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec, metadata={"help": "how runs are executed"})
+    source: str = field(default="spec", metadata={"help": "where the spec came from (for messages)"})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    id: str
+    task: str
+    label: str
+    method: str
+    budget: str | None
+    data_size: Any
+    seed: int
+    lr: float | None
+
+    def finetune_fields(self, spec: StudySpec) -> dict[str, Any]:
+        """The FinetuneConfig fields of this cell (model, threads and device are the executor's)."""
+        from vlpeft.tasks.builtin import task_info
+
+        grid = spec.methods[self.label]
+        info = task_info(self.task)
+        paths = {k: v for k, v in spec.paths.items() if k in info.paths + info.optional_paths}  # this task's files
+        return {**spec.training, "model": spec.task_models.get(self.task, spec.model), "task": self.task,
+                "method": self.method, "budget": self.budget, "method_options": dict(grid.options),
+                "data_size": self.data_size, "seed": self.seed, "subset_seed": spec.subset_seed, "lr": self.lr,
+                "paths": paths}
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+def find_spec(name_or_path: str) -> Path:
+    """A preset name (configs/NAME.yaml) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"{path}: study spec not found")
+        return path
+    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise UserError(f"study: {name_or_path!r} is neither a YAML file nor a preset"
+                        f"{did_you_mean(name_or_path, presets)} (presets: {', '.join(presets)})")
+    return candidate
+
+
+def load_spec(name_or_path: str) -> StudySpec:
+    import yaml
+
+    path = find_spec(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read study spec ({e.__class__.__name__})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from e
+    return parse_spec(data, str(path))
+
+
+def _fields(cls, data: Any, where: str, skip=()) -> dict[str, Any]:
+    """Known keys of `cls` from a mapping; unknown keys are a UserError with a did-you-mean."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    for key in data:
+        if key not in names:
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(str(key), names)} (keys: {', '.join(names)})")
+    required = [f.name for f in dataclasses.fields(cls) if f.name not in skip
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for key in required:
+        if key not in data:
+            raise UserError(f"{where}: missing required key {key!r}")
+    return dict(data)
+
+
+def _typed(value, kind, where: str):
+    if kind == "number" and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {"bool": isinstance(value, bool), "str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
+          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "list": isinstance(value, list), "dict": isinstance(value, dict)}[kind]
+    if not ok:
+        article = {"bool": "true or false", "int": "an integer", "number": "a number", "str": "a string", "list": "a list", "dict": "a mapping"}
+        raise UserError(f"{where} must be {article[kind]}, got {value!r}")
+    return value
+
+
+def _as_list(value, where: str) -> list:
+    return list(value) if isinstance(value, list) else [value] if value is not None else _typed(value, "list", where)
+
+
+def parse_spec(data: Any, source: str = "spec") -> StudySpec:
+    """Validate a spec mapping: every problem is a one-line UserError naming the key."""
+    from vlpeft.data.subsets import resolve_size
+    from vlpeft.peft import REGISTRY, make_config
+    from vlpeft.peft.budget import parse_budget
+    from vlpeft.recipes.finetune import FinetuneConfig
+    from vlpeft.tasks.builtin import TASKS
+
+    if data is None:
+        raise UserError(f"{source}: the study spec is empty")
+    d = _fields(StudySpec, data, source, skip=("source",))
+    name = _typed(d["name"], "str", f"{source}: name")
+    model = _typed(d["model"], "str", f"{source}: model")
+    pretrain = d.get("pretrain")
+    if pretrain is not None:
+        from vlpeft.model.config import PRESETS
+
+        if pretrain not in PRESETS:
+            raise UserError(f"{source}: pretrain: unknown preset {pretrain!r}{did_you_mean(str(pretrain), PRESETS)}")
+    tasks = _as_list(d["tasks"], f"{source}: tasks")
+    if not tasks:
+        raise UserError(f"{source}: tasks is empty: the grid has no cell")
+    for t in tasks:
+        if t not in TASKS:
+            raise UserError(f"{source}: tasks: unknown task {t!r}{did_you_mean(str(t), TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"{source}: tasks lists a task twice")
+
+    task_models = _typed(d.get("task_models", {}) or {}, "dict", f"{source}: task_models")
+    for t, m in task_models.items():
+        if t not in tasks:
+            raise UserError(f"{source}: task_models: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
+        _typed(m, "str", f"{source}: task_models.{t}")
+
+    methods_raw = _typed(d["methods"], "dict", f"{source}: methods")
+    if not methods_raw:
+        raise UserError(f"{source}: methods is empty: the grid has no cell")
+    methods = {}
+    for label, grid in methods_raw.items():
+        where = f"{source}: methods.{label}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(label)):
+            raise UserError(f"{where}: a label may hold only letters, digits, '-' and '_'")
+        g = _fields(MethodGrid, grid if grid is not None else {}, where)
+        method = g.get("method", label)
+        if method not in REGISTRY:
+            raise UserError(f"{where}: unknown method {method!r}{did_you_mean(str(method), REGISTRY)}")
+        budgets = tuple(_as_list(g.get("budgets", []), f"{where}.budgets"))
+        for b in budgets:
+            if isinstance(b, (float, bool)) or not isinstance(b, (int, str)):
+                raise UserError(f"{where}.budgets: {b!r} is not a knob value (8) or a parameter target ('params=50k')")
+            try:
+                parse_budget(b)
+            except UserError as e:
+                raise UserError(f"{where}.budgets: {e}") from None
+        if budgets and REGISTRY[method].knob is None:
+            raise UserError(f"{where}.budgets: {method} has no size knob: give no budgets")
+        lrs = tuple(float(_typed(x, "number", f"{where}.lr")) for x in _as_list(g.get("lr", []), f"{where}.lr"))
+        if any(x < 0 for x in lrs):
+            raise UserError(f"{where}.lr: learning rates must be >= 0")
+        options = _typed(g.get("options", {}) or {}, "dict", f"{where}.options")
+        make_config(method, options, source=where)
+        methods[str(label)] = MethodGrid(method=method, budgets=budgets, options=options, lr=lrs)
+
+    sizes = tuple(_as_list(d["data_sizes"], f"{source}: data_sizes"))
+    if not sizes:
+        raise UserError(f"{source}: data_sizes is empty: the grid has no cell")
+    for s in sizes:  # the range check against each task's pool happens when cells are resolved
+        resolve_size(s, 10**12, f"{source}: data_sizes {s!r}")
+    seeds = tuple(_typed(s, "int", f"{source}: seeds") for s in _as_list(d.get("seeds", [0]), f"{source}: seeds"))
+    if not seeds:
+        raise UserError(f"{source}: seeds is empty: the grid has no cell")
+    if len(set(seeds)) != len(seeds) or len(set(map(str, sizes))) != len(sizes):
+        raise UserError(f"{source}: seeds and data_sizes must not repeat a value")
+
+    training = _typed(d.get("training", {}) or {}, "dict", f"{source}: training")
+    cell_keys = {"model", "task", "method", "budget", "method_options", "data_size", "seed", "subset_seed", "lr",
+                 "paths", "threads"}
+    known = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in cell_keys]
+    for key in training:
+        if key not in known:
+            raise UserError(f"{source}: training: unknown or grid-level key {key!r}{did_you_mean(str(key), known)}")
+    hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    training = dict(training)
+    for key, value in training.items():
+        kind = {"int": "int", "float": "number", "float | None": "number", "str": "str",
+                "bool": "bool"}.get(str(hints[key]))
+        if kind:
+            training[key] = _typed(value, kind, f"{source}: training.{key}")
+    try:  # range checks of FinetuneConfig itself
+        FinetuneConfig(model=model, task=tasks[0], method="frozen", **training)
+    except TypeError as e:
+        raise UserError(f"{source}: training: {e}") from e
+
+    ex = _fields(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor")
+    executor = ExecutorSpec(**ex)
+    if executor.kind not in EXECUTORS:
+        raise UserError(f"{source}: executor.kind {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
+    _check_executor(executor, f"{source}: executor")
+    return StudySpec(name=name, model=model, tasks=tuple(tasks), task_models=task_models, methods=methods, data_sizes=sizes, seeds=seeds,
+                     pretrain=pretrain, subset_seed=_typed(d.get("subset_seed", 0), "int", f"{source}: subset_seed"),
+                     training=training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
+                     executor=executor, source=source)
+
+
+def _expand_paths(paths, where: str) -> dict[str, str]:
+    """Data paths with $VARIABLES expanded (presets name user data through the environment)."""
+    import os
+
+    out = {}
+    for key, value in _typed(paths, "dict", where).items():
+        _typed(value, "str", f"{where}.{key}")
+        for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value):
+            if var not in os.environ:
+                raise UserError(f"{where}.{key}: environment variable {var} is not set (it names your data: {value})")
+        out[str(key)] = os.path.expanduser(os.path.expandvars(value))
+    return out
+
+
+def _check_executor(ex: ExecutorSpec, where: str) -> None:
+    _typed(ex.workers, "int", f"{where}.workers")
+    _typed(ex.threads, "int", f"{where}.threads")
+    _typed(ex.gpus, "number", f"{where}.gpus")
+    if ex.workers < 0 or ex.threads < 1 or ex.gpus < 0:
+        raise UserError(f"{where}: workers must be >= 0, threads >= 1 and gpus >= 0")
+
+
+def with_executor(spec: StudySpec, **changes) -> StudySpec:
+    """The spec with executor settings overridden from the command line (None = keep)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    executor = dataclasses.replace(spec.executor, **changes)
+    if executor.kind not in EXECUTORS:
+        raise UserError(f"--executor {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
+    _check_executor(executor, "executor")
+    return dataclasses.replace(spec, executor=executor)
+
+
+# ---------------------------------------------------------------------------------------- expansion
+
+def _token(value) -> str:
+    """A filesystem-safe, readable rendering of a grid value."""
+    text = str(value).strip().lower().replace("%", "pct").replace("params=", "p").replace("knob=", "")
+    return re.sub(r"[^a-z0-9.-]+", "-", text)
+
+
+def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | None) -> str:
+    parts = [task, label]
+    if budget is not None:
+        parts.append(f"b{_token(budget)}")
+    parts += [f"n{_token(data_size)}", f"s{seed}"]
+    if lr is not None:
+        parts.append(f"lr{lr:g}")
+    return ".".join(parts)
+
+
+def expand(spec: StudySpec) -> list[Cell]:
+    """Every cell of the grid, in a stable order (task, label, budget, size, seed, lr)."""
+    cells = []
+    for task in spec.tasks:
+        for label, grid in spec.methods.items():
+            for budget in grid.budgets or (None,):
+                for size in spec.data_sizes:
+                    for seed in spec.seeds:
+                        for lr in grid.lr if len(grid.lr) > 1 else (grid.lr[0] if grid.lr else None,):
+                            show_lr = lr if len(grid.lr) > 1 else None
+                            cells.append(Cell(id=cell_id(task, label, budget, size, seed, show_lr), task=task,
+                                              label=label, method=grid.method,
+                                              budget=None if budget is None else str(budget),
+                                              data_size=size, seed=seed, lr=lr))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"{spec.source}: two cells share the ID {dup!r} (a budget or size written twice?)")
+    return cells
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

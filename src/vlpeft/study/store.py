@@ -1,0 +1,124 @@
+"""The results store: `results.sqlite` in the study folder, one row per cell, written by one process.
+
+Only the driver (the process running `vlpeft study`) writes; workers and Ray tasks return their
+result to it. Each state change is one SQLite transaction, so a kill at any moment leaves every row
+either as it was or as it became: a cell is never half-recorded and never has two rows (the cell ID
+is the primary key). Rows:
+
+    id          the cell's stable ID                    status   pending | running | done | failed
+    task, label, method, budget, data_size, seed, lr   the grid coordinates
+    config      the full resolved FinetuneConfig (JSON) reason   why it failed (one line)
+    metric, test_score, best_val_score                  metrics  every field of the run's metrics.json
+    host, started, ended (unix seconds), attempts
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from vlpeft.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL, label TEXT NOT NULL, method TEXT NOT NULL, budget TEXT,
+    data_size TEXT NOT NULL, seed INTEGER NOT NULL, lr REAL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    reason TEXT, metric TEXT, test_score REAL, best_val_score REAL, metrics TEXT,
+    host TEXT, started REAL, ended REAL, attempts INTEGER NOT NULL DEFAULT 0
+);
+"""
+COLUMNS = ("id", "task", "label", "method", "budget", "data_size", "seed", "lr", "config", "status", "reason",
+           "metric", "test_score", "best_val_score", "metrics", "host", "started", "ended", "attempts")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    path = Path(path)
+    try:
+        con = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit BEGIN ... COMMIT below
+        con.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm files beside the store
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(SCHEMA)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a vlpeft results store ({e})") from e
+    con.row_factory = sqlite3.Row
+    return con
+
+
+class _Tx:
+    def __init__(self, con):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, kind, *_):
+        self.con.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def transaction(con: sqlite3.Connection) -> _Tx:
+    return _Tx(con)
+
+
+def get_meta(con, key: str) -> str | None:
+    row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_meta(con, values: dict[str, str]) -> None:
+    with transaction(con):
+        con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+
+def add_cells(con, cells: Iterable[tuple[Any, dict]]) -> int:
+    """Insert a pending row for each (cell, config) not yet in the store; returns how many were new."""
+    new = 0
+    with transaction(con):
+        for cell, config in cells:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO runs (id, task, label, method, budget, data_size, seed, lr, config, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                (cell.id, cell.task, cell.label, cell.method, cell.budget, str(cell.data_size), cell.seed, cell.lr,
+                 json.dumps(config, sort_keys=True)))
+            new += cur.rowcount
+    return new
+
+
+def rows(con, where: str = "", args: tuple = ()) -> list[dict[str, Any]]:
+    return [dict(r) for r in con.execute(f"SELECT * FROM runs {where} ORDER BY rowid", args)]
+
+
+def mark_running(con, cell_id: str) -> None:
+    with transaction(con):
+        con.execute("UPDATE runs SET status = 'running', reason = NULL, host = ?, started = ?, ended = NULL, "
+                    "attempts = attempts + 1 WHERE id = ?", (socket.gethostname(), time.time(), cell_id))
+
+
+def finish(con, cell_id: str, result: dict[str, Any]) -> None:
+    """Record a run's outcome: {"status": "done", "metrics": {...}} or {"status": "failed", "reason": "..."}."""
+    m = result.get("metrics") or {}
+    with transaction(con):
+        con.execute("UPDATE runs SET status = ?, reason = ?, metric = ?, test_score = ?, best_val_score = ?, "
+                    "metrics = ?, host = ?, started = COALESCE(?, started), ended = ? WHERE id = ?",
+                    (result["status"], result.get("reason"), m.get("metric"), m.get("test_score"),
+                     m.get("best_val_score"), json.dumps(m) if m else None,
+                     result.get("host") or socket.gethostname(), result.get("started"),
+                     result.get("ended") or time.time(), cell_id))
+
+
+def reset_interrupted(con) -> int:
+    """Rows left 'running' by a killed driver go back to pending; returns how many."""
+    with transaction(con):
+        return con.execute("UPDATE runs SET status = 'pending' WHERE status = 'running'").rowcount
+
+
+def counts(con) -> dict[str, int]:
+    return {r[0]: r[1] for r in con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")}

@@ -1,0 +1,200 @@
+"""The study driver: a tiny grid end to end, resume without duplicates, kill a worker, Ray, exports."""
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlpeft.errors import UserError
+from vlpeft.study import load_spec, run_study
+from vlpeft.study.spec import with_executor
+
+TRAINING = {"length_policy": "steps", "steps": 4, "batch_size": 8, "evals": 1, "val_limit": 8, "test_limit": 16}
+
+
+def write_spec(tmp_path, ckpt, name="spec.yaml", **changes):
+    d = {"name": "tiny-study", "model": str(ckpt), "tasks": ["scenes-caption", "easyvqa-vqa"],
+         "methods": {"lora": {"budgets": [1, 2]}, "frozen": {}}, "data_sizes": [16, 32], "seeds": [0],
+         "training": dict(TRAINING), "executor": {"kind": "local", "workers": 0, "threads": 1}}
+    d.update(changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def rows(folder):
+    con = sqlite3.connect(folder / "results.sqlite")
+    con.row_factory = sqlite3.Row
+    out = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
+    con.close()
+    return out
+
+
+def digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def scores(folder):
+    return {r["id"]: r["test_score"] for r in rows(folder)}
+
+
+def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "study"
+    summary = run_study(load_spec(str(write_spec(tmp_path, ckpt))), out, quiet=True)
+    assert summary == {**summary, "total": 12, "done": 12, "failed": 0, "ran": 12}
+    got = rows(out)
+    assert len(got) == 12 and {r["status"] for r in got} == {"done"}
+    for r in got:
+        metrics = json.loads(r["metrics"])
+        assert metrics["test_score"] == r["test_score"]
+        assert json.loads(r["config"])["task"] == r["task"] == metrics["task"]
+        assert r["host"] and r["ended"] >= r["started"] > 0 and r["attempts"] == 1
+        assert (out / "runs" / r["id"] / "metrics.json").is_file()
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 13 and "m.test_score" in csv[0] and "config.data_size" in csv[0]
+    report = (out / "report.md").read_text()
+    assert "## scenes-caption (cider_d)" in report and "| lora | 2 (" in report
+    before = digests(out)
+    again = run_study(load_spec(str(write_spec(tmp_path, ckpt))), out, quiet=True)
+    assert again["ran"] == 0 and again["done"] == 12
+    assert digests(out) == before
+
+
+def test_growing_the_grid_runs_only_new_cells_and_interrupted_rows_are_rerun(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "study"
+    small = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1]}})
+    run_study(load_spec(str(small)), out, quiet=True)
+    first = scores(out)
+    # a driver killed mid-run leaves a 'running' row and no metrics.json; one killed after the run
+    # folder was complete but before the row was updated leaves metrics.json behind
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("UPDATE runs SET status='running', test_score=NULL WHERE id='easyvqa-vqa.lora.b1.n16.s0'")
+    con.execute("UPDATE runs SET status='running', test_score=NULL WHERE id='easyvqa-vqa.lora.b1.n32.s0'")
+    con.commit()
+    con.close()
+    (out / "runs" / "easyvqa-vqa.lora.b1.n16.s0" / "metrics.json").unlink()
+    bigger = write_spec(tmp_path, ckpt, name="bigger.yaml", tasks=["easyvqa-vqa"],
+                        methods={"lora": {"budgets": [1]}}, seeds=[0, 1])
+    summary = run_study(load_spec(str(bigger)), out, quiet=True)
+    assert summary["ran"] == 3  # the two new seed-1 cells and the interrupted run; the other is adopted
+    got = rows(out)
+    assert len(got) == 4 and len({r["id"] for r in got}) == 4 and {r["status"] for r in got} == {"done"}
+    assert {k: v for k, v in scores(out).items() if k in first} == first  # deterministic re-run
+
+
+def test_a_folder_holding_another_study_or_other_files_is_refused_untouched(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "study"
+    base = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"frozen": {}}, data_sizes=[16])
+    run_study(load_spec(str(base)), out, quiet=True)
+    before = digests(out)
+    other = write_spec(tmp_path, ckpt, name="other.yaml", tasks=["easyvqa-vqa"], methods={"frozen": {}},
+                       data_sizes=[16], training={**TRAINING, "val_limit": 9})
+    with pytest.raises(UserError, match=r"holds a different study \(its training differ"):
+        run_study(load_spec(str(other)), out, quiet=True)
+    assert digests(out) == before
+    relabel = write_spec(tmp_path, ckpt, name="relabel.yaml", tasks=["easyvqa-vqa"], data_sizes=[16],
+                         methods={"frozen": {"options": {"placement": ["text_decoder"]}}})
+    with pytest.raises(UserError, match="was recorded with other settings"):
+        run_study(load_spec(str(relabel)), out, quiet=True)
+    assert digests(out) == before
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and holds no study"):
+        run_study(load_spec(str(base)), busy, quiet=True)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_unreachable_budget_and_oversized_data_fail_before_anything_is_written(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    bad = write_spec(tmp_path, ckpt, methods={"lora": {"budgets": ["params=50"]}})
+    with pytest.raises(UserError, match=r"methods.lora on scenes-caption: lora: no rank reaches 50 parameters"):
+        run_study(load_spec(str(bad)), tmp_path / "a", quiet=True)
+    big = write_spec(tmp_path, ckpt, name="big.yaml", data_sizes=[10**7])
+    with pytest.raises(UserError, match="data_sizes 10000000 on scenes-caption"):
+        run_study(load_spec(str(big)), tmp_path / "b", quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _children(pid):
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(p.name))
+    return out
+
+
+def test_killed_worker_fails_its_cell_the_study_goes_on_and_a_rerun_completes(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "study"
+    spec = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1, 2]}},
+                      data_sizes=[16, 32], training={**TRAINING, "steps": 60},
+                      executor={"kind": "local", "workers": 2, "threads": 1})
+    cmd = [sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.2)
+        if (out / "results.sqlite").exists():
+            try:
+                running = [r for r in rows(out) if r["status"] == "running"]
+            except sqlite3.OperationalError:
+                continue
+            workers = [c for c in _children(driver.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+            if running and workers:
+                time.sleep(1.0)  # let the worker get into training
+                victim = workers[0]
+                os.kill(victim, signal.SIGKILL)
+    output, _ = driver.communicate(timeout=300)
+    assert victim is not None, output
+    assert driver.returncode == 1, output  # finished, with failures
+    got = rows(out)
+    failed = [r for r in got if r["status"] == "failed"]
+    assert failed and all("worker process died" in r["reason"] for r in failed)
+    assert "FAILED" in output
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    got = rows(out)
+    assert len(got) == 4 and {r["status"] for r in got} == {"done"}
+    assert all(r["attempts"] >= 1 for r in got)
+
+
+def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkpoint, tmp_path):
+    pytest.importorskip("ray")
+    ckpt, _ = tiny_checkpoint
+    spec = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1]}, "frozen": {}},
+                      data_sizes=[16], seeds=[0, 1])
+    local = run_study(load_spec(str(spec)), tmp_path / "local", quiet=True)
+    ray_spec = with_executor(load_spec(str(spec)), kind="ray", threads=1)
+    summary = run_study(ray_spec, tmp_path / "ray", quiet=True)
+    assert summary["done"] == local["done"] == 4
+    assert scores(tmp_path / "ray") == scores(tmp_path / "local")
+    assert len(rows(tmp_path / "ray")) == 4
+
+
+def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
+    for argv, message in ([["study", "quik", "--out", str(tmp_path / "x")], "did you mean \"quick\""],
+                          [["study", "quick", "--out", str(tmp_path / "x"), "--workers", "-1"], "workers must be >= 0"],
+                          [["study", "quick", "--out", str(tmp_path / "x"), "--address", "1.2.3.4:6379"], "--address needs --executor ray"]):
+        r = subprocess.run([sys.executable, "-m", "vlpeft.cli", *argv], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()

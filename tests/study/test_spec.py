@@ -1,0 +1,141 @@
+"""Study spec: validation with one-line messages, expansion, stable readable IDs, shipped presets."""
+
+import copy
+
+import pytest
+
+from vlpeft.errors import UserError
+from vlpeft.study.spec import CONFIG_DIR, expand, load_spec, parse_spec
+
+GOOD = {
+    "name": "t", "model": "runs/tiny", "tasks": ["scenes-caption", "easyvqa-vqa"],
+    "methods": {"lora": {"budgets": [2, "params=20k"]}, "frozen": {}, "full": {"lr": [1e-4, 3e-4]}},
+    "data_sizes": [100, "10%", 0.5], "seeds": [0, 1],
+    "training": {"length_policy": "steps", "steps": 5}, "executor": {"workers": 2, "threads": 1},
+}
+
+
+def spec(**changes):
+    d = copy.deepcopy(GOOD)
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    return parse_spec(d, "s.yaml")
+
+
+def test_expansion_counts_and_ids_are_stable_and_readable():
+    cells = expand(spec())
+    # tasks 2 x (lora 2 budgets + frozen 1 + full 2 lrs) x sizes 3 x seeds 2
+    assert len(cells) == 2 * (2 + 1 + 2) * 3 * 2
+    ids = [c.id for c in cells]
+    assert len(set(ids)) == len(ids)
+    assert "easyvqa-vqa.lora.b2.n100.s1" in ids
+    assert "scenes-caption.lora.bp20k.n10pct.s0" in ids
+    assert "scenes-caption.frozen.n0.5.s0" in ids
+    assert "scenes-caption.full.n100.s0.lr0.0003" in ids
+    # the same cell keeps its ID whatever else the spec holds
+    more = spec(seeds=[0, 1, 2], training={"length_policy": "steps", "steps": 50})
+    assert set(ids) <= {c.id for c in expand(more)}
+    assert ids == [c.id for c in expand(spec())]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"tasks": ["scenes-captoin"]}, "unknown task 'scenes-captoin' (did you mean \"scenes-caption\"?)"),
+    ({"methods": {"lroa": {}}}, "unknown method 'lroa' (did you mean \"lora\"?)"),
+    ({"methods": {"lora": {"budget": [2]}}}, "methods.lora: unknown key 'budget' (did you mean \"budgets\"?)"),
+    ({"methods": {"frozen": {"budgets": [2]}}}, "frozen has no size knob"),
+    ({"methods": {"lora": {"budgets": [0]}}}, "must be positive"),
+    ({"methods": {"lora": {"options": {"rnak": 2}}}}, "has no option 'rnak'"),
+    ({"methods": {}}, "methods is empty"),
+    ({"tasks": []}, "tasks is empty"),
+    ({"data_sizes": []}, "data_sizes is empty"),
+    ({"data_sizes": [0]}, "data_sizes 0"),
+    ({"data_sizes": ["150%"]}, "percentage must be in"),
+    ({"seeds": ["a"]}, "seeds must be an integer"),
+    ({"name": None}, "missing required key 'name'"),
+    ({"taks": ["x"]}, "unknown key 'taks' (did you mean \"tasks\"?)"),
+    ({"training": {"epoch": 3}}, "training: unknown or grid-level key 'epoch' (did you mean \"epochs\"?)"),
+    ({"training": {"epochs": "3"}}, "training.epochs must be an integer"),
+    ({"training": {"seed": 3}}, "grid-level key 'seed'"),
+    ({"executor": {"kind": "slurm"}}, "executor.kind 'slurm' is not one of local, ray"),
+    ({"executor": {"wrokers": 2}}, "did you mean \"workers\""),
+    ({"pretrain": "huge"}, "unknown preset 'huge'"),
+])
+def test_bad_specs_are_one_line_errors_naming_the_key(changes, message):
+    with pytest.raises(UserError) as e:
+        spec(**changes)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("s.yaml")
+
+
+def test_invalid_yaml_and_unknown_preset(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(UserError, match=r"bad.yaml: invalid YAML at line"):
+        load_spec(str(bad))
+    with pytest.raises(UserError, match=r"'quik' is neither a YAML file nor a preset \(did you mean \"quick\"\?\)"):
+        load_spec("quik")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty"):
+        load_spec(str(empty))
+
+
+@pytest.mark.parametrize("preset", ["quick", "full", "paper-blip"])
+def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
+    monkeypatch.setenv("COCO", "/data/coco")
+    monkeypatch.setenv("VQA", "/data/vqav2")
+    path = CONFIG_DIR / f"{preset}.yaml"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
+    s = load_spec(preset)
+    assert len(expand(s)) > 0
+
+
+def test_quick_and_full_presets_cover_what_the_study_needs():
+    quick, full = load_spec("quick"), load_spec("full")
+    study_methods = {"prompt", "prefix", "adapter", "lora", "mam"}
+    for s, tasks in ((quick, {"scenes-caption", "easyvqa-vqa"}),
+                     (full, {"scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"})):
+        methods = {g.method for g in s.methods.values()}
+        assert study_methods | {"full", "frozen"} <= methods
+        assert tasks <= set(s.tasks)
+        assert all(len(g.budgets) >= 2 for g in s.methods.values() if g.method in study_methods)
+    assert len(quick.data_sizes) >= 3 and len(quick.seeds) >= 2
+    assert set(full.methods) >= {"prompt", "prefix", "adapter", "lora", "mam", "full", "frozen", "bitfit", "ia3"}
+    assert all(len(g.budgets) >= 4 for g in full.methods.values() if g.method in study_methods)
+    assert len(full.data_sizes) >= 5 and len(full.seeds) == 3
+
+
+def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, monkeypatch):
+    import shutil
+
+    from fixtures_data import write_coco, write_vqav2
+    from vlpeft.recipes.finetune import FinetuneConfig
+    from vlpeft.tasks.builtin import load_task
+
+    monkeypatch.delenv("COCO", raising=False)
+    monkeypatch.delenv("VQA", raising=False)
+    with pytest.raises(UserError, match=r"paths.karpathy_json: environment variable COCO is not set"):
+        load_spec("paper-blip")
+    coco, vqa = tmp_path / "coco", tmp_path / "vqa"
+    write_coco(coco)  # images under coco/coco/<folder>: move them to the root the preset expects
+    for folder in (coco / "coco").iterdir():
+        shutil.move(str(folder), str(coco / folder.name))
+    paths, _ = write_vqav2(vqa)
+    shutil.copytree(vqa / "images", coco, dirs_exist_ok=True)  # VQAv2 uses the COCO images
+    monkeypatch.setenv("COCO", str(coco))
+    monkeypatch.setenv("VQA", str(vqa))
+    s = load_spec("paper-blip")
+    cells = expand(s)
+    assert len(cells) == 2 * (5 * 4 + 2) * 5 * 3
+    for task in s.tasks:
+        fields = next(c for c in cells if c.task == task).finetune_fields(s)
+        assert fields["model"] == ("Salesforce/blip-vqa-base" if task == "vqav2" else "Salesforce/blip-image-captioning-base")
+        FinetuneConfig(**fields)
+        data = load_task(task, paths=fields["paths"])
+        assert data.train and data.val and data.test
+    assert s.executor.kind == "ray" and s.executor.gpus == 1
