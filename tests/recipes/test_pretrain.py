@@ -18,11 +18,15 @@ def test_checkpoint_folder_has_the_promised_files_and_records(tiny_checkpoint):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_losses_fall_during_pretraining(tiny_checkpoint):
-    curve = tiny_checkpoint[1]["loss_curve"]
-    first, last = curve[0], curve[-1]
+def test_losses_fall_during_pretraining(tmp_path):
+    from vlpeft.recipes.pretrain import PretrainConfig, pretrain
+
+    # few scenes, many passes: every objective must learn them (the 40-step fixture is too short for ITC)
+    record = pretrain(PretrainConfig(scenes=32, steps=151, batch_size=8, warmup=10, lr=1e-3), tmp_path / "m",
+                      progress=False)
+    first, last = record["loss_curve"][0], record["loss_curve"][-1]
     assert last["lm"] < first["lm"] - 1.0  # from ~ln(vocab) towards the caption grammar
-    assert last["itc"] < first["itc"]
+    assert last["itc"] < first["itc"] - 0.3
 
 
 def test_saved_checkpoint_reloads_to_identical_outputs(tiny_checkpoint):

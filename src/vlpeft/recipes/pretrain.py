@@ -49,7 +49,7 @@ class PretrainConfig:
     itc_weight: float = field(default=1.0, metadata={"help": "weight of the ITC loss"})
     itm_weight: float = field(default=1.0, metadata={"help": "weight of the ITM loss"})
     lm_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss"})
-    vocab_size: int = field(default=400, metadata={"help": "WordPiece vocabulary size (upper bound)"})
+    vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
     threads: int = field(default=0, metadata={"help": "torch threads; 0 = all cores"})
 
@@ -72,12 +72,19 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+ENGLISH_REPEATS = 50  # weight of each basic English word in the tokenizer corpus (frequent enough to merge whole)
+
+
 def build_tokenizer(scenes, vocab_size: int) -> TextTokenizer:
     """WordPiece over the text of the pre-training scenes: every caption phrasing and every question and
     answer (the tokenizer stands in for a real model's English vocabulary; the model itself is
     pre-trained on captions only). Words never seen still encode, letter by letter, without [UNK]."""
+    from vlpeft.data.english import BASIC_ENGLISH
+
     texts = [c for s in scenes for c in s.captions] + [t for s in scenes for qa in s.qa for t in (qa.question, qa.answer)]
-    return TextTokenizer.from_tokenizer(train_wordpiece(texts, vocab_size=vocab_size), source="scene captions")
+    texts += list(BASIC_ENGLISH) * ENGLISH_REPEATS  # general words become whole tokens (see data/english.py)
+    return TextTokenizer.from_tokenizer(train_wordpiece(texts, vocab_size=vocab_size),
+                                        source="scene captions and questions + basic English words")
 
 
 def pretraining_losses(model: Blip, tok: TextTokenizer, pixels: torch.Tensor, captions: list[str],
@@ -169,7 +176,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
                               "lm": f"caption LM, label smoothing {cfg.label_smoothing}"},
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
-        "tokenizer_corpus": "captions, questions and answers of the training scenes (WordPiece)",
+        "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list (data/english.py), WordPiece",
         "config": dataclasses.asdict(cfg),
         "steps": cfg.steps,
         "seed": cfg.seed,
