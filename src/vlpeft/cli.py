@@ -170,6 +170,27 @@ def cmd_study(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_report(args) -> int:
+    from vlpeft.analysis import report
+
+    if not 0 < args.delta < 1:
+        raise UserError(f"--delta {args.delta}: must be a fraction in (0, 1), e.g. 0.05 for 5 %")
+    out = report.build(args.dir, delta=args.delta)
+    print(f"{args.dir}/report.html, report.md: {len(out['cells'])} cells, {len(out['verdicts'])} task x method verdict rows")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from vlpeft.analysis.advise import advice_text, advise
+    from vlpeft.analysis.results import aggregate, load_runs
+
+    if args.max_params is not None and args.max_params <= 0:
+        raise UserError(f"--max-params {args.max_params}: must be positive")
+    cells = aggregate(load_runs(args.dir))
+    print(advice_text(advise(cells, args.task, args.data_size, args.max_params)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -245,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the cells and check them; run nothing")
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("report", help="rebuild a study's report (report.html, report.md, figures/) from results.sqlite")
+    s.add_argument("dir", help="study folder")
+    s.add_argument("--delta", type=float, default=0.05, help="equivalence margin, as a fraction of the task's best score (default 0.05)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("advise", help="recommend a method and budget from a study's results")
+    s.add_argument("dir", help="study folder")
+    s.add_argument("--task", required=True)
+    s.add_argument("--data-size", type=int, required=True, help="training examples you have")
+    s.add_argument("--max-params", type=int, help="most trainable parameters you accept")
+    s.set_defaults(func=cmd_advise)
 
     s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")
     s.add_argument("--model", required=True, help="checkpoint folder")

@@ -63,7 +63,10 @@ def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tm
     csv = (out / "results.csv").read_text().splitlines()
     assert len(csv) == 13 and "m.test_score" in csv[0] and "config.data_size" in csv[0]
     report = (out / "report.md").read_text()
-    assert "## scenes-caption (cider_d)" in report and "| lora | 2 (" in report
+    assert "## Verdicts" in report and "| scenes-caption | lora |" in report
+    assert (out / "report.html").is_file() and (out / "figures" / "easyvqa-vqa-data.png").is_file()
+    meta = sqlite3.connect(out / "results.sqlite").execute("SELECT value FROM meta WHERE key='consistency'").fetchone()
+    assert set(json.loads(meta[0])) == {"scenes-caption", "easyvqa-vqa"}
     before = digests(out)
     again = run_study(load_spec(str(write_spec(tmp_path, ckpt))), out, quiet=True)
     assert again["ran"] == 0 and again["done"] == 12

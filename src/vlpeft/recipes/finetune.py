@@ -29,6 +29,7 @@ import torch
 import vlpeft
 from vlpeft.data.subsets import nested_subset, resolve_size, stratified_nested_subset
 from vlpeft.errors import UserError
+from vlpeft.faults import crash_point
 from vlpeft.io import write_json
 from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, make_config, save_peft
 from vlpeft.peft.base import trainable_state
@@ -247,6 +248,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         examples = [prep["train"][i] for i in idx]
         batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng).items()}
         model.train()
+        crash_point("train_step")
         states = encode([ex.image_id for ex in examples]) if encode else None
         loss = task_loss(prep, model, batch, cfg, states)
         if not torch.isfinite(loss):

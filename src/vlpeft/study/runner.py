@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlpeft.errors import UserError
+from vlpeft.faults import crash_point
 from vlpeft.study import store
 from vlpeft.study.spec import Cell, StudySpec, expand, fingerprint
 
@@ -245,6 +246,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
         def on_done(cell_id, result):
             store.finish(con, cell_id, result)
             progress.finished(cell_id, result)
+            crash_point("after_result")
 
         try:
             if ex.kind == "ray":
@@ -254,7 +256,11 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
         finally:
             progress.close()
         ids = [c.id for c, _, _ in cells]
-        export.export_all(con, out, spec, ids)
+        record_study(con, spec, log)
+        export.export_all(con, out)
+        from vlpeft.analysis import report
+
+        report.build(out)
         counts: dict[str, int] = {}
         wanted = set(ids)
         for r in store.rows(con):
@@ -265,6 +271,28 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
     summary = {"total": n_cells, "done": counts.get("done", 0), "failed": counts.get("failed", 0),
                "ran": len(todo), "seconds": round(time.time() - t0, 1)}
     return summary
+
+
+def record_study(con, spec: StudySpec, log=print) -> None:
+    """Keep the spec and the checkpoint's consistency measures in the store (written only when new)."""
+    import dataclasses
+
+    values = {"spec": json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)}
+    measured = json.loads(store.get_meta(con, "consistency") or "{}")
+    missing = [t for t in spec.tasks if t not in measured]
+    if missing:
+        from vlpeft.analysis.consistency import measure
+
+        for model in sorted({spec.task_models.get(t, spec.model) for t in missing}):
+            tasks = [t for t in missing if spec.task_models.get(t, spec.model) == model]
+            try:
+                measured.update(measure(model, tasks, spec.paths))
+            except Exception as e:  # a report without these numbers beats no report
+                log(f"consistency measures of {', '.join(tasks)} skipped ({e.__class__.__name__}: {e})")
+        values["consistency"] = json.dumps(measured, sort_keys=True)
+    changed = {k: v for k, v in values.items() if store.get_meta(con, k) != v}
+    if changed:
+        store.set_meta(con, changed)
 
 
 def dry_run(spec: StudySpec) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlpeft.errors import UserError
+from vlpeft.faults import crash_point
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,6 +113,7 @@ def finish(con, cell_id: str, result: dict[str, Any]) -> None:
                      m.get("best_val_score"), json.dumps(m) if m else None,
                      result.get("host") or socket.gethostname(), result.get("started"),
                      result.get("ended") or time.time(), cell_id))
+        crash_point("result_write")
 
 
 def reset_interrupted(con) -> int:

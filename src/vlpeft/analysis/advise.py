@@ -1,0 +1,68 @@
+"""Advice from a study: which method and budget to use for a task, a data size and a parameter cap.
+
+Candidates are the study's cells (method label x budget) at the study data size nearest to the asked
+one on a log scale, with at most `max_params` trainable parameters. They are ranked by their mean
+*validation* score over seeds (so the choice does not peek at test scores); the expected score is
+the chosen cell's mean test score with its 95 % bootstrap interval over seeds. The runner-up is the
+next cell in that ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vlpeft.errors import UserError, did_you_mean
+
+
+def advise(cells: list[dict[str, Any]], task: str, data_size: int, max_params: int | None = None) -> dict[str, Any]:
+    tasks = sorted({c["task"] for c in cells})
+    if task not in tasks:
+        raise UserError(f"advise: the study has no finished runs of task {task!r}{did_you_mean(task, tasks)} "
+                        f"(it has: {', '.join(tasks) or 'none'})")
+    if data_size <= 0:
+        raise UserError(f"advise: --data-size must be a positive number of examples, got {data_size}")
+    mine = [c for c in cells if c["task"] == task]
+    sizes = sorted({c["n_train"] for c in mine})
+    nearest = min(sizes, key=lambda n: (abs(math.log(n) - math.log(data_size)), n))
+    pool = [c for c in mine if c["n_train"] == nearest and c["method"] != "frozen"]
+    if max_params is not None:
+        pool = [c for c in pool if c["params"] <= max_params]
+        if not pool:
+            smallest = min((c["params"] for c in mine if c["params"] > 0), default=0)
+            raise UserError(f"advise: no method of the study fits --max-params {max_params:,} "
+                            f"(the smallest trained budget has {smallest:,} parameters)")
+    if not pool:
+        raise UserError(f"advise: the study trained no method on {task} (only the frozen model)")
+    ranked = sorted(pool, key=lambda c: (-c["val"], c["params"]))
+    frozen = next((c for c in mine if c["method"] == "frozen" and c["n_train"] == nearest), None)
+
+    def pick(c):
+        return None if c is None else {"label": c["label"], "method": c["method"], "budget": c["budget"],
+                                       "knob": c["knob"], "knob_value": c["knob_value"], "params": c["params"],
+                                       "percent": c["percent"], "expected": c["mean"], "ci": list(c["ci"]),
+                                       "val": c["val"], "seeds": c["seeds"]}
+
+    return {"task": task, "metric": mine[0]["metric"], "asked_size": data_size, "study_size": nearest,
+            "study_sizes": sizes, "max_params": max_params, "recommended": pick(ranked[0]),
+            "runner_up": pick(ranked[1] if len(ranked) > 1 else None), "frozen": pick(frozen),
+            "candidates": len(ranked)}
+
+
+def advice_text(a: dict[str, Any]) -> str:
+    r, u = a["recommended"], a["runner_up"]
+
+    def name(c):
+        return f"{c['label']}" + (f" {c['knob']}={c['knob_value']}" if c["knob"] else "") + f" ({c['params']:,} params, {c['percent']:.2f}% of backbone)"
+
+    lines = [f"task {a['task']}, {a['asked_size']:,} examples (study size used: {a['study_size']:,}"
+             + (f", at most {a['max_params']:,} params" if a["max_params"] else "") + "):",
+             f"  recommended: {name(r)}: expected {a['metric']} {r['expected']:.4g} "
+             f"[95% CI {r['ci'][0]:.4g}, {r['ci'][1]:.4g}] over {r['seeds']} seed(s)"]
+    if u:
+        lines.append(f"  runner-up:   {name(u)}: expected {u['expected']:.4g} [{u['ci'][0]:.4g}, {u['ci'][1]:.4g}]")
+    if a["frozen"]:
+        lines.append(f"  (frozen model, no training: {a['frozen']['expected']:.4g})")
+    if a["study_size"] != a["asked_size"]:
+        lines.append(f"  note: the study ran {', '.join(map(str, a['study_sizes']))} examples; the nearest was used")
+    return "\n".join(lines)

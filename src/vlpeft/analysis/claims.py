@@ -1,0 +1,102 @@
+"""The study's four claims (Tian et al., 2403.08433), tested per task and method on the data alone.
+
+1. "Performance rises with data size": stratified Spearman trend of score on data size, inside each
+   budget (and lr-selected seed runs), permutation p-value, slope per tenfold more data.
+   holds: p < α and ρ > 0 · does not hold: p < α and ρ < 0, or the data-size effect is shown
+   equivalent to zero (claim 3's test) · inconclusive: otherwise.
+2. "Performance rises with trainable-parameter size": the same on trainable parameters inside each
+   data size (methods with a size knob and ≥ 2 budgets).
+3. "Data size does not matter": equivalence test of Δ = score at the largest − at the smallest data
+   size within ±δ, δ = `delta` × the task's reference score (the best cell mean of the task; default
+   δ = 5 %). holds: equivalent · does not hold: Δ significantly outside ±δ · inconclusive.
+4. "The effect of parameter size is not monotonic": an interior budget beats both the smallest and
+   the largest budget, each one-sided bootstrap test at α/2. holds: peaked · does not hold: the
+   best budget is an end and beats the other end (p < α) · inconclusive · untestable (< 3 budgets).
+
+Nothing here knows what the paper found: verdicts come from the runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from vlpeft.analysis import stats
+
+CLAIMS = {
+    "data_trend": "performance rises with data size",
+    "param_trend": "performance rises with trainable parameters",
+    "data_flat": "data size does not matter",
+    "param_nonmonotonic": "parameter size has a non-monotonic effect",
+}
+DEFAULT_DELTA = 0.05
+
+
+def _verdict_trend(t: stats.Trend, eq: stats.Equivalence | None, alpha: float) -> str:
+    if t.n == 0:
+        return "untestable"
+    if t.p_value < alpha and t.rho > 0:
+        return "holds"
+    if (t.p_value < alpha and t.rho < 0) or (eq is not None and eq.verdict == "equivalent"):
+        return "does not hold"
+    return "inconclusive"
+
+
+def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha: float = stats.ALPHA,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """One row per task x method label: the four claims with verdicts and numbers."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["method"] != "frozen":  # nothing is trained: no claim is about it
+            by[(r["task"], r["label"])].append(r)
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in runs:
+        cells[(r["task"], r["label"], r["budget"], r["size"])].append(r["test"])
+    reference: dict[str, float] = {}  # the task's score scale: its best cell mean
+    for (task, *_), v in cells.items():
+        reference[task] = max(reference.get(task, 0.0), abs(float(np.mean(v))))
+    out = []
+    for k, ((task, label), rs) in enumerate(sorted(by.items())):
+        x_data = [r["n_train"] for r in rs]
+        y = [r["test"] for r in rs]
+        margin = delta * (reference[task] or 1.0)
+        eq = stats.equivalence(x_data, y, [r["budget"] for r in rs], margin, alpha, seed=seed + k)
+        t_data = stats.trend(x_data, y, [r["budget"] for r in rs], seed=seed + k)
+        row = {"task": task, "label": label, "method": rs[0]["method"], "runs": len(rs),
+               "data_sizes": len(set(x_data)), "budgets": len({r["budget"] for r in rs}),
+               "delta": margin, "delta_fraction": delta}
+        row["data_trend"] = {"verdict": _verdict_trend(t_data, eq, alpha), "rho": t_data.rho,
+                             "p": t_data.p_value, "slope": t_data.slope, "n": t_data.n}
+        row["data_flat"] = {"verdict": {"equivalent": "holds", "different": "does not hold"}.get(eq.verdict, "inconclusive")
+                            if not np.isnan(eq.delta) else "untestable",
+                            "effect": eq.delta, "ci90": eq.ci90, "margin": margin}
+        params = [r["params"] for r in rs]
+        if len(set(params)) >= 2 and min(params) > 0:
+            sizes = [r["size"] for r in rs]
+            t_par = stats.trend(params, y, sizes, seed=seed + 1000 + k)
+            peak = stats.interior_peak(params, y, sizes, alpha, seed=seed + 2000 + k)
+            row["param_trend"] = {"verdict": _verdict_trend(t_par, None, alpha), "rho": t_par.rho,
+                                  "p": t_par.p_value, "slope": t_par.slope, "n": t_par.n}
+            row["param_nonmonotonic"] = {
+                "verdict": {"peaked": "holds", "monotone": "does not hold", "untestable": "untestable"}.get(peak.verdict, "inconclusive"),
+                "best_params": peak.best_x, "interior": peak.interior, "gain_low": peak.gain_over_low,
+                "gain_high": peak.gain_over_high, "p_low": peak.p_low, "p_high": peak.p_high, "levels": peak.levels}
+        else:
+            why = "one budget" if len(set(params)) < 2 else "no trainable parameters"
+            row["param_trend"] = {"verdict": "untestable", "why": why}
+            row["param_nonmonotonic"] = {"verdict": "untestable", "why": why}
+        out.append(row)
+    return out
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per task and claim: how many methods got each verdict."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for row in rows:
+        for claim in CLAIMS:
+            v = row[claim]["verdict"]
+            out.setdefault(row["task"], {}).setdefault(claim, {}).setdefault(v, 0)
+            out[row["task"]][claim][v] += 1
+    return out

@@ -1,0 +1,128 @@
+"""The report and the advice, from a study store alone; the HTML checked in headless Chromium."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlpeft.analysis import report
+from vlpeft.analysis.advise import advise
+from vlpeft.analysis.results import aggregate, load_runs
+from vlpeft.errors import UserError
+from vlpeft.study import store
+from vlpeft.study.spec import Cell
+
+METHODS = {"lora": ("rank", {2: 12_000, 8: 48_000}), "adapter": ("bottleneck", {4: 14_000, 16: 51_000}),
+           "full": (None, {None: 2_500_000}), "frozen": (None, {None: 0})}
+
+
+def fake_study(folder: Path, seed=0):
+    """A results.sqlite as a study writes it: two tasks, four methods, three sizes, three seeds."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    con = store.connect(folder / "results.sqlite")
+    store.set_meta(con, {"name": "fake", "identity": json.dumps({"model": "none", "training": {"length_policy": "steps"}}),
+                         "consistency": json.dumps({"scenes-caption": {"lm_loss": 1.1, "feature_distance": 0.0},
+                                                    "easyvqa-vqa": {"lm_loss": 4.0, "feature_distance": 0.9}})})
+    for task, base, metric, relation in (("scenes-caption", 2.5, "cider_d", "same data, same task"),
+                                         ("easyvqa-vqa", 40.0, "vqa_accuracy", "new data, new task")):
+        for label, (knob, budgets) in METHODS.items():
+            for budget, params in budgets.items():
+                for n in (100, 400, 1600):
+                    for s in range(3):
+                        gain = 0 if label == "frozen" else (0.1 if task == "scenes-caption" else 5.0) * np.log10(n) * (1 + np.log10(1 + params) / 10)
+                        y = base + gain + rng.normal(0, 0.05 * base / 10)
+                        cell = Cell(id=f"{task}.{label}.{'b' + str(budget) + '.' if budget else ''}n{n}.s{s}", task=task,
+                                    label=label, method=label, budget=None if budget is None else str(budget),
+                                    data_size=n, seed=s, lr=None)
+                        store.add_cells(con, [(cell, {"task": task})])
+                        metrics = {"status": "done", "task": task, "method": label, "knob": knob, "knob_value": budget,
+                                   "data_size": n, "data_fraction": n / 4000, "seed": s, "metric": metric, "test_score": y,
+                                   "best_val_score": y + rng.normal(0, 0.01), "budget_params": params,
+                                   "trainable_params": params, "params": {"backbone": 2_556_000,
+                                   "budget_percent_of_backbone": 100 * params / 2_556_000},
+                                   "lr": 1e-3, "task_relation": relation, "length_policy": "steps", "train_seconds": 1.0,
+                                   "secondary": {}, "environment": {"host": "h", "versions": {"torch": "x"}}}
+                        store.mark_running(con, cell.id)
+                        store.finish(con, cell.id, {"status": "done", "metrics": metrics, "started": 1.0, "ended": 2.0})
+    con.close()
+    return folder
+
+
+def digests(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
+    folder = fake_study(tmp_path / "s")
+    out = report.build(folder)
+    md = (folder / "report.md").read_text()
+    for section in ("## Setup", "## Verdicts", "## Consistency with pre-training", "## Figures", "## Advice",
+                    "## Every cell", "## Every run"):
+        assert section in md
+    assert "| easyvqa-vqa | lora | holds (ρ=" in md  # the planted data-size trend on the new task
+    html = (folder / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 9
+    assert not any(s in html for s in ("src='http", 'src="http', "<link"))  # self-contained
+    figures = sorted(p.name for p in (folder / "figures").iterdir())
+    assert "easyvqa-vqa-pareto.svg" in figures and "consistency.png" in figures
+    before = digests(folder)
+    report.build(folder)
+    assert digests(folder) == before
+    assert {v["label"] for v in out["verdicts"]} == {"lora", "adapter", "full"}
+
+
+def test_advice_ranks_on_validation_and_respects_the_parameter_cap(tmp_path):
+    cells = aggregate(load_runs(fake_study(tmp_path / "s")))
+    a = advise(cells, "easyvqa-vqa", 1500)
+    assert a["study_size"] == 1600 and a["recommended"]["label"] == "full" and a["runner_up"] is not None
+    capped = advise(cells, "easyvqa-vqa", 1500, max_params=20_000)
+    assert capped["recommended"]["params"] <= 20_000
+    lo, hi = capped["recommended"]["ci"]
+    assert lo <= capped["recommended"]["expected"] <= hi
+    with pytest.raises(UserError, match=r"no finished runs of task 'easyvqa-vq' \(did you mean \"easyvqa-vqa\"\?\)"):
+        advise(cells, "easyvqa-vq", 100)
+    with pytest.raises(UserError, match="no method of the study fits --max-params 5"):
+        advise(cells, "easyvqa-vqa", 100, max_params=5)
+
+
+def test_cli_report_and_advise(tmp_path):
+    folder = fake_study(tmp_path / "s")
+    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "advise", str(folder), "--task", "scenes-caption",
+                        "--data-size", "400", "--max-params", "20000"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "recommended:" in r.stdout and "runner-up:" in r.stdout and "95% CI" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "report", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no results.sqlite here" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "report", str(folder), "--delta", "5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--delta 5.0: must be a fraction" in r.stderr
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (scripts/setup installs it)")
+def test_report_html_renders_in_headless_chromium_without_errors(tmp_path):
+    folder = fake_study(tmp_path / "s")
+    report.build(folder)
+    page = (folder / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([_chromium(), *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120)
+    assert 'data-images="9/9"' in dom.stdout, dom.stderr[-2000:]
+    assert 'data-errors="0"' in dom.stdout
+    assert "Uncaught" not in dom.stderr
+    shot = tmp_path / "report.png"
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1400,2000", page],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    shutil.copy(shot, folder / "report-screenshot.png")
