@@ -1,0 +1,152 @@
+"""The bad-input catalogue: every malformed input to every command gives one line naming the input
+and the problem, exit code 2, no traceback, and leaves every existing file as it was."""
+
+import errno
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlpeft.cli import main
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tiny_checkpoint, tmp_path_factory):
+    """A folder with a checkpoint, broken files, a finished study and a finished run."""
+    ckpt, _ = tiny_checkpoint
+    root = tmp_path_factory.mktemp("world")
+    shutil.copytree(ckpt, root / "ckpt")
+    (root / "empty.json").write_text("")
+    (root / "empty-ckpt").mkdir()
+    (root / "empty-ckpt" / "config.json").write_text("")
+    foreign = root / "foreign-ckpt"
+    shutil.copytree(ckpt, foreign)
+    cfg = json.loads((foreign / "config.json").read_text())
+    cfg["model"]["vision"]["widht"] = 64
+    (foreign / "config.json").write_text(json.dumps(cfg))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(root / "ok.png")
+    (root / "truncated.png").write_bytes((root / "ok.png").read_bytes()[:60])
+    (root / "garbage.sqlite").mkdir()
+    (root / "garbage.sqlite" / "results.sqlite").write_bytes(b"this is not a database" * 100)
+    spec = {"name": "w", "model": str(root / "ckpt"), "tasks": ["easyvqa-vqa"], "methods": {"lora": {"budgets": [1]}},
+            "data_sizes": [16], "seeds": [0], "executor": {"workers": 0},
+            "training": {"length_policy": "steps", "steps": 2, "batch_size": 8, "evals": 1, "val_limit": 8, "test_limit": 8}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["study", str(root / "spec.yaml"), "--out", str(root / "study"), "--quiet"]) == 0
+    other = dict(spec, training=dict(spec["training"], steps=3))
+    (root / "other.yaml").write_text(yaml.safe_dump(other))
+    for name, change in {"typo.yaml": {"methdos": {}}, "type.yaml": {"seeds": "zero"},
+                         "empty-grid.yaml": {"data_sizes": []}, "budget.yaml": {"methods": {"lora": {"budgets": ["params=3"]}}},
+                         "range.yaml": {"data_sizes": [10**8]}, "task.yaml": {"tasks": ["easyvqa"]}}.items():
+        d = dict(spec, **change)
+        if "methdos" in change:
+            d.pop("methods")
+        (root / name).write_text(yaml.safe_dump(d))
+    (root / "bad.yaml").write_text("name: [x\nmodel: y\n")
+    (root / "zero.yaml").write_text("")
+    from fixtures_data import write_coco
+
+    paths = write_coco(root / "coco")
+    next((root / "coco" / "coco" / "val2014").iterdir()).unlink()  # an annotation now points at a missing image
+    (root / "coco.yaml").write_text(yaml.safe_dump(dict(spec, tasks=["coco-caption"], paths=paths)))
+    run = root / "run"
+    assert main(["finetune", "--model", str(root / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora", "--budget", "1",
+                 "--data-size", "16", "--length-policy", "steps", "--steps", "2", "--batch-size", "8",
+                 "--val-limit", "8", "--test-limit", "8", "--out", str(run), "--quiet"]) == 0
+    broken_run = root / "broken-run"
+    shutil.copytree(run, broken_run)
+    (broken_run / "metrics.json").write_text("")
+    return root
+
+
+CASES = [  # (argv with {w} for the world folder, what the one line must say)
+    (["pretrain", "--preset", "huge", "--out", "{w}/x"], "unknown model preset 'huge'"),
+    (["pretrain", "--steps", "0", "--out", "{w}/x"], "steps must be positive"),
+    (["pretrain", "--out", "{w}/ckpt"], "already holds a checkpoint"),
+    (["pretrain", "--out", "{w}/x", "--force", "--if-missing"], "not allowed with argument"),
+    (["caption", "--model", "{w}/nowhere", "--scenes", "2"], "nowhere"),
+    (["caption", "--model", "{w}/empty-ckpt", "--scenes", "2"], "is empty"),
+    (["caption", "--model", "{w}/foreign-ckpt", "--scenes", "2"], "widht"),
+    (["caption", "--model", "{w}/ckpt", "{w}/truncated.png"], "truncated.png"),
+    (["caption", "--model", "{w}/ckpt"], "give IMAGE files or --scenes"),
+    (["methods", "--model", "{w}/ckpt", "--method", "lroa"], "lroa"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa", "--method", "lora", "--out", "{w}/y"], "easyvqa"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--budget", "params=3", "--out", "{w}/y"], "no rank reaches"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "0", "--out", "{w}/y"], "data_size"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "99999999", "--out", "{w}/y"], "data_size"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "150%", "--out", "{w}/y"], "150%"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--options", "{bad", "--out", "{w}/y"], "--options: not valid JSON"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--options", '{"rnak": 2}', "--out", "{w}/y"], "did you mean"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--batch-size", "0", "--out", "{w}/y"], "batch_size"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--seed", "x", "--out", "{w}/y"], "invalid int value"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--out", "{w}/run"], "already holds a finished run"),
+    (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/nowhere"], "nowhere"),
+    (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/broken-run"], "is empty"),
+    (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/run", "--task", "scenes-vqa"], "trained on"),
+    (["study", "{w}/bad.yaml", "--out", "{w}/s2"], "invalid YAML at line"),
+    (["study", "{w}/zero.yaml", "--out", "{w}/s2"], "spec is empty"),
+    (["study", "{w}/typo.yaml", "--out", "{w}/s2"], "did you mean \"methods\""),
+    (["study", "{w}/type.yaml", "--out", "{w}/s2"], "seeds must be an integer"),
+    (["study", "{w}/empty-grid.yaml", "--out", "{w}/s2"], "data_sizes is empty"),
+    (["study", "{w}/budget.yaml", "--out", "{w}/s2"], "no rank reaches"),
+    (["study", "{w}/range.yaml", "--out", "{w}/s2"], "data_sizes 100000000"),
+    (["study", "{w}/task.yaml", "--out", "{w}/s2"], "unknown task 'easyvqa'"),
+    (["study", "{w}/coco.yaml", "--out", "{w}/s2"], "coco"),
+    (["study", "{w}/other.yaml", "--out", "{w}/study"], "holds a different study"),
+    (["study", "{w}/spec.yaml", "--out", "{w}/s2", "--address", "x:1"], "--address needs --executor ray"),
+    (["study", "nonexistent-preset", "--out", "{w}/s2"], "neither a YAML file nor a preset"),
+    (["report", "{w}/nowhere"], "no results.sqlite"),
+    (["report", "{w}/garbage.sqlite"], "not a vlpeft results store"),
+    (["advise", "{w}/study", "--task", "scenes-caption", "--data-size", "10"], "no finished runs of task"),
+    (["advise", "{w}/study", "--task", "easyvqa-vqa", "--data-size", "10", "--max-params", "1"], "--max-params"),
+]
+
+
+@pytest.mark.parametrize("argv, says", CASES, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2_and_changes_no_file(world, capsys, argv, says):
+    before = snapshot(world)
+    rc = run_cli([a.replace("{w}", str(world)) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert says in err, err
+    assert snapshot(world) == before
+
+
+def run_cli(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own usage errors exit from inside
+        return e.code
+
+
+def test_there_are_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+def test_a_full_disk_gives_one_line_and_leaves_no_corrupt_file(tmp_path, monkeypatch):
+    from vlpeft.errors import UserError
+    from vlpeft.io import write_json
+
+    target = tmp_path / "metrics.json"
+    write_json(target, {"score": 1})
+    before = target.read_bytes()
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(UserError, match=r"metrics.json: cannot write \(No space left on device\); no file was changed"):
+        write_json(target, {"score": 2})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary file left
