@@ -221,3 +221,15 @@ def test_recipe_records_what_determines_the_scenes():
     assert json.loads(json.dumps(recipe)) == recipe
     assert recipe["seed"] == 9 and recipe["shapes"] == list(SCENE_SHAPES) and set(recipe["colors"]) == set(SCENE_COLORS)
     assert recipe["splits"] == {"train": 100, "val": 10}
+
+
+def test_general_sentences_are_deterministic_and_cover_the_basic_words():
+    from vlpeft.data.english import BASIC_ENGLISH, general_sentences
+
+    a, b = general_sentences(3000, seed=0), general_sentences(3000, seed=0)
+    assert a == b and a != general_sentences(3000, seed=1)
+    words = {w for s in a for w in s.replace(",", " ").split()}
+    for w in ("yes", "no", "rectangle", "teal", "black", "gray", "brown", "contain", "does", "color", "shape"):
+        assert w in words, w
+    assert {w.rstrip("s") for w in words} <= {w.rstrip("s") for w in BASIC_ENGLISH}  # nothing beyond the list
+    assert not any(s.endswith("?") for s in a)  # statements, not questions about images

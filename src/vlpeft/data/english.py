@@ -1,4 +1,5 @@
-"""A basic English word list for the tiny model's tokenizer.
+"""Basic English for the tiny model: a word list for its tokenizer and template sentences for its
+text-only language-modelling warm-up.
 
 A real BLIP tokenizes with BERT's 30,522-piece vocabulary, learned from general English: everyday
 words such as "rectangle", "black" or "contain" are single tokens there. The tiny tokenizer is learned
@@ -40,3 +41,51 @@ shirt hat glasses bag hand hands head face eyes hair
 sitting standing walking running riding holding eating playing flying lying looking wearing
 sits stands walks runs rides holds eats plays flies lies wears parked
 """.split())
+
+
+# Word classes for `general_sentences` (all in BASIC_ENGLISH).
+_COLORS = "red green blue yellow orange purple pink white black gray grey brown teal cyan magenta violet indigo turquoise beige tan maroon navy olive silver gold".split()
+_SHAPES = "circle square triangle rectangle diamond star cross oval ellipse hexagon pentagon octagon heart arrow line dot ring cube sphere cone cylinder".split()
+_THINGS = ("man woman person boy girl child baby player dog cat horse bird cow sheep elephant bear giraffe zebra car bus "
+           "train truck bike bicycle motorcycle plane airplane boat table chair bed couch sofa bench desk window door wall "
+           "tree field road street house building pizza cake sandwich plate bowl cup glass bottle banana apple phone "
+           "computer laptop keyboard screen television clock sign umbrella kite frisbee ball shirt hat bag box").split()
+_PLACES = "room kitchen bathroom park city beach field street road sky water snow grass".split()
+_SIZES = "big small large little tiny huge long short tall wide narrow thick thin round flat dark light bright pale".split()
+_PREPS = ["in", "on", "near", "behind", "beside", "under", "above", "below", "inside", "outside", "next to",
+          "in front of", "on top of", "to the left of", "to the right of"]
+_VERBS = "sitting standing walking running riding holding eating playing flying lying looking wearing".split()
+_NUMBERS = "one two three four five six seven eight nine ten".split()
+
+
+def general_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` simple English sentences from templates over BASIC_ENGLISH, deterministic in `seed`.
+
+    They stand in for the general text a real BLIP's BERT-initialised text model has read: every
+    colour, shape, object and function word of the list occurs, including "yes" and "no", so the
+    tiny decoder learns to write these words at all (a word it never had to predict keeps an
+    untrained output row, which a PEFT method, with the output layer frozen, can hardly use). They
+    describe no image and are not questions and answers about images."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 7919])
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+
+    def thing():
+        return f"{pick(['a', 'the', 'this', 'that'])} {pick(_SIZES + _COLORS + [''])} {pick(_THINGS + _SHAPES)}".replace("  ", " ")
+
+    templates = [
+        lambda: f"{thing()} is {pick(_PREPS)} {thing()}",
+        lambda: f"{thing()} is {pick(_COLORS)}",
+        lambda: f"{pick(['the', 'a'])} {pick(_THINGS)} is {pick(_VERBS)} {pick(_PREPS)} the {pick(_PLACES)}",
+        lambda: f"{pick(_NUMBERS)} {pick(_COLORS)} {pick(_SHAPES)}s are {pick(_PREPS)} {thing()}",
+        lambda: f"yes , {thing()} is {pick(_COLORS)}",
+        lambda: f"no , {thing()} is not {pick(_COLORS)}",
+        lambda: f"yes , it is a {pick(_SHAPES)}",
+        lambda: f"no , it is not a {pick(_SHAPES)}",
+        lambda: f"there are {pick(_NUMBERS)} {pick(_THINGS)}s {pick(_PREPS)} the {pick(_PLACES)}",
+        lambda: f"{pick(['yes', 'no'])} , there {pick(['is', 'was'])} {thing()} {pick(_PREPS)} the {pick(_PLACES)}",
+        lambda: f"the {pick(_SHAPES)} {pick(['has', 'shows', 'contains'])} {pick(_COLORS)} and {pick(_COLORS)} {pick(['lines', 'dots', 'colors'])}",
+        lambda: f"which {pick(['color', 'shape', 'kind', 'size'])} {pick(['does', 'is', 'was'])} {thing()} {pick(['have', 'show', 'contain'])}",
+    ]
+    return [templates[int(rng.integers(len(templates)))]().strip() for _ in range(n)]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlpeft.data.english import general_sentences
 from vlpeft.data.images import ImagePreprocess, preprocess
 from vlpeft.data.scenes import SCENE_IMAGE_SIZE, generate_scenes, scene_objects, scenes_recipe
 from vlpeft.errors import UserError
@@ -49,6 +50,9 @@ class PretrainConfig:
     itc_weight: float = field(default=1.0, metadata={"help": "weight of the ITC loss"})
     itm_weight: float = field(default=1.0, metadata={"help": "weight of the ITM loss"})
     lm_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss"})
+    text_lm_weight: float = field(default=0.5, metadata={"help": "weight of the text-only LM loss on general English "
+                                                                 "sentences (data/english.py); 0 = off"})
+    text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
     vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
     threads: int = field(default=0, metadata={"help": "torch threads; 0 = all cores"})
@@ -61,6 +65,8 @@ class PretrainConfig:
             raise UserError(f"pretrain: batch_size {self.batch_size} exceeds the {self.scenes} scenes")
         if not self.lr > 0:
             raise UserError(f"pretrain: lr must be positive, got {self.lr}")
+        if self.text_lm_weight < 0 or (self.text_lm_weight > 0 and self.text_sentences < self.batch_size):
+            raise UserError("pretrain: text_lm_weight must be >= 0, and text_sentences at least batch_size when it is on")
         preset(self.preset)  # unknown preset: fail before any work
 
 
@@ -147,6 +153,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     object_sets = [scene_objects(s) for s in scenes]
+    if cfg.text_lm_weight > 0:  # general English, tokenised once: (S, L) decoder inputs
+        text_ids, text_mask = tok.encode_batch(general_sentences(cfg.text_sentences, cfg.seed), max_len=cfg.max_text_len)
+        text_ids[:, 0] = tok.dec_id
     curve = []
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
     for step in bar:
@@ -156,6 +165,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         losses = pretraining_losses(model, tok, pixels, captions, [object_sets[i] for i in idx],
                                     cfg.label_smoothing, cfg.max_text_len, gen)
         loss = cfg.itc_weight * losses["itc"] + cfg.itm_weight * losses["itm"] + cfg.lm_weight * losses["lm"]
+        if cfg.text_lm_weight > 0:  # the text decoder alone (no image context), as BERT-style text pre-training
+            pick = torch.from_numpy(rng.choice(len(text_ids), size=cfg.batch_size, replace=False))
+            ids, mask = text_ids[pick], text_mask[pick]
+            keep = int(mask.sum(1).max())
+            losses["text_lm"] = model.lm_loss(ids[:, :keep], mask[:, :keep], None, label_smoothing=cfg.label_smoothing)
+            loss = loss + cfg.text_lm_weight * losses["text_lm"]
         if not torch.isfinite(loss):
             raise RuntimeError(f"pretrain: loss became {loss.item()} at step {step}")
         for group in opt.param_groups:
@@ -170,10 +185,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             bar.set_postfix(itc=row["itc"], itm=row["itm"], lm=row["lm"])
     model.eval()
     record = {
-        "objectives": ["itc", "itm", "lm"],
+        "objectives": ["itc", "itm", "lm"] + (["text_lm"] if cfg.text_lm_weight > 0 else []),
         "objective_details": {"itc": "in-batch, same-object-set pairs are positives",
                               "itm": "one hard negative text and image per pair, sampled from ITC softmax",
-                              "lm": f"caption LM, label smoothing {cfg.label_smoothing}"},
+                              "lm": f"caption LM, label smoothing {cfg.label_smoothing}",
+                              **({"text_lm": f"text-only decoder LM on {cfg.text_sentences} template sentences of basic "
+                                             f"English (data/english.py), weight {cfg.text_lm_weight}: stands in for "
+                                             "the general text a BERT-initialised BLIP has read"}
+                                 if cfg.text_lm_weight > 0 else {})},
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
         "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list (data/english.py), WordPiece",
