@@ -166,7 +166,8 @@ def cmd_study(args) -> int:
     summary = run_study(spec, args.out, quiet=args.quiet)
     failed = f", {summary['failed']} FAILED (see {args.out}/report.md)" if summary["failed"] else ""
     print(f"study {spec.name}: {summary['done']}/{summary['total']} runs done{failed}; ran {summary['ran']} "
-          f"in {summary['seconds']:.0f} s -> {args.out}/results.sqlite, results.csv, report.md")
+          f"in {summary['grid_seconds']:.0f} s (whole command {summary['seconds']:.0f} s) -> {args.out}/report.html, "
+          f"report.md, results.sqlite, results.csv")
     return 1 if summary["failed"] else 0
 
 

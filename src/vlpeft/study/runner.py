@@ -248,6 +248,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
             progress.finished(cell_id, result)
             crash_point("after_result")
 
+        grid_started = time.time()
         try:
             if ex.kind == "ray":
                 executors.run_ray(payloads, ex.threads, ex.gpus, ex.address, on_start, on_done)
@@ -255,6 +256,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
                 executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done)
         finally:
             progress.close()
+        grid_seconds = time.time() - grid_started
         ids = [c.id for c, _, _ in cells]
         record_study(con, spec, log)
         export.export_all(con, out)
@@ -269,7 +271,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
     finally:
         con.close()
     summary = {"total": n_cells, "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-               "ran": len(todo), "seconds": round(time.time() - t0, 1)}
+               "ran": len(todo), "seconds": round(time.time() - t0, 1), "grid_seconds": round(grid_seconds, 1)}
     return summary
 
 
