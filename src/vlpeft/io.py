@@ -51,6 +51,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_if_changed(path: str | os.PathLike, data: str | bytes) -> bool:
+    """Write text or bytes atomically unless the file already holds exactly that; True if written.
+    (Reruns that produce the same exports leave the files, and their times, untouched.)"""
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if path.is_file() and path.read_bytes() == raw:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(raw)
+    return True
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

@@ -45,6 +45,9 @@ def test_cached_states_equal_the_encoder_output(tiny_checkpoint):
     loaded = vlpeft.load_model(str(ckpt))
     model = loaded.model.eval()
     task = cached_task("scenes-caption", 0, "{}")
+    with pytest.raises(ValueError, match="cannot be cached"):  # as loaded, every weight is trainable
+        features.image_encoder(model, task, loaded.preprocess, "test")
+    apply_peft(model, "frozen", make_config("frozen"))
     ids = [ex.image_id for ex in task.val[:5]]
     features.clear()
     encode = features.image_encoder(model, task, loaded.preprocess, "test")

@@ -2,9 +2,7 @@ import json
 
 import torch
 
-from vlpeft.data.images import preprocess
 from vlpeft.model.checkpoint import load_model
-from vlpeft.model.generate import generate
 
 
 def test_checkpoint_folder_has_the_promised_files_and_records(tiny_checkpoint):

@@ -14,7 +14,6 @@ Per task:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -73,6 +72,3 @@ def zero_shot(cells: list[dict[str, Any]]) -> dict[str, float | None]:
         out[task] = (float(np.mean(frozen)) / max(trained)) if frozen and trained and max(trained) else None
     return out
 
-
-def as_json(measures: dict) -> str:
-    return json.dumps(measures, sort_keys=True)

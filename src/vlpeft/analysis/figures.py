@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vlpeft.io import atomic_path
+from vlpeft.io import write_if_changed
 
 COLORS = {"prompt": "#1f77b4", "prefix": "#ff7f0e", "adapter": "#2ca02c", "lora": "#d62728", "mam": "#9467bd",
           "full": "#000000", "frozen": "#7f7f7f", "bitfit": "#8c564b", "ia3": "#e377c2"}
@@ -39,11 +39,8 @@ def _save(fig, folder: Path, name: str) -> list[str]:
     for ext in ("png", "svg"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else {"Software": None})
-        path = folder / f"{name}.{ext}"
-        if not (path.exists() and path.read_bytes() == buf.getvalue()):
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(buf.getvalue())
-        out.append(path.name)
+        write_if_changed(folder / f"{name}.{ext}", buf.getvalue())
+        out.append(f"{name}.{ext}")
     _plt().close(fig)
     return out
 
@@ -72,12 +69,16 @@ def score_vs_data(cells, task, folder) -> list[str]:
         color = COLORS.get(line[0]["method"])
         ax.plot(x, y, marker="o", label=label, color=color)
         ax.fill_between(x, [c["ci"][0] for c in line], [c["ci"][1] for c in line], alpha=0.15, color=color)
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples (log)")
-    ax.set_ylabel(cells_metric(cells, task))
-    ax.set_title(f"{task}: score vs data size (best budget per method)")
-    ax.legend(fontsize=7, ncol=2)
+    _log_axes(ax, "training examples (log)", cells_metric(cells, task), f"{task}: score vs data size (best budget per method)")
     return _save(fig, folder, f"{task}-data")
+
+
+def _log_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
 
 
 def cells_metric(cells, task) -> str:
@@ -134,11 +135,7 @@ def pareto(cells, task, folder) -> list[str]:
                     xytext=(3, -8), textcoords="offset points")
     for method in sorted({c["method"] for c in mine}):
         ax.scatter([], [], color=COLORS.get(method), label=method, s=18)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log)")
-    ax.set_ylabel(cells_metric(cells, task))
-    ax.set_title(f"{task}: Pareto front at n = {largest}")
-    ax.legend(fontsize=7, ncol=2)
+    _log_axes(ax, "trainable parameters (log)", cells_metric(cells, task), f"{task}: Pareto front at n = {largest}")
     return _save(fig, folder, f"{task}-pareto")
 
 

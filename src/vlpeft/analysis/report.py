@@ -23,12 +23,7 @@ from vlpeft.analysis import consistency as cons
 from vlpeft.analysis import figures
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.errors import UserError
-from vlpeft.io import write_text
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    if not (path.exists() and path.read_text(encoding="utf-8") == text):
-        write_text(path, text)
+from vlpeft.io import write_if_changed
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -93,8 +88,9 @@ def build(folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consisten
     context = {"meta": meta, "rows": rows, "runs": runs, "cells": cells, "verdicts": verdicts, "zero_shot": zs,
                "sensitivity": sens, "consistency": consistency, "figures": figs, "advice": advice, "delta": delta,
                "setup": setup(meta, rows, runs)}
-    _write_if_changed(folder / "report.md", markdown(context))
-    _write_if_changed(folder / "report.html", to_html(context, folder))
+    tables = sections(context)
+    write_if_changed(folder / "report.md", markdown(context, tables))
+    write_if_changed(folder / "report.html", to_html(context, tables, folder))
     return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts)}
 
 
@@ -192,9 +188,9 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
     return out
 
 
-def markdown(ctx) -> str:
+def markdown(ctx, tables) -> str:
     lines = [f"# Study report: {ctx['setup']['name']}", ""]
-    for title, head, body, note in sections(ctx)[:5]:
+    for title, head, body, note in tables[:5]:
         lines += [f"## {title}", ""] + _table(head, body) + ([""] + [note] if note else []) + [""]
     lines += ["## Figures", ""]
     for group, files in ctx["figures"].items():
@@ -202,7 +198,7 @@ def markdown(ctx) -> str:
             if f.endswith(".png"):
                 lines.append(f"![{f}](figures/{f})")
         lines.append("")
-    for title, head, body, note in sections(ctx)[5:]:
+    for title, head, body, note in tables[5:]:
         lines += [f"## {title}", ""] + _table(head, body) + [""]
     return "\n".join(lines)
 
@@ -235,7 +231,7 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee;c
 img{max-width:100%;margin:0.5em 0;border:1px solid #ddd}.note{color:#555;font-size:12px}"""
 
 
-def to_html(ctx, folder: Path) -> str:
+def to_html(ctx, tables, folder: Path) -> str:
     esc = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlpeft study {esc(str(ctx['setup']['name']))}</title>"
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
@@ -251,8 +247,7 @@ def to_html(ctx, folder: Path) -> str:
             parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>")
         parts.append("</tbody></table>")
 
-    all_sections = sections(ctx)
-    for sec in all_sections[:5]:
+    for sec in tables[:5]:
         table(*sec)
     parts.append("<h2>Figures</h2>")
     for group, files in ctx["figures"].items():
@@ -261,11 +256,8 @@ def to_html(ctx, folder: Path) -> str:
             if f.endswith(".png"):
                 data = base64.b64encode((folder / "figures" / f).read_bytes()).decode()
                 parts.append(f"<img alt='{esc(f)}' src='data:image/png;base64,{data}'>")
-    for sec in all_sections[5:]:
+    for sec in tables[5:]:
         table(*sec)
     parts.append("</body></html>")
     return "\n".join(parts)
 
-
-def write_advice(cells, task, size, max_params) -> str:
-    return advise_mod.advice_text(advise_mod.advise(cells, task, size, max_params))

@@ -5,7 +5,7 @@ and none added: no prompts, prefixes, adapters, LoRA or IA3 vectors there) and t
 dropout, its output for an image is the same in every step of every epoch, in training and in
 evaluation. `image_encoder` then returns a function that encodes each image once and remembers the
 states (B, N, D) in this process, so the later epochs and the later runs of a study worker skip the
-ViT entirely. Otherwise it returns the plain `model.encode_image(preprocess(images))`.
+ViT entirely (and the training batches need no pixels).
 
 The memory is per process, keyed by a digest of the vision weights, the data source and the image
 id, and capped (VLPEFT_FEATURE_CACHE_MB, default 1024; 0 turns it off): past the cap images are
@@ -50,15 +50,16 @@ def vision_digest(model) -> str:
     return h.hexdigest()
 
 
-def image_encoder(model, task, pp, source: str, enabled: bool = True) -> Callable[[Sequence[str]], torch.Tensor]:
-    """images ids -> image states (B, N, D): cached when the vision encoder is untouched (see module doc)."""
+def image_encoder(model, task, pp, source: str) -> Callable[[Sequence[str]], torch.Tensor]:
+    """image ids -> image states (B, N, D), each image encoded once (see module doc). Only for a
+    model whose vision encoder is untouched."""
+    if not vision_untouched(model):
+        raise ValueError("image_encoder: the vision encoder is trained or modified; its states cannot be cached")
 
     def plain(ids: Sequence[str]) -> torch.Tensor:
         device = next(model.parameters()).device
         return model.encode_image(preprocess([task.image(i) for i in ids], pp).to(device))
 
-    if not enabled or cache_limit_bytes() <= 0 or not vision_untouched(model):
-        return plain
     prefix = (vision_digest(model), source)
 
     def cached(ids: Sequence[str]) -> torch.Tensor:

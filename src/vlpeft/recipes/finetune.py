@@ -175,11 +175,11 @@ def method_for_task(model_cfg, task: str, method: str, budget, options: dict):
     return resolved, make_config(method, resolved["overrides"])
 
 
-def make_batch(prep, cfg, examples, rng):
+def make_batch(prep, cfg, examples, rng, pixels: bool = True):
     tok, pp = prep["loaded"].tokenizer, prep["loaded"].preprocess
     if prep["info"].kind == "caption":
-        return captioning.caption_batch(examples, prep["task"], tok, pp, prep["prompt"], cfg.max_text_len, rng)
-    return vqa.vqa_batch(examples, prep["task"], tok, pp, cfg.max_text_len, rng)
+        return captioning.caption_batch(examples, prep["task"], tok, pp, prep["prompt"], cfg.max_text_len, rng, pixels)
+    return vqa.vqa_batch(examples, prep["task"], tok, pp, cfg.max_text_len, rng, pixels)
 
 
 def task_loss(prep, model, batch, cfg, image_states=None) -> torch.Tensor:
@@ -191,7 +191,7 @@ def frozen_image_encoder(prep, cfg, model):
     """Cached image encoding when the method leaves the vision encoder untouched, else None."""
     from vlpeft.recipes import features
 
-    if not cfg.feature_cache or not features.vision_untouched(model):
+    if not cfg.feature_cache or features.cache_limit_bytes() <= 0 or not features.vision_untouched(model):
         return None
     source = json.dumps([cfg.model, prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess)],
                         sort_keys=True, default=str)
@@ -246,7 +246,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         examples = [prep["train"][i] for i in idx]
-        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng).items()}
+        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng, pixels=encode is None).items()}
         model.train()
         crash_point("train_step")
         states = encode([ex.image_id for ex in examples]) if encode else None

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlpeft.io import atomic_path, write_text
+from vlpeft.io import atomic_path, write_if_changed
 from vlpeft.study import store
 
 FIXED = [c for c in store.COLUMNS if c not in ("config", "metrics")]
@@ -43,13 +43,6 @@ def table_rows(con) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return False
-    write_text(path, text)
-    return True
-
-
 def export_all(con, out: Path) -> None:
     rows = table_rows(con)
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -57,7 +50,7 @@ def export_all(con, out: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    changed = _write_if_changed(out / "results.csv", buf.getvalue())
+    changed = write_if_changed(out / "results.csv", buf.getvalue())
     parquet = out / "results.parquet"
     if changed or not parquet.exists():
         try:

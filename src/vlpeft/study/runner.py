@@ -164,9 +164,9 @@ def _fmt_seconds(s: float) -> str:
 class Progress:
     """Done/total, failures and ETA: a live bar on a terminal, and one line per finished run."""
 
-    def __init__(self, total: int, already: int, quiet: bool = False):
+    def __init__(self, total: int, quiet: bool = False):
         self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
-        self.already, self.t0 = already, time.time()
+        self.t0 = time.time()
         self.bar = None
         if sys.stderr.isatty() and not quiet:
             from tqdm import tqdm
@@ -238,7 +238,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
         n_cells = len(cells)
         log(f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
             f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) -> {out}")
-        progress = Progress(len(todo), n_cells - len(todo), quiet=quiet)
+        progress = Progress(len(todo), quiet=quiet)
 
         def on_start(cell_id):
             store.mark_running(con, cell_id)

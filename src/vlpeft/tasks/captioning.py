@@ -25,16 +25,19 @@ def prompt_ids(tok, prompt: str) -> list[int]:
 
 
 def caption_batch(examples: Sequence[CaptionExample], task, tok, pp, prompt: str, max_len: int,
-                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """pixels (B, 3, S, S); ids/mask (B, L) = [DEC] prompt caption [SEP]; target_mask excludes the prompt."""
+                  rng: np.random.Generator, pixels: bool = True) -> dict[str, torch.Tensor]:
+    """pixels (B, 3, S, S) (left out when `pixels` is False: the image states come from elsewhere);
+    ids/mask (B, L) = [DEC] prompt caption [SEP]; target_mask excludes the prompt."""
     captions = [ex.captions[rng.integers(len(ex.captions))] for ex in examples]
     texts = [f"{prompt} {c}".strip() for c in captions]
     ids, mask = tok.encode_batch(texts, max_len=max_len)  # (B, L): [CLS] prompt caption [SEP]
     ids[:, 0] = tok.dec_id
     target = mask.clone()
     target[:, : 1 + len(prompt_ids(tok, prompt))] = 0  # [DEC] and the prompt are inputs, not targets
-    pixels = preprocess([task.image(ex.image_id) for ex in examples], pp)
-    return {"pixels": pixels, "ids": ids, "mask": mask, "target_mask": target}
+    batch = {"ids": ids, "mask": mask, "target_mask": target}
+    if pixels:
+        batch["pixels"] = preprocess([task.image(ex.image_id) for ex in examples], pp)
+    return batch
 
 
 def caption_loss(model, batch, label_smoothing: float = 0.0, image_states=None) -> torch.Tensor:

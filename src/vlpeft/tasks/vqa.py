@@ -53,11 +53,15 @@ def training_answer(ex: VQAExample, rng: np.random.Generator) -> str:
     return names[rng.choice(len(names), p=p / p.sum())]
 
 
-def vqa_batch(examples: Sequence[VQAExample], task, tok, pp, max_len: int, rng: np.random.Generator) -> dict:
+def vqa_batch(examples: Sequence[VQAExample], task, tok, pp, max_len: int, rng: np.random.Generator,
+              pixels: bool = True) -> dict:
+    """pixels (B, 3, S, S) (left out when `pixels` is False); q_ids/q_mask (B, Lq); a_ids/a_mask (B, La)."""
     q_ids, q_mask = encode_questions(tok, [ex.question for ex in examples], max_len)
     a_ids, a_mask = encode_answers(tok, [training_answer(ex, rng) for ex in examples])
-    pixels = preprocess([task.image(ex.image_id) for ex in examples], pp)
-    return {"pixels": pixels, "q_ids": q_ids, "q_mask": q_mask, "a_ids": a_ids, "a_mask": a_mask}
+    batch = {"q_ids": q_ids, "q_mask": q_mask, "a_ids": a_ids, "a_mask": a_mask}
+    if pixels:
+        batch["pixels"] = preprocess([task.image(ex.image_id) for ex in examples], pp)
+    return batch
 
 
 def vqa_loss(model, batch, label_smoothing: float = 0.0, image_states=None) -> torch.Tensor:
