@@ -55,3 +55,97 @@ def test_cached_states_equal_the_encoder_output(tiny_checkpoint):
     plain = model.encode_image(preprocess([task.image(i) for i in ids], loaded.preprocess))
     torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-6)
     assert torch.equal(again, first.flip(0))
+
+
+def _frozen_encoder(ckpt, cache_dir, cap_mb=8192):
+    from vlpeft.recipes.finetune import cached_task
+
+    loaded = vlpeft.load_model(str(ckpt))
+    model = loaded.model.eval()
+    apply_peft(model, "frozen", make_config("frozen"))
+    task = cached_task("scenes-caption", 0, "{}")
+    encode = features.image_encoder(model, task, loaded.preprocess, "test", cache_dir=cache_dir, disk_cap_mb=cap_mb)
+    return model, task, loaded.preprocess, encode
+
+
+def test_disk_tier_is_read_back_bit_for_bit_without_encoding(tiny_checkpoint, tmp_path, monkeypatch):
+    ckpt, _ = tiny_checkpoint
+    features.clear()
+    model, task, pp, encode = _frozen_encoder(ckpt, tmp_path / "cache")
+    ids = [ex.image_id for ex in task.val[:6]]
+    first = encode(ids)
+    files = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(files) == 6
+    features.clear()  # a new process: memory empty, disk kept
+    model, task, pp, encode = _frozen_encoder(ckpt, tmp_path / "cache")
+    monkeypatch.setattr(model, "encode_image", lambda *a: pytest.fail("the ViT ran although the disk held the states"))
+    assert torch.equal(encode(ids[::-1]), first.flip(0))
+
+
+def test_a_corrupt_file_is_recomputed_and_the_cap_bounds_the_folder(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    features.clear()
+    _, task, _, encode = _frozen_encoder(ckpt, tmp_path / "cache")
+    ids = [ex.image_id for ex in task.val[:3]]
+    first = encode(ids)
+    victim = sorted((tmp_path / "cache").rglob("*.npy"))[0]
+    victim.write_bytes(victim.read_bytes()[:50])  # truncated
+    features.clear()
+    _, _, _, encode = _frozen_encoder(ckpt, tmp_path / "cache")
+    assert torch.equal(encode(ids), first)
+    assert victim.stat().st_size > 50  # rewritten whole
+
+    features.clear()
+    one = first[0].numel() * 4 + 128
+    _, _, _, encode = _frozen_encoder(ckpt, tmp_path / "capped", cap_mb=2.5 * one / 2**20)
+    encode([ex.image_id for ex in task.val[:8]])
+    assert len(list((tmp_path / "capped").rglob("*.npy"))) == 2  # the rest were encoded, not stored
+    assert features.folder_bytes(tmp_path / "capped") <= 2.5 * one + 4096  # + meta.json
+
+
+_WORKER = """
+import sys, torch, vlpeft
+from vlpeft.peft import apply_peft, make_config
+from vlpeft.recipes import features
+from vlpeft.recipes.finetune import cached_task
+loaded = vlpeft.load_model(sys.argv[1]); model = loaded.model.eval()
+apply_peft(model, "frozen", make_config("frozen"))
+task = cached_task("scenes-caption", 0, "{}")
+ids = [ex.image_id for ex in task.val[:40]]
+encode = features.image_encoder(model, task, loaded.preprocess, "test", cache_dir=sys.argv[2])
+for i in range(0, 40, 4):
+    encode(ids[i:i + 4])
+"""
+
+
+def test_concurrent_workers_share_one_folder_safely(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    ckpt, _ = tiny_checkpoint
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(ckpt), str(cache)]) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert not list(cache.rglob("*.tmp"))
+    features.clear()
+    model, task, pp, encode = _frozen_encoder(ckpt, cache)
+    ids = [ex.image_id for ex in task.val[:40]]
+    assert len(list(cache.rglob("*.npy"))) == 40
+    stored = torch.stack([features.disk_cache(cache, features.vision_digest(model), "test", 8192).get(i) for i in ids])
+    plain = model.encode_image(preprocess([task.image(i) for i in ids], pp))
+    torch.testing.assert_close(stored, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_disk_cached_runs_score_exactly_as_plain_runs_and_off_writes_nothing(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    got = {}
+    for name, cache, folder in [("plain", False, tmp_path / "unused"), ("cold", True, tmp_path / "c"),
+                                ("warm", True, tmp_path / "c")]:
+        features.clear()
+        cfg = FinetuneConfig(model=str(ckpt), task="easyvqa-vqa", method="adapter", budget="2", data_size=24,
+                             feature_cache=cache, feature_cache_dir=str(folder), **FAST)
+        m = finetune(cfg, None, progress=False)
+        got[name] = (m["test_score"], m["best_val_score"])
+    assert got["plain"] == got["cold"] == got["warm"]
+    assert not (tmp_path / "unused").exists()
+    assert list((tmp_path / "c").rglob("*.npy"))

@@ -67,6 +67,7 @@ def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tm
     assert (out / "report.html").is_file() and (out / "figures" / "easyvqa-vqa-data.png").is_file()
     meta = sqlite3.connect(out / "results.sqlite").execute("SELECT value FROM meta WHERE key='consistency'").fetchone()
     assert set(json.loads(meta[0])) == {"scenes-caption", "easyvqa-vqa"}
+    assert list((out / "cache" / "features").rglob("*.npy"))  # frozen image states shared by the runs
     before = digests(out)
     again = run_study(load_spec(str(write_spec(tmp_path, ckpt))), out, quiet=True)
     assert again["ran"] == 0 and again["done"] == 12

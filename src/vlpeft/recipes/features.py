@@ -3,27 +3,41 @@
 When a run's method leaves the image encoder exactly as pre-trained (every vision parameter frozen
 and none added: no prompts, prefixes, adapters, LoRA or IA3 vectors there) and the encoder has no
 dropout, its output for an image is the same in every step of every epoch, in training and in
-evaluation. `image_encoder` then returns a function that encodes each image once and remembers the
-states (B, N, D) in this process, so the later epochs and the later runs of a study worker skip the
-ViT entirely (and the training batches need no pixels).
+evaluation, and in every run of a study that shares the checkpoint. `image_encoder` then returns a
+function that encodes each image once, so later epochs and later runs skip the ViT entirely (and
+the training batches need no pixels). Two tiers:
 
-The memory is per process, keyed by a digest of the vision weights, the data source and the image
-id, and capped (VLPEFT_FEATURE_CACHE_MB, default 1024; 0 turns it off): past the cap images are
-encoded as usual.
+- memory (per process): a dict of states (1 + N, D), capped by VLPEFT_FEATURE_CACHE_MB (default
+  1024; 0 turns the whole cache off); past the cap images are encoded as usual;
+- disk (shared by every worker of a study, and by later studies of the same checkpoint): one `.npy`
+  file per image under `cache_dir/<key>/`, where key = SHA-1 of (the vision weights, the data
+  source, the preprocessing) and the file name is the SHA-1 of the image id. Files are written to
+  a unique temporary name and renamed into place, so concurrent workers never read half a file (two
+  workers encoding the same image write the same bytes; the last rename wins). A file that does not
+  load is treated as missing. Writes stop once the folder holds `disk_cap_mb` (re-measured every
+  256 writes, so concurrent workers may overshoot by a few hundred files); nothing is evicted.
+  States are stored as float32/their own dtype bit for bit, so a cached run computes exactly what
+  it would with the state in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import uuid
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from vlpeft.data.images import preprocess
 
 _STORE: dict[tuple, torch.Tensor] = {}
 _BYTES = 0
+_DISK: dict[str, "DiskCache"] = {}
+RESCAN_EVERY = 256
 
 
 def cache_limit_bytes() -> int:
@@ -50,9 +64,91 @@ def vision_digest(model) -> str:
     return h.hexdigest()
 
 
-def image_encoder(model, task, pp, source: str) -> Callable[[Sequence[str]], torch.Tensor]:
+class DiskCache:
+    """One cache key's folder of per-image `.npy` files (see module doc). Failures to write (full
+    disk, read-only folder) turn the disk tier off for this process; they never fail a run."""
+
+    def __init__(self, root: Path, key: str, meta: dict, cap_bytes: int):
+        self.folder = root / key
+        self.root, self.cap, self.writes, self.enabled = root, cap_bytes, 0, True
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            meta_path = self.folder / "meta.json"
+            if not meta_path.exists():
+                self._replace(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+        except OSError:
+            self.enabled = False
+        self.used = folder_bytes(root) if self.enabled else 0
+
+    def path(self, image_id: str) -> Path:
+        h = hashlib.sha1(image_id.encode()).hexdigest()
+        return self.folder / h[:2] / f"{h}.npy"
+
+    def get(self, image_id: str) -> torch.Tensor | None:
+        try:
+            return torch.from_numpy(np.load(self.path(image_id), allow_pickle=False))
+        except (OSError, ValueError, EOFError):
+            return None
+
+    def put(self, image_id: str, state: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        if self.writes % RESCAN_EVERY == RESCAN_EVERY - 1:
+            self.used = folder_bytes(self.root)  # other workers write too
+        array = state.detach().cpu().contiguous().numpy()
+        size = array.nbytes + 128  # + the .npy header
+        if self.used + size > self.cap:
+            return
+        path = self.path(image_id)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    np.save(f, array, allow_pickle=False)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            self.enabled = False
+            return
+        self.used += size
+        self.writes += 1
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def folder_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def disk_cache(cache_dir: str | os.PathLike, digest: str, source: str, cap_mb: float) -> DiskCache:
+    key = hashlib.sha1(f"{digest}\n{source}".encode()).hexdigest()[:20]
+    root = Path(cache_dir)
+    if str(root / key) not in _DISK:
+        _DISK[str(root / key)] = DiskCache(root, key, {"vision_sha1": digest, "source": source}, int(cap_mb * 2**20))
+    return _DISK[str(root / key)]
+
+
+def image_encoder(model, task, pp, source: str, cache_dir: str | os.PathLike | None = None,
+                  disk_cap_mb: float = 8192) -> Callable[[Sequence[str]], torch.Tensor]:
     """image ids -> image states (B, N, D), each image encoded once (see module doc). Only for a
-    model whose vision encoder is untouched."""
+    model whose vision encoder is untouched. `source` names the images and their preprocessing;
+    `cache_dir` adds the shared disk tier."""
     if not vision_untouched(model):
         raise ValueError("image_encoder: the vision encoder is trained or modified; its states cannot be cached")
 
@@ -60,12 +156,29 @@ def image_encoder(model, task, pp, source: str) -> Callable[[Sequence[str]], tor
         device = next(model.parameters()).device
         return model.encode_image(preprocess([task.image(i) for i in ids], pp).to(device))
 
-    prefix = (vision_digest(model), source)
+    digest = vision_digest(model)
+    prefix = (digest, source)
+    disk = disk_cache(cache_dir, digest, source, disk_cap_mb) if cache_dir is not None else None
+
+    def remember(i: str, s: torch.Tensor) -> None:
+        global _BYTES
+        if _BYTES + s.numel() * s.element_size() <= cache_limit_bytes():
+            _STORE[(prefix, i)] = s
+            _BYTES += s.numel() * s.element_size()
 
     def cached(ids: Sequence[str]) -> torch.Tensor:
-        global _BYTES
-        missing = [i for i in dict.fromkeys(ids) if (prefix, i) not in _STORE]
-        fresh = {}
+        device = next(model.parameters()).device
+        fresh: dict[str, torch.Tensor] = {}
+        missing = []
+        for i in dict.fromkeys(ids):
+            if (prefix, i) in _STORE:
+                continue
+            s = disk.get(i) if disk is not None else None
+            if s is not None:
+                fresh[i] = s.to(device)
+                remember(i, fresh[i])
+            else:
+                missing.append(i)
         for start in range(0, len(missing), 64):
             chunk = missing[start:start + 64]
             with torch.no_grad():  # not inference_mode: the states are inputs of graphs that backpropagate
@@ -73,15 +186,17 @@ def image_encoder(model, task, pp, source: str) -> Callable[[Sequence[str]], tor
             for i, s in zip(chunk, states):
                 s = s.clone()
                 fresh[i] = s
-                if _BYTES + s.numel() * s.element_size() <= cache_limit_bytes():
-                    _STORE[(prefix, i)] = s
-                    _BYTES += s.numel() * s.element_size()
+                remember(i, s)
+                if disk is not None:
+                    disk.put(i, s)
         return torch.stack([fresh[i] if i in fresh else _STORE[(prefix, i)] for i in ids])  # (B, N, D)
 
     return cached
 
 
 def clear() -> None:
+    """Forget the memory tier (the disk tier stays on disk)."""
     global _BYTES
     _STORE.clear()
+    _DISK.clear()
     _BYTES = 0

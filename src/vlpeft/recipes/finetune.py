@@ -79,6 +79,8 @@ class FinetuneConfig:
     scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
     paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
     feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
+    feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
+    feature_cache_disk_mb: float = field(default=8192, metadata={"help": "stop adding to the on-disk feature cache past this size"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = leave as is)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
 
@@ -87,7 +89,8 @@ class FinetuneConfig:
                   ("steps", self.steps >= 0), ("evals", self.evals > 0), ("patience", self.patience >= 0),
                   ("warmup_ratio", 0 <= self.warmup_ratio < 1), ("num_beams", self.num_beams >= 1),
                   ("val_limit", self.val_limit >= 0), ("test_limit", self.test_limit >= 0),
-                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("lr", self.lr is None or self.lr >= 0)]
+                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("lr", self.lr is None or self.lr >= 0),
+                  ("feature_cache_disk_mb", self.feature_cache_disk_mb >= 0)]
         for name, ok in checks:
             if not ok:
                 raise UserError(f"finetune: {name}={getattr(self, name)!r} is out of range")
@@ -193,9 +196,11 @@ def frozen_image_encoder(prep, cfg, model):
 
     if not cfg.feature_cache or features.cache_limit_bytes() <= 0 or not features.vision_untouched(model):
         return None
-    source = json.dumps([cfg.model, prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess)],
+    # The images and their preprocessing; the checkpoint is identified by its vision weights' digest.
+    source = json.dumps([prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess)],
                         sort_keys=True, default=str)
-    return features.image_encoder(model, prep["task"], prep["loaded"].preprocess, source)
+    return features.image_encoder(model, prep["task"], prep["loaded"].preprocess, source,
+                                  cache_dir=cfg.feature_cache_dir, disk_cap_mb=cfg.feature_cache_disk_mb)
 
 
 def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, Any]:

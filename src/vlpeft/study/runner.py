@@ -26,14 +26,15 @@ from vlpeft.study import store
 from vlpeft.study.spec import Cell, StudySpec, expand, fingerprint
 
 # FinetuneConfig fields that do not change a run's result (so they are not compared on resume).
-NOT_RESULT_FIELDS = ("threads", "device")
+NOT_RESULT_FIELDS = ("threads", "device", "feature_cache", "feature_cache_dir", "feature_cache_disk_mb")
 
 
 def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     """What every cell of the study shares; a folder whose store has another value is another study."""
     models = sorted({spec.model, *spec.task_models.values()})
     return {"model": spec.model, "task_models": spec.task_models,
-            "checkpoints": {m: checkpoint_hash(m) for m in models}, "training": spec.training, "paths": spec.paths,
+            "checkpoints": {m: checkpoint_hash(m) for m in models},
+            "training": {k: v for k, v in spec.training.items() if k not in NOT_RESULT_FIELDS}, "paths": spec.paths,
             "subset_seed": spec.subset_seed}
 
 
@@ -233,7 +234,8 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
             todo.append((n, cell, fields))
         todo.sort(key=lambda t: -t[0])  # longest first: better packing, honest ETA
         ex = spec.executor
-        payloads = [{"id": c.id, "config": f, "run_dir": str(out / "runs" / c.id), "threads": ex.threads}
+        cache = {"feature_cache_dir": str(out / "cache" / "features")}  # shared by the workers (recipes/features.py)
+        payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str(out / "runs" / c.id), "threads": ex.threads}
                     for _, c, f in todo]
         n_cells = len(cells)
         log(f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
