@@ -127,7 +127,7 @@ def cmd_finetune(args) -> int:
         raise UserError("--options: expected a JSON object of method config fields")
     given = {k: getattr(args, k) for k in ("lr", "batch_size", "epochs", "min_steps", "steps", "length_policy",
                                            "val_limit", "test_limit", "caption_prompt", "num_beams", "vqa_inference",
-                                           "threads", "device") if getattr(args, k) is not None}
+                                           "threads", "device", "precision") if getattr(args, k) is not None}
     cfg = FinetuneConfig(model=args.model, task=args.task, method=args.method, budget=args.budget,
                          method_options=options, data_size=args.data_size, seed=args.seed,
                          subset_seed=args.subset_seed, **given)
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vqa-inference", choices=["rank", "generate"])
     s.add_argument("--threads", type=int)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast forward passes to bfloat16")
     s.add_argument("--force", action="store_true", help="replace a finished run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_finetune)

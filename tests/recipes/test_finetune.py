@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from vlpeft.errors import UserError
 from vlpeft.recipes.finetune import FinetuneConfig, evaluate_run, finetune, train_steps
 
 FAST = dict(length_policy="steps", steps=6, batch_size=16, val_limit=20, test_limit=30, evals=2)
@@ -45,6 +46,18 @@ def test_same_seed_same_scores_and_data_size_is_counted(tiny_checkpoint, tmp_pat
     assert json.loads((tmp_path / "a" / "curve.json").read_text())[-1]["loss"] == \
         json.loads((tmp_path / "b" / "curve.json").read_text())[-1]["loss"]
     assert a["data_size"] == 40 and a["data_fraction"] == pytest.approx(40 / a["train_pool"])
+
+
+def test_bf16_autocast_trains_close_to_fp32(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    run(ckpt, tmp_path / "fp32", data_size=40, seed=3)
+    bf16 = run(ckpt, tmp_path / "bf16", data_size=40, seed=3, precision="bf16")
+    assert bf16["config"]["precision"] == "bf16" and 0 <= bf16["test_score"] <= 100
+    # Not bit-equal (matmuls round to 8 mantissa bits), but the same training to within rounding.
+    loss = {p: json.loads((tmp_path / p / "curve.json").read_text())[0]["loss"] for p in ("fp32", "bf16")}
+    assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.02)
+    with pytest.raises(UserError, match="precision 'fp16'"):
+        FinetuneConfig(model=str(ckpt), task="scenes-caption", method="lora", precision="fp16")
 
 
 def test_frozen_trains_nothing_and_budget_target_resolves(tiny_checkpoint, tmp_path):

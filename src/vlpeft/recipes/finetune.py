@@ -42,6 +42,7 @@ from vlpeft.tasks.builtin import load_task, task_info
 # Parts of the model each kind of task runs (a method placed elsewhere would train unused weights).
 TASK_PARTS = {"caption": ("vision", "text_decoder"), "vqa": ("vision", "text_encoder", "text_decoder")}
 LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
+PRECISIONS = ("fp32", "bf16")
 
 
 class Diverged(RuntimeError):
@@ -81,6 +82,7 @@ class FinetuneConfig:
     feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
     feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
     feature_cache_disk_mb: float = field(default=8192, metadata={"help": "stop adding to the on-disk feature cache past this size"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = leave as is)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
 
@@ -98,6 +100,8 @@ class FinetuneConfig:
             raise UserError(f"finetune: length_policy {self.length_policy!r} is not one of {', '.join(LENGTH_POLICIES)}")
         if self.length_policy == "steps" and self.steps <= 0:
             raise UserError("finetune: length_policy 'steps' needs steps > 0")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"finetune: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.vqa_inference not in ("rank", "generate"):
             raise UserError(f"finetune: vqa_inference {self.vqa_inference!r} is not 'rank' or 'generate'")
 
@@ -197,16 +201,29 @@ def frozen_image_encoder(prep, cfg, model):
     if not cfg.feature_cache or features.cache_limit_bytes() <= 0 or not features.vision_untouched(model):
         return None
     # The images and their preprocessing; the checkpoint is identified by its vision weights' digest.
-    source = json.dumps([prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess)],
+    source = json.dumps([prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess), cfg.precision],
                         sort_keys=True, default=str)
     return features.image_encoder(model, prep["task"], prep["loaded"].preprocess, source,
                                   cache_dir=cfg.feature_cache_dir, disk_cap_mb=cfg.feature_cache_disk_mb)
 
 
+def autocast(cfg, device):
+    """bf16 autocast of forward passes when cfg.precision is bf16 (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, Any]:
     """Scores of `model` on `examples` (primary metric under "score")."""
-    tok, pp, task = prep["loaded"].tokenizer, prep["loaded"].preprocess, prep["task"]
     model.eval()
+    with autocast(cfg, next(model.parameters()).device):
+        preds, scores = _predict_and_score(prep, cfg, model, examples, encode_images)
+    scores["score"] = scores[prep["info"].metric]
+    scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
+    return scores
+
+
+def _predict_and_score(prep, cfg, model, examples, encode_images):
+    tok, pp, task = prep["loaded"].tokenizer, prep["loaded"].preprocess, prep["task"]
     if prep["info"].kind == "caption":
         preds = captioning.predict_captions(model, examples, task, tok, pp, prep["prompt"], cfg.num_beams,
                                             max_new_tokens=min(30, model.cfg.text.max_positions - 8),
@@ -216,9 +233,7 @@ def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, 
         preds = vqa.predict_answers(model, examples, task, tok, pp, task.answers, cfg.vqa_inference, cfg.max_text_len,
                                     encode_images=encode_images)
         scores = vqa.score_answers(preds, examples)
-    scores["score"] = scores[prep["info"].metric]
-    scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
-    return scores
+    return preds, scores
 
 
 def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
@@ -254,8 +269,9 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng, pixels=encode is None).items()}
         model.train()
         crash_point("train_step")
-        states = encode([ex.image_id for ex in examples]) if encode else None
-        loss = task_loss(prep, model, batch, cfg, states)
+        with autocast(cfg, device):
+            states = encode([ex.image_id for ex in examples]) if encode else None
+            loss = task_loss(prep, model, batch, cfg, states)
         if not torch.isfinite(loss):
             raise Diverged(f"loss is {loss.item()} at step {step}")
         for g in opt.param_groups:
