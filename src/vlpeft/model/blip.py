@@ -75,10 +75,12 @@ class Blip(nn.Module):
     def lm_loss(self, ids, mask, context, context_mask=None, target_mask=None, label_smoothing: float = 0.0):
         """Mean next-token cross-entropy. ids (B, L) start with [DEC]; targets are ids[:, 1:] where
         `target_mask` (default: `mask`) is 1 — a caption prompt is excluded by zeroing it there."""
-        logits = self.decoder_logits(ids, mask, context, context_mask)[:, :-1]  # (B, L-1, V)
-        targets = ids[:, 1:].masked_fill((mask if target_mask is None else target_mask)[:, 1:] == 0, -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               ignore_index=-100, label_smoothing=label_smoothing)
+        h = self.need("text_decoder")(ids, mask, context=context, context_mask=context_mask, causal=True)  # (B, L, D)
+        keep = (mask if target_mask is None else target_mask)[:, 1:] != 0  # (B, L-1) positions with a target
+        # The LM head runs only where there is a target (padding and prompt positions are skipped):
+        # the same loss as masking the full (B, L-1, V) logits, without computing them.
+        logits = self.lm_head(h[:, :-1][keep])  # (T, V)
+        return F.cross_entropy(logits.float(), ids[:, 1:][keep], label_smoothing=label_smoothing)
 
     def sequence_logprob(self, ids, mask, context, context_mask=None, target_mask=None) -> torch.Tensor:
         """Sum of log p(token) over the targets ids[:, 1:] (where target_mask, default mask, is 1) -> (B,)."""
