@@ -100,3 +100,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(extra, needle, tiny_che
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_peak_memory_is_measured_per_run():
+    import torch
+
+    from vlpeft.recipes.finetune import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(64 * 2**20)  # 256 MiB
+    before = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)  # a new window: the earlier peak no longer counts
+    assert 0 < peak_memory_mb(cpu) < before - 128

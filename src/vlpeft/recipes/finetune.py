@@ -245,6 +245,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         torch.set_num_threads(cfg.threads)
     prep = prepare(cfg, loaded)
     device = _device(cfg.device)
+    reset_peak_memory(device)
     model = prep["loaded"].model.to(device)
     torch.manual_seed(cfg.seed)
     apply_peft(model, cfg.method, prep["method_cfg"])
@@ -353,10 +354,32 @@ def run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_sec
     }
 
 
+def reset_peak_memory(device) -> None:
+    """Start a new peak-memory window for this run (a study worker runs many)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device) -> float:
+    """Peak memory since reset_peak_memory: CUDA allocations, or on CPU the process's peak resident
+    set (VmHWM; getrusage's ru_maxrss as a fallback, which never resets and, in a spawned worker,
+    can carry its parent's peak)."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process max RSS (KiB on Linux)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def environment(device) -> dict[str, Any]:
