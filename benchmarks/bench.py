@@ -428,13 +428,9 @@ def grid_speedup(pristine, model_path, s, scene_seed, threads, tmp: Path) -> tup
 
 def peak_rss_kib() -> int:
     """This process's peak resident set (KiB): VmHWM, which starts afresh at exec, unlike ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    from vlpeft.recipes.finetune import peak_memory_mb
+
+    return int(peak_memory_mb(torch.device("cpu")) * 1024)
 
 
 def memory_child(spec: dict) -> None:
