@@ -88,8 +88,7 @@ def _load_vlpeft(folder: Path, meta: dict) -> LoadedModel:
         state = load_file(weights)
     except Exception as e:
         raise UserError(f"{weights}: cannot read weights ({e.__class__.__name__}: {str(e)[:160]})") from e
-    model = Blip(cfg)
-    _load_state(model, state, weights, allowed_missing={"lm_head.out.weight"} if cfg.tie_lm_head else set())
+    model = _build(cfg, state, weights, allowed_missing={"lm_head.out.weight"} if cfg.tie_lm_head else set())
     pretrain_file = folder / "pretrain.json"
     pretrain = read_json(pretrain_file, "pretrain record") if pretrain_file.exists() else None
     return LoadedModel(model, tokenizer, preprocess, str(folder), "vlpeft", pretrain)
@@ -106,24 +105,39 @@ def _load_transformers(folder: Path, meta: dict) -> LoadedModel:
     size = pp.get("size", cfg.vision.image_size)
     size = size.get("height", cfg.vision.image_size) if isinstance(size, dict) else int(size)
     preprocess = ImagePreprocess(image_size=size, **{k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp})
-    model = Blip(cfg)
     state = convert_state_dict(read_hf_weights(folder), cfg)
-    # transformers' retrieval model has no contrastive temperature: keep BLIP's initial 0.07.
-    _load_state(model, state, folder, allowed_missing={"temp"})
+    # transformers' retrieval model has no contrastive temperature: BLIP's initial 0.07 (see _build).
+    model = _build(cfg, state, folder, allowed_missing={"temp", "lm_head.out.weight"} if cfg.tie_lm_head else {"temp"})
     return LoadedModel(model, tokenizer, preprocess, str(folder), "transformers")
 
 
-def _load_state(model: Blip, state: dict, source: Path, allowed_missing: set[str]) -> None:
+def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]) -> Blip:
+    """Blip(cfg) holding the tensors of `state`. The model is built on the meta device and takes the
+    loaded tensors as its parameters (cast to fp32 where stored otherwise), so loading holds one copy
+    of the weights, not two, and skips the random initialisation. Allowed missing tensors get their
+    defined values: a tied LM head shares the decoder's word embeddings; the ITC temperature is 0.07."""
+    with torch.device("meta"):
+        model = Blip(cfg)
     own = model.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             raise UserError(f"{source}: tensor {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = {k: v.to(own[k].dtype) if k in own and v.dtype != own[k].dtype else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if m not in allowed_missing]
     if missing or unexpected:
         parts = [f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
         raise UserError(f"{source}: weights do not match the model config: {'; '.join(p for p in parts if p)}")
+    if cfg.tie_lm_head and model.lm_head is not None:
+        model.lm_head.out.weight = model.text_decoder.embed.tokens.weight
+    if model.temp is not None and model.temp.is_meta:
+        # Why 0.07: BLIP's initial contrastive temperature (model/blip.py).
+        model.temp = torch.nn.Parameter(torch.tensor(0.07))
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise UserError(f"{source}: weights do not match the model config: missing {len(left)} tensors (e.g. {left[0]})")
+    return model
 
 
 def _need(path: Path) -> Path:
