@@ -234,9 +234,10 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
             todo.append((n, cell, fields))
         todo.sort(key=lambda t: -t[0])  # longest first: better packing, honest ETA
         ex = spec.executor
-        cache = {"feature_cache_dir": str(out / "cache" / "features")}  # shared by the workers (recipes/features.py)
-        payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str(out / "runs" / c.id), "threads": ex.threads}
-                    for _, c, f in todo]
+        # Absolute paths: Ray workers need not share the driver's working folder.
+        cache = {"feature_cache_dir": str((out / "cache" / "features").resolve())}  # shared by the workers
+        payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
+                     "threads": ex.threads} for _, c, f in todo]
         n_cells = len(cells)
         log(f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
             f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) -> {out}")
