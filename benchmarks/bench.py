@@ -227,23 +227,15 @@ def finetune_config(model_path: str, method: str, batch: int, data_size, scene_s
 
 
 def vlpeft_step(prep, cfg, model, batch, image_ids, encode):
-    """finetune's training step on a fixed batch. -> step(cached=encode is not None) -> loss."""
+    """finetune's training step (`finetune.train_step`) on a fixed batch. -> step(cached=encode is not None) -> loss."""
     from vlpeft.recipes import defaults
-    from vlpeft.recipes.finetune import task_loss
+    from vlpeft.recipes.finetune import train_step
     from vlpeft.recipes.optim import param_groups
 
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=defaults.METHOD_LR[cfg.method])
-    params = [p for g in opt.param_groups for p in g["params"]]
 
     def step(cached: bool = encode is not None) -> float:
-        model.train()
-        states = encode(image_ids) if cached else None
-        loss = task_loss(prep, model, batch, cfg, states)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        return loss.item()
+        return train_step(prep, cfg, model, opt, batch, encode(image_ids) if cached else None)
 
     return step
 

@@ -16,13 +16,14 @@ the training batches need no pixels). Two tiers:
   workers encoding the same image write the same bytes; the last rename wins). A file that does not
   load is treated as missing. Writes stop once the folder holds `disk_cap_mb` (re-measured every
   256 writes, so concurrent workers may overshoot by a few hundred files); nothing is evicted.
-  States are stored as float32/their own dtype bit for bit, so a cached run computes exactly what
-  it would with the state in memory.
+  States are stored bit for bit in their own dtype, so a state read from disk is exactly the one
+  that was computed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -100,15 +101,11 @@ class DiskCache:
         if self.used + size > self.cap:
             return
         path = self.path(image_id)
+        data = io.BytesIO()
+        np.save(data, array, allow_pickle=False)
         try:
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    np.save(f, array, allow_pickle=False)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            self._replace(path, data.getvalue())
         except OSError:
             self.enabled = False
             return
@@ -117,6 +114,8 @@ class DiskCache:
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
+        """Write under a unique temporary name, then rename: readers see the old file or the whole new
+        one. No fsync (unlike vlpeft.io.atomic_path): a cache file lost in a crash is recomputed."""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             tmp.write_bytes(data)

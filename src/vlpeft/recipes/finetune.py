@@ -212,6 +212,24 @@ def autocast(cfg, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
+def train_step(prep, cfg, model, opt, batch, image_states=None, step: int = 0) -> float:
+    """One optimiser step on a prepared batch: forward (autocast per cfg.precision), backward,
+    gradient-norm clip, AdamW step. Raises Diverged on a non-finite loss or gradient norm. -> loss."""
+    model.train()
+    with autocast(cfg, next(model.parameters()).device):
+        loss = task_loss(prep, model, batch, cfg, image_states)
+    if not torch.isfinite(loss):
+        raise Diverged(f"loss is {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        raise Diverged(f"gradient norm is {norm.item()} at step {step}")
+    opt.step()
+    return loss.item()
+
+
 def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, Any]:
     """Scores of `model` on `examples` (primary metric under "score")."""
     model.eval()
@@ -268,23 +286,12 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         pos += cfg.batch_size
         examples = [prep["train"][i] for i in idx]
         batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng, pixels=encode is None).items()}
-        model.train()
         crash_point("train_step")
         with autocast(cfg, device):
             states = encode([ex.image_id for ex in examples]) if encode else None
-            loss = task_loss(prep, model, batch, cfg, states)
-        if not torch.isfinite(loss):
-            raise Diverged(f"loss is {loss.item()} at step {step}")
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(step, steps, cfg.warmup_ratio)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in opt.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if not torch.isfinite(norm):
-            raise Diverged(f"gradient norm is {norm.item()} at step {step}")
-        opt.step()
-        running.append(loss.item())
+        running.append(train_step(prep, cfg, model, opt, batch, states, step))
         if step + 1 in eval_at:
             val = evaluate_split(prep, cfg, model, prep["val"], encode)
             row = {"step": step + 1, "loss": float(np.mean(running)), "val_score": val["score"],
