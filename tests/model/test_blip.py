@@ -207,3 +207,37 @@ def test_config_validation_and_round_trip():
         BlipConfig.from_dict({**cfg.to_dict(), "embed_dimm": 3})
     with pytest.raises(UserError, match="must be int"):
         BlipConfig.from_dict({**cfg.to_dict(), "vision": {**cfg.to_dict()["vision"], "width": "wide"}})
+
+
+@pytest.mark.parametrize("patch", [4, 8, 16])
+def test_conv_stem_gives_one_token_per_patch(patch):
+    v = VisionConfig(image_size=32, patch_size=patch, stem="conv", width=32, depth=1, heads=2, mlp_width=64)
+    cfg = dataclasses.replace(tiny_cfg(), vision=v)
+    out = Blip(cfg).encode_image(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 1 + (32 // patch) ** 2, 32)
+    # The first convolution runs at full resolution (the point of the stem: pixel-level edges).
+    first = Blip(cfg).vision.patch_embed[0]
+    assert first.stride == (1, 1) and first.kernel_size == (3, 3)
+
+
+def test_stem_validation_and_old_configs_default_to_the_patch_stem():
+    cfg = tiny_cfg()
+    with pytest.raises(ValueError, match="power of two"):
+        dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, image_size=12, patch_size=6, stem="conv"))
+    with pytest.raises(ValueError, match="unknown"):
+        dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stem="convv"))
+    d = PRESETS["tiny"].to_dict()
+    del d["vision"]["stem"]  # a checkpoint written before the option existed
+    assert BlipConfig.from_dict(d).vision.stem == "patch"
+    assert PRESETS["tiny"].vision.stem == "conv" and PRESETS["base"].vision.stem == "patch"
+
+
+def test_conv_stem_is_he_initialised_and_the_patch_stem_keeps_blip_init():
+    torch.manual_seed(0)
+    conv = Blip(PRESETS["tiny"]).vision.patch_embed
+    for m in conv.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            assert abs(m.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.25, m
+    patch = Blip(tiny_cfg()).vision.patch_embed
+    assert abs(patch.weight.std().item() - 0.02) < 0.004

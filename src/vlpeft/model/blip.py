@@ -17,7 +17,7 @@ from torch import nn
 
 from vlpeft.model.config import BlipConfig
 from vlpeft.model.text import KVCache, LMHead, TextTransformer
-from vlpeft.model.vit import VisionTransformer
+from vlpeft.model.vit import VisionTransformer, init_stem
 
 
 class Blip(nn.Module):
@@ -38,6 +38,8 @@ class Blip(nn.Module):
         else:
             self.vision_proj = self.text_proj = self.itm_head = self.temp = None
         self.apply(_init_weights)
+        if self.vision is not None:
+            init_stem(self.vision.patch_embed)
         if cfg.tie_lm_head and self.lm_head is not None:
             self.lm_head.out.weight = self.text_decoder.embed.tokens.weight
 

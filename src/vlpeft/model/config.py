@@ -13,12 +13,19 @@ from typing import Any
 from vlpeft.errors import UserError, did_you_mean
 
 
+STEMS = ("patch", "conv")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """ViT image encoder (pre-LayerNorm blocks, [CLS] token, learned positions, final LayerNorm)."""
 
     image_size: int = field(default=64, metadata={"help": "input image side in pixels (square)"})
     patch_size: int = field(default=8, metadata={"help": "patch side in pixels; image_size must be a multiple"})
+    stem: str = field(default="patch", metadata={"help": "how pixels become patch tokens: 'patch' = one strided "
+                                                          "p x p convolution (ViT, every BLIP checkpoint); 'conv' = "
+                                                          "a convolutional stem (Xiao et al. 2021, vit.py); needs "
+                                                          "patch_size a power of two >= 4"})
     width: int = field(default=128, metadata={"help": "hidden size D_v"})
     depth: int = field(default=4, metadata={"help": "number of transformer blocks"})
     heads: int = field(default=4, metadata={"help": "attention heads; must divide width"})
@@ -120,6 +127,10 @@ def validate(cfg: BlipConfig) -> None:
         raise ValueError(f"text.width {t.width} is not divisible by text.heads {t.heads}")
     if v.image_size % v.patch_size:
         raise ValueError(f"vision.image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
+    if v.stem not in STEMS:
+        raise ValueError(f"vision.stem {v.stem!r} unknown{did_you_mean(v.stem, STEMS)}; known: {', '.join(STEMS)}")
+    if v.stem == "conv" and (v.patch_size < 4 or v.patch_size & (v.patch_size - 1)):
+        raise ValueError(f"vision.stem 'conv' needs patch_size a power of two >= 4, got {v.patch_size}")
     if t.cross_width != v.width:
         raise ValueError(f"text.cross_width {t.cross_width} must equal vision.width {v.width}")
     if cfg.text_encoder and cfg.text_decoder and t.width != t.cross_width:
@@ -133,7 +144,7 @@ def validate(cfg: BlipConfig) -> None:
 PRESETS: dict[str, BlipConfig] = {
     # ~2.7 M parameters: pre-trains on 2 CPU cores in minutes on 64x64 synthetic scenes.
     "tiny": BlipConfig(
-        vision=VisionConfig(image_size=64, patch_size=8, width=128, depth=4, heads=4, mlp_width=512),
+        vision=VisionConfig(image_size=64, patch_size=8, stem="conv", width=128, depth=4, heads=4, mlp_width=512),
         text=TextConfig(vocab_size=1024, width=128, depth=3, heads=4, mlp_width=512, max_positions=64, cross_width=128),
         embed_dim=64,
         name="tiny",

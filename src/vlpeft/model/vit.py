@@ -1,6 +1,16 @@
 """ViT image encoder (Dosovitskiy et al. 2021) as used by BLIP: pre-LayerNorm blocks, a [CLS] token,
 learned absolute positions and a final LayerNorm.
 
+Two stems turn pixels into the (H/p) x (W/p) patch tokens:
+- 'patch': one p x p convolution with stride p, i.e. a linear map of each patch (ViT; every BLIP
+  checkpoint has it);
+- 'conv': a convolutional stem (Xiao et al., "Early Convolutions Help Transformers See Better",
+  NeurIPS 2021): a 3x3 convolution at full resolution, 3x3 stride-2 convolutions halving the side,
+  and a final 2x2 stride-2 convolution to the width, GELU between them. The tiny preset uses it:
+  trained from scratch on a few thousand small scenes, a 6-way shape classifier with the patch stem
+  reached 0.34 held-out accuracy after 500 steps and 0.88 after 1,500, with the conv stem 0.84 and
+  0.98 after 750 (single-object scenes, batch 32, AdamW 1e-3; see the README).
+
 PEFT hooks: `VisionTransformer.prompt` (visual prompt tokens, VPT: Jia et al. 2022) and the
 hooks of `layers.py` on every block.
 """
@@ -32,11 +42,39 @@ class VisionBlock(nn.Module):
         return x + with_adapter(self.adapters, "mlp", h, self.mlp(h))
 
 
+def make_stem(cfg: VisionConfig) -> nn.Module:
+    """(B, 3, H, W) -> (B, D, H/p, W/p). Conv stem channels for p = 8, D = 128: 3 -> 16 -> 32 -> 64 -> 128."""
+    if cfg.stem == "patch":
+        return nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+    layers: list[nn.Module] = []
+    halvings = cfg.patch_size.bit_length() - 2  # stride-2 3x3 convs before the final 2x2 one: p = 2^(halvings+1)
+    channels = [max(cfg.width // 2 ** (halvings + 1 - i), 8) for i in range(halvings + 1)]  # doubling up to D/2
+    layers += [nn.Conv2d(3, channels[0], 3, stride=1, padding=1), nn.GELU()]  # (B, C0, H, W)
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]  # side halves
+    layers.append(nn.Conv2d(channels[-1], cfg.width, 2, stride=2))  # (B, D, H/p, W/p)
+    return nn.Sequential(*layers)
+
+
+def init_stem(stem: nn.Module) -> None:
+    """He initialisation (fan-in, ReLU gain) of a conv stem; the patch stem keeps BLIP's N(0, 0.02).
+
+    Why: with BLIP's N(0, 0.02) on every convolution, four stacked convolutions shrink the signal
+    about 40x and the stem does not learn: in the shape probe of make_stem's docstring it stayed at
+    chance (0.17) after 500 steps, against 0.84 with this initialisation.
+    """
+    if isinstance(stem, nn.Sequential):
+        for m in stem.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = make_stem(cfg)
         # Why 0.02: the usual ViT truncated-normal scale; keeps early activations O(1) for LayerNorm.
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches + 1, cfg.width) * 0.02)
@@ -53,7 +91,7 @@ class VisionTransformer(nn.Module):
         so downstream modules always see 1 + N states.
         """
         B = pixels.shape[0]
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, H/p, W/p)
+        x = self.patch_embed(pixels.to(self.pos_embed.dtype))  # (B, D, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed  # (B, 1+N, D)
         P = 0 if self.prompt is None else self.prompt.length
