@@ -92,7 +92,11 @@ def test_a_corrupt_file_is_recomputed_and_the_cap_bounds_the_folder(tiny_checkpo
     victim.write_bytes(victim.read_bytes()[:50])  # truncated
     features.clear()
     _, _, _, encode = _frozen_encoder(ckpt, tmp_path / "cache")
-    assert torch.equal(encode(ids), first)
+    again = encode(ids)
+    # The victim is re-encoded alone, the others come from disk: CPU convolutions (the conv stem) are
+    # not bit-identical across batch sizes, so one row may differ in the last bits.
+    assert sum(torch.equal(a, b) for a, b in zip(again, first)) >= len(ids) - 1
+    torch.testing.assert_close(again, first, rtol=0, atol=1e-5)
     assert victim.stat().st_size > 50  # rewritten whole
 
     features.clear()
