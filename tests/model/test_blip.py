@@ -213,10 +213,11 @@ def test_config_validation_and_round_trip():
 def test_conv_stem_gives_one_token_per_patch(patch):
     v = VisionConfig(image_size=32, patch_size=patch, stem="conv", width=32, depth=1, heads=2, mlp_width=64)
     cfg = dataclasses.replace(tiny_cfg(), vision=v)
-    out = Blip(cfg).encode_image(torch.randn(2, 3, 32, 32))
+    model = Blip(cfg)
+    out = model.encode_image(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 1 + (32 // patch) ** 2, 32)
     # The first convolution runs at full resolution (the point of the stem: pixel-level edges).
-    first = Blip(cfg).vision.patch_embed[0]
+    first = model.vision.patch_embed[0]
     assert first.stride == (1, 1) and first.kernel_size == (3, 3)
 
 

@@ -159,12 +159,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         text_ids[:, 0] = tok.dec_id
     # Each scene is drawn about steps * batch / scenes (3.2) times: render it once (64x64x3 uint8 each).
     images: dict[int, np.ndarray] = {}
-    rendered = lambda i: images[i] if i in images else images.setdefault(i, scenes[i].image)
     curve = []
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
     for step in bar:
         idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
-        pixels = preprocess([rendered(i) for i in idx], pp)
+        for i in idx:
+            if i not in images:
+                images[i] = scenes[i].image
+        pixels = preprocess([images[i] for i in idx], pp)
         captions = [scenes[i].captions[rng.integers(len(scenes[i].captions))] for i in idx]
         losses = pretraining_losses(model, tok, pixels, captions, [object_sets[i] for i in idx],
                                     cfg.label_smoothing, cfg.max_text_len, gen)
