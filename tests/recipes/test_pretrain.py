@@ -9,7 +9,8 @@ def test_checkpoint_folder_has_the_promised_files_and_records(tiny_checkpoint):
     out, record = tiny_checkpoint
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json", "pretrain.json"}
     on_disk = json.loads((out / "pretrain.json").read_text())
-    assert on_disk["objectives"] == ["itc", "itm", "lm", "text_lm"]
+    assert on_disk["objectives"] == ["itc", "itm", "lm", "text_lm", "mlm"]
+    assert set(on_disk["objective_details"]) == set(on_disk["objectives"])
     assert on_disk["steps"] == 40 and on_disk["seed"] == 0
     assert on_disk["data"]["splits"] == {"train": 256} and on_disk["data"]["seed"] == 0
     assert set(on_disk["data"]["shapes"]) and set(on_disk["data"]["colors"])
@@ -26,6 +27,22 @@ def test_losses_fall_during_pretraining(tmp_path):
     assert last["lm"] < first["lm"] - 1.0  # from ~ln(vocab) towards the caption grammar
     assert last["itc"] < first["itc"] - 0.3
     assert last["text_lm"] < first["text_lm"] - 1.0  # general English is learnt too
+    assert last["mlm"] < first["mlm"] - 1.0  # ... by the encoder as well
+
+
+def test_mlm_trains_the_encoder_and_leaves_the_decoder_alone(tiny_checkpoint):
+    from vlpeft.recipes.pretrain import mlm_loss
+
+    loaded = load_model(tiny_checkpoint[0])
+    model, tok = loaded.model.train(), loaded.tokenizer
+    head = torch.nn.Linear(model.cfg.text.width, tok.vocab_size)
+    ids, mask = tok.encode_batch(["the red ball is on the big table", "yes , it is a circle"] * 8, max_len=16)
+    loss = mlm_loss(model, head, tok, ids, mask, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert model.text_encoder.embed.tokens.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.text_decoder.parameters())
+    assert all(p.grad is None for p in model.vision.parameters())
 
 
 def test_text_lm_teaches_the_decoder_words_captions_never_use(tmp_path):
