@@ -37,15 +37,16 @@ def probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray, classes: 
         return (x[~train] @ W + b).argmax(1).numpy()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--model", default="runs/tiny")
     p.add_argument("--random", action="store_true", help="probe the untrained architecture")
-    p.add_argument("--scenes", type=int, default=3000)
-    args = p.parse_args()
+    return p
+
+
+def probed_model(args):
+    """(the loaded checkpoint, its model in eval mode, or the same architecture untrained with --random)"""
     import vlpeft
-    from vlpeft.data.images import preprocess
-    from vlpeft.data.scenes import SCENE_IMAGE_SIZE, generate_scenes
     from vlpeft.model.blip import Blip
 
     loaded = vlpeft.load_model(args.model)
@@ -53,7 +54,17 @@ def main() -> int:
     if args.random:
         torch.manual_seed(0)
         model = Blip(model.cfg)
-    model.eval()
+    return loaded, model.eval()
+
+
+def main() -> int:
+    p = probe_parser(__doc__)
+    p.add_argument("--scenes", type=int, default=3000)
+    args = p.parse_args()
+    from vlpeft.data.images import preprocess
+    from vlpeft.data.scenes import SCENE_IMAGE_SIZE, generate_scenes
+
+    loaded, model = probed_model(args)
     patch, side = model.cfg.vision.patch_size, SCENE_IMAGE_SIZE // model.cfg.vision.patch_size
     feats: dict[str, list] = {"centre token": [], "box mean": [], "[CLS]": [], "raw pixels (ceiling)": []}
     shapes, sizes = [], []
