@@ -83,3 +83,21 @@ def test_trend_statistics_match_textbook_values():
     assert stats.rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
     lo, hi = stats.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert lo < 2.5 < hi
+
+
+def test_baseline_check_flags_the_cells_that_learned_nothing():
+    from vlpeft.analysis.claims import baseline_check
+
+    runs = []
+    for label, score in (("frozen", 36.0), ("lora", 40.5), ("full", 60.0)):
+        for r in table(lambda n, p: score, seeds=2, sizes=(100, 400), budgets={1: 1_000}, noise=0.1, label=label):
+            runs.append({**r, "majority": 40.2})
+    checks = {c["label"]: c for c in baseline_check(runs, delta=0.05)}
+    assert set(checks) == {"lora", "full"}  # the frozen model is the baseline, not a cell to judge
+    assert checks["full"]["cells"] == 2 and checks["full"]["flagged"] == []
+    assert checks["full"]["headroom"] == pytest.approx(60 - 40.2, abs=0.2)  # many deltas: flagged cells are undertrained
+    # the majority answer (40.2) beats the frozen model (36): 40.5 is within delta = 5 % of 60 of it
+    assert [f["size"] for f in checks["lora"]["flagged"]] == ["100", "400"]
+    assert checks["lora"]["flagged"][0]["baseline"] == 40.2 and checks["lora"]["flagged"][0]["margin"] == pytest.approx(3.0, abs=0.05)
+    # without a majority answer (captioning) the frozen model's score is the baseline
+    assert baseline_check([{**r, "majority": None} for r in runs if r["label"] != "full"], delta=0.05)[0]["flagged"] == []

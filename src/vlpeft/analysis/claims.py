@@ -44,6 +44,53 @@ def _verdict_trend(t: stats.Trend, eq: stats.Equivalence | None, alpha: float) -
     return "inconclusive"
 
 
+def _cell_means(runs: list[dict[str, Any]]) -> dict[tuple, float]:
+    """(task, label, budget, size) -> mean test score over seeds."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in runs:
+        cells[(r["task"], r["label"], r["budget"], r["size"])].append(r["test"])
+    return {k: float(np.mean(v)) for k, v in cells.items()}
+
+
+def reference_scores(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The task's score scale: its best cell mean (what delta is a fraction of)."""
+    reference: dict[str, float] = {}
+    for (task, *_), mean in _cell_means(runs).items():
+        reference[task] = max(reference.get(task, 0.0), abs(mean))
+    return reference
+
+
+def baseline_check(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA) -> list[dict[str, Any]]:
+    """Trained cells that did not beat doing nothing, per task and method label.
+
+    A cell (budget, data size) is flagged when its mean test score is below b + δ, where b is the
+    better of the frozen model's score at that data size (zero-shot) and the majority answer (VQA
+    tasks), and δ is claim 3's margin. The claims about a method whose cells are flagged describe
+    runs that learned nothing measurable (too few steps, too low a learning rate), not the method,
+    unless the task leaves no room: `headroom` (the task's best cell mean minus the highest baseline)
+    is then not much larger than δ, as on a task the frozen model already does well.
+    """
+    means = _cell_means(runs)
+    reference = reference_scores(runs)
+    majority = {r["task"]: r["majority"] for r in runs if r.get("majority") is not None}
+    frozen = {(t, size): m for (t, label, _, size), m in means.items() if label == "frozen"}
+    rows: dict[tuple, dict[str, Any]] = {}
+    for (task, label, budget, size), mean in sorted(means.items(), key=str):
+        if label == "frozen":
+            continue
+        bases = [b for b in (frozen.get((task, size)), majority.get(task)) if b is not None]
+        if not bases:
+            continue
+        base, margin = max(bases), delta * (reference[task] or 1.0)
+        row = rows.setdefault((task, label), {"task": task, "label": label, "cells": 0, "flagged": [],
+                                              "margin": margin, "headroom": reference[task] - base})
+        row["cells"] += 1
+        row["headroom"] = min(row["headroom"], reference[task] - base)
+        if mean < base + margin:
+            row["flagged"].append({"budget": budget, "size": size, "mean": mean, "baseline": base, "margin": margin})
+    return [rows[k] for k in sorted(rows)]
+
+
 def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha: float = stats.ALPHA,
                 seed: int = 0) -> list[dict[str, Any]]:
     """One row per task x method label: the four claims with verdicts and numbers."""
@@ -51,12 +98,7 @@ def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha
     for r in runs:
         if r["method"] != "frozen":  # nothing is trained: no claim is about it
             by[(r["task"], r["label"])].append(r)
-    cells: dict[tuple, list[float]] = defaultdict(list)
-    for r in runs:
-        cells[(r["task"], r["label"], r["budget"], r["size"])].append(r["test"])
-    reference: dict[str, float] = {}  # the task's score scale: its best cell mean
-    for (task, *_), v in cells.items():
-        reference[task] = max(reference.get(task, 0.0), abs(float(np.mean(v))))
+    reference = reference_scores(runs)
     out = []
     for k, ((task, label), rs) in enumerate(sorted(by.items())):
         x_data = [r["n_train"] for r in rs]

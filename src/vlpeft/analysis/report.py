@@ -153,6 +153,16 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
     body = [[task] + [", ".join(f"{n} {v}" for v, n in sorted(summ[task][c].items())) for c in claims_mod.CLAIMS]
             for task in sorted(summ)]
     out.append(("Summary: verdicts counted over methods", ["task"] + list(claims_mod.CLAIMS.values()), body, ""))
+    checks = claims_mod.baseline_check(ctx["runs"], ctx["delta"])
+    body = [[c["task"], c["label"], f"{len(c['flagged'])} of {c['cells']}", f"{c['headroom']:.3g} (δ {c['margin']:.3g})",
+             ", ".join(f"{_fmt(f['budget'])}/{f['size']} ({f['mean']:.3g})" for f in c["flagged"]) or "–"]
+            for c in checks]
+    out.append(("Did the runs learn? Cells no better than the baseline",
+                ["task", "method", "cells flagged", "headroom: task best − baseline", "flagged (budget/examples: mean)"], body,
+                "Baseline: the better of the frozen model's score at that data size and the majority answer (VQA); a cell "
+                "is flagged when its mean is below baseline + δ. Where the headroom is many δ, flagged cells learned nothing "
+                "measurable (train longer: `training.min_steps`), and the claims about that method describe undertrained "
+                "runs, not the method; where it is about δ, the frozen model already does about as well as fine-tuning."))
     cons_rows = []
     for task in sorted(ctx["sensitivity"]):
         m = ctx["consistency"].get(task, {})
@@ -190,7 +200,7 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
 
 def markdown(ctx, tables) -> str:
     lines = [f"# Study report: {ctx['setup']['name']}", ""]
-    for title, head, body, note in tables[:5]:
+    for title, head, body, note in tables[:6]:
         lines += [f"## {title}", ""] + _table(head, body) + ([""] + [note] if note else []) + [""]
     lines += ["## Figures", ""]
     for group, files in ctx["figures"].items():
@@ -198,7 +208,7 @@ def markdown(ctx, tables) -> str:
             if f.endswith(".png"):
                 lines.append(f"![{f}](figures/{f})")
         lines.append("")
-    for title, head, body, note in tables[5:]:
+    for title, head, body, note in tables[6:]:
         lines += [f"## {title}", ""] + _table(head, body) + [""]
     return "\n".join(lines)
 
@@ -247,7 +257,7 @@ def to_html(ctx, tables, folder: Path) -> str:
             parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>")
         parts.append("</tbody></table>")
 
-    for sec in tables[:5]:
+    for sec in tables[:6]:
         table(*sec)
     parts.append("<h2>Figures</h2>")
     for group, files in ctx["figures"].items():
@@ -256,7 +266,7 @@ def to_html(ctx, tables, folder: Path) -> str:
             if f.endswith(".png"):
                 data = base64.b64encode((folder / "figures" / f).read_bytes()).decode()
                 parts.append(f"<img alt='{esc(f)}' src='data:image/png;base64,{data}'>")
-    for sec in tables[5:]:
+    for sec in tables[6:]:
         table(*sec)
     parts.append("</body></html>")
     return "\n".join(parts)
