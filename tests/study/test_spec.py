@@ -59,6 +59,9 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
     ({"training": {"epoch": 3}}, "training: unknown or grid-level key 'epoch' (did you mean \"epochs\"?)"),
     ({"training": {"epochs": "3"}}, "training.epochs must be an integer"),
     ({"training": {"seed": 3}}, "grid-level key 'seed'"),
+    ({"task_training": {"easyvqa": {"steps": 9}}}, "task_training: 'easyvqa' is not one of the spec's tasks"),
+    ({"task_training": {"easyvqa-vqa": {"step": 9}}}, "task_training.easyvqa-vqa: unknown or grid-level key 'step'"),
+    ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
     ({"executor": {"kind": "slurm"}}, "executor.kind 'slurm' is not one of local, ray"),
     ({"executor": {"wrokers": 2}}, "did you mean \"workers\""),
     ({"pretrain": "huge"}, "unknown preset 'huge'"),
@@ -69,6 +72,15 @@ def test_bad_specs_are_one_line_errors_naming_the_key(changes, message):
     assert message in str(e.value)
     assert "\n" not in str(e.value)
     assert str(e.value).startswith("s.yaml")
+
+
+def test_task_training_overrides_the_shared_settings_for_one_task():
+    s = spec(task_training={"easyvqa-vqa": {"steps": 40, "evals": 4}})
+    by_task = {c.task: c.finetune_fields(s) for c in expand(s) if c.label == "lora"}
+    assert by_task["easyvqa-vqa"]["steps"] == 40 and by_task["easyvqa-vqa"]["evals"] == 4
+    assert by_task["easyvqa-vqa"]["length_policy"] == "steps"  # the shared setting still applies
+    assert by_task["scenes-caption"]["steps"] == 5 and "evals" not in by_task["scenes-caption"]
+    assert [c.id for c in expand(s)] == [c.id for c in expand(spec())]  # same cells, same IDs
 
 
 def test_invalid_yaml_and_unknown_preset(tmp_path):
@@ -139,3 +151,12 @@ def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, mon
         data = load_task(task, paths=fields["paths"])
         assert data.train and data.val and data.test
     assert s.executor.kind == "ray" and s.executor.gpus == 1
+
+
+def test_task_training_is_part_of_the_study_identity_only_when_given(monkeypatch):
+    from vlpeft.study import runner
+
+    monkeypatch.setattr(runner, "checkpoint_hash", lambda model: "h")
+    assert "task_training" not in runner.study_fingerprint(spec())  # folders made before it still match
+    given = runner.study_fingerprint(spec(task_training={"easyvqa-vqa": {"steps": 40, "feature_cache": False}}))
+    assert given["task_training"] == {"easyvqa-vqa": {"steps": 40}}  # the feature cache does not change a result

@@ -110,7 +110,7 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     for r in runs:
         grid[r["label"]].add(r["budget"] or "–")
     return {"name": meta.get("name"), "model": model, "checkpoints": ident.get("checkpoints"),
-            "training": ident.get("training", {}), "spec": spec, "environment": env, "pretrain": pretrain,
+            "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec, "environment": env, "pretrain": pretrain,
             "tasks": {r["task"]: r["relation"] for r in runs},
             "grid": {k: sorted(v, key=str) for k, v in grid.items()},
             "sizes": sorted({r["n_train"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
@@ -138,6 +138,7 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
         ["data sizes (examples)", ", ".join(map(str, s["sizes"]))], ["seeds", ", ".join(map(str, s["seeds"]))],
         ["training-length policy", f"{s['length_policy']} — epochs {t.get('epochs', 5)}, min steps "
                                    f"{t.get('min_steps', 300)}, steps {t.get('steps', 0)} (recipes/defaults.py); other settings {json.dumps(t)}"],
+        *([["per-task training", json.dumps(s["task_training"])]] if s["task_training"] else []),
         ["runs", f"{s['done']} done of {s['runs']}, {len(s['failed'])} failed"],
         ["hardware", f"{env.get('host')} {env.get('machine')}, device {env.get('device')}, {env.get('threads')} torch thread(s) per run"],
         ["versions", json.dumps({"vlpeft": env.get("vlpeft"), "python": env.get("python"), **(env.get("versions") or {}),
@@ -161,7 +162,7 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
                 ["task", "method", "cells flagged", "headroom: task best − baseline", "flagged (budget/examples: mean)"], body,
                 "Baseline: the better of the frozen model's score at that data size and the majority answer (VQA); a cell "
                 "is flagged when its mean is below baseline + δ. Where the headroom is many δ, flagged cells learned nothing "
-                "measurable (train longer: `training.min_steps`), and the claims about that method describe undertrained "
+                "measurable (train longer: `task_training.TASK.min_steps`), and the claims about that method describe undertrained "
                 "runs, not the method; where it is about δ, the frozen model already does about as well as fine-tuning."))
     cons_rows = []
     for task in sorted(ctx["sensitivity"]):

@@ -35,7 +35,9 @@ def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     return {"model": spec.model, "task_models": spec.task_models,
             "checkpoints": {m: checkpoint_hash(m) for m in models},
             "training": {k: v for k, v in spec.training.items() if k not in NOT_RESULT_FIELDS}, "paths": spec.paths,
-            "subset_seed": spec.subset_seed}
+            "subset_seed": spec.subset_seed,
+            **({"task_training": {t: {k: v for k, v in o.items() if k not in NOT_RESULT_FIELDS}
+                                  for t, o in spec.task_training.items()}} if spec.task_training else {})}
 
 
 def checkpoint_hash(model: str) -> str:
@@ -93,7 +95,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     for cell in expand(spec):
         info = task_info(cell.task)
         model_cfg, scene_seed = model_of(spec.task_models.get(cell.task, spec.model))
-        scene_seed = spec.training.get("scene_seed", scene_seed)
+        scene_seed = {**spec.training, **spec.task_training.get(cell.task, {})}.get("scene_seed", scene_seed)
         if cell.task not in pools:
             task = cached_task(cell.task, scene_seed if info.data == "scenes" else None,
                                json.dumps(spec.paths or {}, sort_keys=True))

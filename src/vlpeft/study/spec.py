@@ -13,6 +13,7 @@ A spec (see configs/*.yaml for complete, commented examples):
     data_sizes: [250, "10%", 1.0]
     seeds: [0, 1]
     training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
+    task_training: {easyvqa-vqa: {min_steps: 1000}}   # overrides of `training` for one task's runs
     executor: {kind: local, workers: 2, threads: 1}
 
 A cell is task x method label x budget x data size x seed x learning rate. Its ID is built from those
@@ -70,6 +71,8 @@ class StudySpec:
     pretrain: str | None = field(default=None, metadata={"help": "pre-train this preset into `model` if it is missing"})
     subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets"})
     training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
+    task_training: dict = field(default_factory=dict, metadata={"help": "task -> FinetuneConfig fields overriding "
+                                                                         "`training` for that task's runs"})
     paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
     executor: ExecutorSpec = field(default_factory=ExecutorSpec, metadata={"help": "how runs are executed"})
     source: str = field(default="spec", metadata={"help": "where the spec came from (for messages)"})
@@ -95,7 +98,8 @@ class Cell:
         grid = spec.methods[self.label]
         info = task_info(self.task)
         paths = {k: v for k, v in spec.paths.items() if k in info.paths + info.optional_paths}  # this task's files
-        return {**spec.training, "model": spec.task_models.get(self.task, spec.model), "task": self.task,
+        return {**spec.training, **spec.task_training.get(self.task, {}),
+                "model": spec.task_models.get(self.task, spec.model), "task": self.task,
                 "method": self.method, "budget": self.budget, "method_options": dict(grid.options),
                 "data_size": self.data_size, "seed": self.seed, "subset_seed": spec.subset_seed, "lr": self.lr,
                 "paths": paths}
@@ -173,7 +177,6 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     from vlpeft.data.subsets import resolve_size
     from vlpeft.peft import REGISTRY, make_config
     from vlpeft.peft.budget import parse_budget
-    from vlpeft.recipes.finetune import FinetuneConfig
     from vlpeft.tasks.builtin import TASKS
 
     if data is None:
@@ -242,24 +245,13 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     if len(set(seeds)) != len(seeds) or len(set(map(str, sizes))) != len(sizes):
         raise UserError(f"{source}: seeds and data_sizes must not repeat a value")
 
-    training = _typed(d.get("training", {}) or {}, "dict", f"{source}: training")
-    cell_keys = {"model", "task", "method", "budget", "method_options", "data_size", "seed", "subset_seed", "lr",
-                 "paths", "threads"}
-    known = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in cell_keys]
-    for key in training:
-        if key not in known:
-            raise UserError(f"{source}: training: unknown or grid-level key {key!r}{did_you_mean(str(key), known)}")
-    hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
-    training = dict(training)
-    for key, value in training.items():
-        kind = {"int": "int", "float": "number", "float | None": "number", "str": "str",
-                "bool": "bool"}.get(str(hints[key]))
-        if kind:
-            training[key] = _typed(value, kind, f"{source}: training.{key}")
-    try:  # range checks of FinetuneConfig itself
-        FinetuneConfig(model=model, task=tasks[0], method="frozen", **training)
-    except TypeError as e:
-        raise UserError(f"{source}: training: {e}") from e
+    training = _training(d.get("training", {}), f"{source}: training", model, tasks[0])
+    task_training = _typed(d.get("task_training", {}) or {}, "dict", f"{source}: task_training")
+    for t in task_training:
+        if t not in tasks:
+            raise UserError(f"{source}: task_training: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
+    task_training = {t: _training(v, f"{source}: task_training.{t}", model, t, base=training)
+                     for t, v in task_training.items()}
 
     ex = _fields(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor")
     executor = ExecutorSpec(**ex)
@@ -268,8 +260,33 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     _check_executor(executor, f"{source}: executor")
     return StudySpec(name=name, model=model, tasks=tuple(tasks), task_models=task_models, methods=methods, data_sizes=sizes, seeds=seeds,
                      pretrain=pretrain, subset_seed=_typed(d.get("subset_seed", 0), "int", f"{source}: subset_seed"),
-                     training=training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
+                     training=training, task_training=task_training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
                      executor=executor, source=source)
+
+
+def _training(raw, where: str, model: str, task: str, base: dict | None = None) -> dict[str, Any]:
+    """Validated FinetuneConfig fields shared by runs (cell-level keys are the grid's, not these);
+    ranges are checked on `base` updated with them."""
+    from vlpeft.recipes.finetune import FinetuneConfig
+
+    training = dict(_typed(raw or {}, "dict", where))
+    cell_keys = {"model", "task", "method", "budget", "method_options", "data_size", "seed", "subset_seed", "lr",
+                 "paths", "threads"}
+    known = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in cell_keys]
+    for key in training:
+        if key not in known:
+            raise UserError(f"{where}: unknown or grid-level key {key!r}{did_you_mean(str(key), known)}")
+    hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    for key, value in training.items():
+        kind = {"int": "int", "float": "number", "float | None": "number", "str": "str",
+                "bool": "bool"}.get(str(hints[key]))
+        if kind:
+            training[key] = _typed(value, kind, f"{where}.{key}")
+    try:  # range checks of FinetuneConfig itself
+        FinetuneConfig(model=model, task=task, method="frozen", **{**(base or {}), **training})
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from e
+    return training
 
 
 def _expand_paths(paths, where: str) -> dict[str, str]:
