@@ -2,8 +2,9 @@
 results.sqlite (plus the consistency measures stored beside the results by the study).
 
 Sections: setup (model, pre-training recipe, tasks, grid, training-length policy, hardware,
-versions), the verdict table of the four claims, consistency with pre-training, the figures, advice,
-every cell and every run (sortable in the HTML). Files are written atomically and only when changed.
+versions), the verdict table of the four claims and its summary, whether the runs learned at all
+(cells no better than the frozen model or the majority answer), consistency with pre-training,
+advice, the figures, every cell and every run (sortable in the HTML). Files are written atomically and only when changed.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     for r in runs:
         grid[r["label"]].add(r["budget"] or "–")
     return {"name": meta.get("name"), "model": model, "checkpoints": ident.get("checkpoints"),
-            "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec, "environment": env, "pretrain": pretrain,
+            "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec,
+            "environment": env, "pretrain": pretrain,
             "tasks": {r["task"]: r["relation"] for r in runs},
             "grid": {k: sorted(v, key=str) for k, v in grid.items()},
             "sizes": sorted({r["n_train"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
@@ -199,9 +201,12 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
     return out
 
 
+BEFORE_FIGURES = 6  # setup, verdicts, summary, did the runs learn, consistency, advice; then figures, cells, runs
+
+
 def markdown(ctx, tables) -> str:
     lines = [f"# Study report: {ctx['setup']['name']}", ""]
-    for title, head, body, note in tables[:6]:
+    for title, head, body, note in tables[:BEFORE_FIGURES]:
         lines += [f"## {title}", ""] + _table(head, body) + ([""] + [note] if note else []) + [""]
     lines += ["## Figures", ""]
     for group, files in ctx["figures"].items():
@@ -209,7 +214,7 @@ def markdown(ctx, tables) -> str:
             if f.endswith(".png"):
                 lines.append(f"![{f}](figures/{f})")
         lines.append("")
-    for title, head, body, note in tables[6:]:
+    for title, head, body, note in tables[BEFORE_FIGURES:]:
         lines += [f"## {title}", ""] + _table(head, body) + [""]
     return "\n".join(lines)
 
@@ -258,7 +263,7 @@ def to_html(ctx, tables, folder: Path) -> str:
             parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>")
         parts.append("</tbody></table>")
 
-    for sec in tables[:6]:
+    for sec in tables[:BEFORE_FIGURES]:
         table(*sec)
     parts.append("<h2>Figures</h2>")
     for group, files in ctx["figures"].items():
@@ -267,7 +272,7 @@ def to_html(ctx, tables, folder: Path) -> str:
             if f.endswith(".png"):
                 data = base64.b64encode((folder / "figures" / f).read_bytes()).decode()
                 parts.append(f"<img alt='{esc(f)}' src='data:image/png;base64,{data}'>")
-    for sec in tables[6:]:
+    for sec in tables[BEFORE_FIGURES:]:
         table(*sec)
     parts.append("</body></html>")
     return "\n".join(parts)
