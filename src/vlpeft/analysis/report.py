@@ -4,7 +4,8 @@ results.sqlite (plus the consistency measures stored beside the results by the s
 Sections: setup (model, pre-training recipe, tasks, grid, training-length policy, hardware,
 versions), the verdict table of the four claims and its summary, whether the runs learned at all
 (cells no better than the frozen model or the majority answer), consistency with pre-training,
-advice, the figures, every cell and every run (sortable in the HTML). Files are written atomically and only when changed.
+advice, the figures, every cell and every run (sortable in the HTML). Files are written atomically
+and only when changed.
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         raise UserError(f"pretrain: preset {cfg.preset!r} expects {model_cfg.vision.image_size}px images; scenes are {SCENE_IMAGE_SIZE}px")
     pp = ImagePreprocess(image_size=model_cfg.vision.image_size)
     model = Blip(model_cfg).train()
-    mlm_head = torch.nn.Linear(model_cfg.text.width, tok.vocab_size)  # (D -> V), not saved
-    trained = torch.nn.ModuleList([model, mlm_head] if cfg.mlm_weight > 0 else [model])
+    # the masked LM's output layer (D -> V): trained, never saved
+    mlm_head = torch.nn.Linear(model_cfg.text.width, tok.vocab_size) if cfg.mlm_weight > 0 else None
+    trained = torch.nn.ModuleList([model] + ([mlm_head] if mlm_head is not None else []))
     # fused: one kernel over all tensors (measured 2.6 vs 12.1 ms per step on the tiny model, 2-core CPU)
     opt = torch.optim.AdamW(param_groups(trained, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), fused=True)
     rng = np.random.default_rng(cfg.seed)

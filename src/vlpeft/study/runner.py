@@ -95,7 +95,8 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     for cell in expand(spec):
         info = task_info(cell.task)
         model_cfg, scene_seed = model_of(spec.task_models.get(cell.task, spec.model))
-        scene_seed = {**spec.training, **spec.task_training.get(cell.task, {})}.get("scene_seed", scene_seed)
+        fields = cell.finetune_fields(spec)
+        scene_seed = fields.get("scene_seed", scene_seed)
         if cell.task not in pools:
             task = cached_task(cell.task, scene_seed if info.data == "scenes" else None,
                                json.dumps(spec.paths or {}, sort_keys=True))
@@ -109,7 +110,6 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
                 raise UserError(f"{spec.source}: methods.{cell.label} on {cell.task}: {e}") from None
             checked.add(key)
         n = resolve_size(cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}")
-        fields = cell.finetune_fields(spec)
         FinetuneConfig(**fields)  # types and ranges
         out.append((cell, fields, n))
     return out
