@@ -133,6 +133,21 @@ def test_prompt_tokens_keep_output_shapes_and_cache_consistency(deep):
     assert torch.allclose(torch.stack(steps, 1), logits, atol=1e-5)
 
 
+def test_decoder_prompts_reach_the_first_prediction():
+    """The first word (a VQA answer, a caption's first word) is predicted from [DEC]: in the causal
+    decoder the prompts come before it, so that prediction depends on them."""
+    torch.manual_seed(2)
+    m = Blip(tiny_cfg()).eval()
+    pixels, ids = batch()
+    with torch.no_grad():
+        img = m.encode_image(pixels)
+        before = m.decoder_logits(ids, None, img)
+        m.text_decoder.prompt = Prompt(2, 32, False)
+        after = m.decoder_logits(ids, None, img)
+    assert after.shape == before.shape
+    assert not torch.allclose(after[:, 0], before[:, 0], atol=1e-4)
+
+
 class Prefix(nn.Module):
     def __init__(self, P, H, d):
         super().__init__()

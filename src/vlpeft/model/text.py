@@ -98,8 +98,11 @@ class TextTransformer(nn.Module):
         self.cfg = cfg
         self.embed = TextEmbeddings(cfg)
         self.blocks = nn.ModuleList(TextBlock(cfg, cross) for _ in range(cfg.depth))
-        # PEFT hook: module with `.length` (P), `.deep` and `forward(layer) -> (P, D)`; inserted after
-        # the first token before block 0 (deep: replaced before every later block); dropped from output.
+        # PEFT hook: module with `.length` (P), `.deep` and `forward(layer) -> (P, D)`; inserted before
+        # block 0 (deep: replaced before every later block) and dropped from the output. Where: after
+        # the first token ([CLS]/[ENC]) when bidirectional; before every token when causal, so that
+        # each prediction, the first one from [DEC] included, can attend to them (as prompt tuning of a
+        # causal LM prepends its virtual tokens to the whole input).
         self.prompt: nn.Module | None = None
 
     def forward(
@@ -119,9 +122,10 @@ class TextTransformer(nn.Module):
         P = self.prompt.length if (self.prompt is not None and first) else 0
         offset = 0 if first else cache.key_valid.shape[1] - cache.n_prompt
         x = self.embed(ids, offset)  # (B, L, D)
+        at = 0 if causal else 1  # tokens kept before the prompts
         if P:
-            x = torch.cat([x[:, :1], self.prompt(0).to(x.dtype).expand(B, -1, -1), x[:, 1:]], dim=1)  # (B, 1+P+L-1, D)
-            mask = torch.cat([mask[:, :1], mask.new_ones(B, P), mask[:, 1:]], dim=1)
+            x = torch.cat([x[:, :at], self.prompt(0).to(x.dtype).expand(B, -1, -1), x[:, at:]], dim=1)  # (B, P+L, D)
+            mask = torch.cat([mask[:, :at], mask.new_ones(B, P), mask[:, at:]], dim=1)
         if cache is not None:
             if first:
                 cache.self_kv, cache.cross_kv, cache.n_prompt = [None] * len(self.blocks), [None] * len(self.blocks), P
@@ -147,7 +151,7 @@ class TextTransformer(nn.Module):
 
         for i, block in enumerate(self.blocks):
             if P and i > 0 and self.prompt.deep:
-                x = torch.cat([x[:, :1], self.prompt(i).to(x.dtype).expand(B, -1, -1), x[:, 1 + P:]], dim=1)
+                x = torch.cat([x[:, :at], self.prompt(i).to(x.dtype).expand(B, -1, -1), x[:, at + P:]], dim=1)
             self_kv = cross_kv = None
             if cache is not None:
                 attn = block.self_attn
@@ -164,7 +168,7 @@ class TextTransformer(nn.Module):
             cm = cross_mask(block.cross_attn.prefix_len()) if context is not None else None
             x = block(x, self_mask(block.self_attn.prefix_len()), context, cm, self_kv, cross_kv)
         if P:
-            x = torch.cat([x[:, :1], x[:, 1 + P:]], dim=1)  # (B, L, D)
+            x = torch.cat([x[:, :at], x[:, at + P:]], dim=1)  # (B, L, D)
         return x
 
 

@@ -1,9 +1,13 @@
 """Prompt tuning (Lester et al., "The Power of Scale for Parameter-Efficient Prompt Tuning", EMNLP 2021)
 and visual prompt tuning (Jia et al., "Visual Prompt Tuning", ECCV 2022).
 
-P learned vectors are inserted after the first token of a tower's input sequence:
-    [x_0, x_1..x_L]  ->  [x_0, p_1..p_P, x_1..x_L]
-Every later token may attend to them; their outputs are dropped, so the tower's output shape is
+P learned vectors are inserted into a tower's input sequence: after the first token ([CLS] / [ENC])
+in a bidirectional tower (the ViT, the text encoder), before every token in the causal text decoder:
+    bidirectional: [x_0, x_1..x_L]  ->  [x_0, p_1..p_P, x_1..x_L]
+    causal:        [x_0, x_1..x_L]  ->  [p_1..p_P, x_0, x_1..x_L]
+so that every token may attend to them; in the decoder that includes [DEC], whose output predicts
+the first word (inserted after it, the prompts could not reach that prediction: a one-word VQA
+answer would be untouched by them). Their outputs are dropped, so the tower's output shape is
 unchanged. Deep prompts (VPT-deep) replace the P prompt positions with fresh learned vectors before
 every block. Trainable parameters per tower: P * D (shallow) or depth * P * D (deep).
 """
