@@ -230,9 +230,9 @@ def vlpeft_step(prep, cfg, model, batch, image_ids, encode):
     """finetune's training step (`finetune.train_step`) on a fixed batch. -> step(cached=encode is not None) -> loss."""
     from vlpeft.recipes import defaults
     from vlpeft.recipes.finetune import train_step
-    from vlpeft.recipes.optim import param_groups
+    from vlpeft.recipes.optim import adamw
 
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=defaults.METHOD_LR[cfg.method])
+    opt = adamw(model, cfg.weight_decay, defaults.METHOD_LR[cfg.method])
 
     def step(cached: bool = encode is not None) -> float:
         return train_step(prep, cfg, model, opt, batch, encode(image_ids) if cached else None)
@@ -296,7 +296,7 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     batch, image_ids = task_batch(prep, cfg, s["batch"], dev)
     labels = batch["ids"].masked_fill(batch["target_mask"] == 0, -100)
     hf_params = [p for p in hf.parameters() if p.requires_grad]
-    hf_opt = torch.optim.AdamW(hf_params, lr=METHOD_LR["lora"], weight_decay=cfg.weight_decay)
+    hf_opt = torch.optim.AdamW(hf_params, lr=METHOD_LR["lora"], weight_decay=cfg.weight_decay, fused=True)
 
     def hf_step() -> float:
         hf.train()

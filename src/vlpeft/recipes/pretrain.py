@@ -37,7 +37,7 @@ from vlpeft.model.blip import Blip
 from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
-from vlpeft.recipes.optim import param_groups
+from vlpeft.recipes.optim import adamw
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     # the masked LM's output layer (D -> V): trained, never saved
     mlm_head = torch.nn.Linear(model_cfg.text.width, tok.vocab_size) if cfg.mlm_weight > 0 else None
     trained = torch.nn.ModuleList([model] + ([mlm_head] if mlm_head is not None else []))
-    # fused: one kernel over all tensors (measured 2.6 vs 12.1 ms per step on the tiny model, 2-core CPU)
-    opt = torch.optim.AdamW(param_groups(trained, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), fused=True)
+    opt = adamw(trained, cfg.weight_decay, cfg.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     object_sets = [scene_objects(s) for s in scenes]
