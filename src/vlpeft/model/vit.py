@@ -71,11 +71,6 @@ def init_stem(stem: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-# The stem's input layout. Channels-last: the same convolutions, run faster by oneDNN on CPU
-# (benchmarks/stem_layout.py measures it against torch.contiguous_format).
-STEM_MEMORY_FORMAT = torch.channels_last
-
-
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -97,8 +92,7 @@ class VisionTransformer(nn.Module):
         so downstream modules always see 1 + N states.
         """
         B = pixels.shape[0]
-        pixels = pixels.to(self.pos_embed.dtype).contiguous(memory_format=STEM_MEMORY_FORMAT)
-        x = self.patch_embed(pixels)  # (B, D, H/p, W/p)
+        x = self.patch_embed(pixels.to(self.pos_embed.dtype))  # (B, D, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed  # (B, 1+N, D)
         P = 0 if self.prompt is None else self.prompt.length
