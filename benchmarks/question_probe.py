@@ -33,23 +33,25 @@ from shape_probe import probe, probe_parser, probed_model  # noqa: E402
 
 def cross_attention_entropy(model, dec_id: int, states: torch.Tensor, mask: torch.Tensor) -> list[tuple[float, float]]:
     """Per decoder block: (mean entropy of [DEC]'s cross-attention over the question, mean log of the
-    question length). The [DEC] token runs through the decoder alone (no answer yet), as when the
-    first answer word is predicted. states (B, Lq, D), mask (B, Lq)."""
-    dec = model.text_decoder
-    h = dec.embed(torch.full((states.shape[0], 1), dec_id))  # (B, 1, D)
-    keep = mask.bool()[:, None, None, :]  # (B, 1, 1, Lq)
+    question length). The decoder runs on [DEC] alone (no answer yet), as when the first answer word
+    is predicted; a forward hook on each block's cross-attention recomputes its weights from the
+    inputs it gets. states (B, Lq, D), mask (B, Lq)."""
     out = []
-    for block in dec.blocks:
-        x = block.self_norm(h + block.self_attn(h))
-        att = block.cross_attn
-        q = att.split(att.q(x))  # (B, H, 1, d)
-        k, v = att.project_kv(states)  # (B, H, Lq, d)
+
+    def record(att, args, kwargs, _):
+        q = att.split(att.q(args[0]))  # (B, H, 1, d)
+        k, _ = att.project_kv(kwargs["context"])  # (B, H, Lq, d)
+        keep = mask.bool()[:, None, None, :]  # (B, 1, 1, Lq)
         p = (q @ k.transpose(-1, -2) / att.head_dim ** 0.5).masked_fill(~keep, float("-inf")).softmax(-1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, H, 1)
         out.append((float(entropy.mean()), float(mask.sum(1).float().log().mean())))
-        a = att.o((p @ v).transpose(1, 2).reshape(states.shape[0], 1, -1))  # (B, 1, D)
-        h = block.cross_norm(x + a)
-        h = block.mlp_norm(h + block.mlp(h))
+
+    hooks = [b.cross_attn.register_forward_hook(record, with_kwargs=True) for b in model.text_decoder.blocks]
+    try:
+        model.decoder_logits(torch.full((states.shape[0], 1), dec_id), None, states, mask)
+    finally:
+        for h in hooks:
+            h.remove()
     return out
 
 

@@ -32,12 +32,12 @@ NOT_RESULT_FIELDS = ("threads", "device", "feature_cache", "feature_cache_dir", 
 def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     """What every cell of the study shares; a folder whose store has another value is another study."""
     models = sorted({spec.model, *spec.task_models.values()})
+    results = lambda fields: {k: v for k, v in fields.items() if k not in NOT_RESULT_FIELDS}  # noqa: E731
     return {"model": spec.model, "task_models": spec.task_models,
             "checkpoints": {m: checkpoint_hash(m) for m in models},
-            "training": {k: v for k, v in spec.training.items() if k not in NOT_RESULT_FIELDS}, "paths": spec.paths,
-            "subset_seed": spec.subset_seed,
-            **({"task_training": {t: {k: v for k, v in o.items() if k not in NOT_RESULT_FIELDS}
-                                  for t, o in spec.task_training.items()}} if spec.task_training else {})}
+            "training": results(spec.training), "paths": spec.paths, "subset_seed": spec.subset_seed,
+            # only when given, so folders of studies written before task_training still match
+            **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {})}
 
 
 def checkpoint_hash(model: str) -> str:
