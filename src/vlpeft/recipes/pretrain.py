@@ -126,7 +126,9 @@ def pretraining_losses(model: Blip, tok: TextTokenizer, pixels: torch.Tensor, ca
     enc_ids[:, 0] = tok.enc_id
     all_ids = torch.cat([enc_ids, enc_ids[neg_text], enc_ids])  # (3B, L)
     all_mask = torch.cat([mask, mask[neg_text], mask])
-    all_img = torch.cat([img, img, img[neg_img]])  # (3B, 1+N, D)
+    # index_select, not img[neg_img]: the backward of advanced indexing accumulates repeated indices
+    # in a thread-dependent order on CPU, which made pre-training differ run to run (README)
+    all_img = torch.cat([img, img, img.index_select(0, neg_img)])  # (3B, 1+N, D)
     labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(pixels.device)
     # Rows whose sampled negative shares the object set (only possible when every other row does) are positives.
     labels[B:2 * B] = same[torch.arange(B), neg_text].long()
