@@ -79,3 +79,25 @@ def test_pretraining_is_bit_reproducible_with_two_threads(tmp_path):
         torch.set_num_threads(threads)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
+
+def test_text_lm_reads_the_encoder_through_cross_attention(tiny_checkpoint):
+    """BART-style: the decoder's text LM reads the encoder states of the half-masked sentence, so its
+    cross-attention and the encoder learn from it; switched off, the decoder LM has no context."""
+    from vlpeft.recipes.pretrain import PretrainConfig, text_losses
+
+    loaded = load_model(tiny_checkpoint[0])
+    model, tok = loaded.model.train(), loaded.tokenizer
+    head = torch.nn.Linear(model.cfg.text.width, tok.vocab_size)
+    ids, mask = tok.encode_batch(["the red ball is on the big table", "yes , it is a circle"] * 8, max_len=16)
+    for reads in (True, False):
+        model.zero_grad(set_to_none=True)
+        cfg = PretrainConfig(text_lm_reads_encoder=reads)
+        losses = text_losses(model, head, tok, ids, mask, cfg, torch.Generator().manual_seed(0))
+        assert set(losses) == {"mlm", "text_lm"}
+        losses["text_lm"].backward()  # the decoder's loss alone
+        cross = model.text_decoder.blocks[0].cross_attn.k.weight.grad
+        encoder = model.text_encoder.embed.tokens.weight.grad
+        if reads:
+            assert cross is not None and cross.abs().sum() > 0 and encoder.abs().sum() > 0
+        else:
+            assert cross is None and encoder is None

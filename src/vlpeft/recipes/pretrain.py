@@ -8,8 +8,10 @@
 - LM: next-token cross-entropy of the image-grounded decoder on the caption (label smoothing 0.1).
 
 Two text-only losses on template sentences of basic English (data/english.py) stand in for the BERT
-initialisation of BLIP's text towers: `text_lm` trains the decoder to write general words, `mlm`
-(BERT's masked LM) keeps the encoder's token states apart, which the VQA answer decoder reads.
+initialisation of BLIP's text towers: `text_lm` trains the decoder to write general words while
+reading the encoder's states of the half-masked sentence (BART's denoising; not in BLIP, whose decoder
+reads only images in pre-training), `mlm` (BERT's masked LM) keeps the encoder's token states apart.
+The VQA answer decoder reads exactly those encoder states.
 
 A plain function: config in, checkpoint folder out. `pretrain.json` records the exact data recipe,
 objectives, steps and seed, which later analyses read to judge a downstream task's consistency.
@@ -59,6 +61,10 @@ class PretrainConfig:
                                                                  "sentences (data/english.py); 0 = off"})
     mlm_weight: float = field(default=0.5, metadata={"help": "weight of a text-only masked-LM loss of the text encoder on "
                                                              "those sentences (BERT's objective); 0 = off"})
+    text_lm_reads_encoder: bool = field(default=True, metadata={"help": "the text-only decoder LM reads, through its "
+                                                                        "cross-attention, the encoder states of the same sentence "
+                                                                        "with half its words masked (BART's denoising, Lewis et al. "
+                                                                        "2020). False = a decoder LM with no context (README)"})
     text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
     vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
@@ -142,6 +148,7 @@ def pretraining_losses(model: Blip, tok: TextTokenizer, pixels: torch.Tensor, ca
     return {"itc": loss_itc, "itm": loss_itm, "lm": loss_lm}
 
 
+TEXT_LM_MASK_RATE = 0.5  # words hidden from the text decoder's encoder context (0.15 left a longer VQA plateau; README)
 MLM_RATE = 0.15  # BERT: 15 % of the tokens are chosen; of those 80 % become [MASK], 10 % a random token, 10 % stay
 
 
@@ -163,6 +170,32 @@ def mlm_loss(model: Blip, head: torch.nn.Module, tok: TextTokenizer, ids: torch.
     if not chosen.any():
         return states.sum() * 0.0
     return F.cross_entropy(head(states[chosen.to(states.device)]), ids[chosen].to(states.device))
+
+
+def text_losses(model: Blip, mlm_head: torch.nn.Module | None, tok: TextTokenizer, ids: torch.Tensor,
+                mask: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The text-only losses on B general English sentences, ids/mask (B, L) starting with [CLS]:
+    - mlm: BERT's masked LM of the encoder (`mlm_loss`);
+    - text_lm: the decoder writes the sentence, [DEC] x_1 .. x_n [SEP]. With `text_lm_reads_encoder` it
+      reads, through its cross-attention, the encoder states H (B, L, D) of the sentence with a random
+      TEXT_LM_MASK_RATE of its words replaced by [MASK]: L = -sum_t log p(x_t | x_<t, H), BART's
+      denoising objective (Lewis et al., ACL 2020) with token masking. BLIP's VQA answer decoder reads the question
+      encoder's states the same way; without this the tiny decoder has only ever read image states, and
+      PEFT on easy-VQA sat at the majority answer for hundreds of steps (README, "Why the decoder
+      reads the text encoder in pre-training")."""
+    out = {}
+    if cfg.mlm_weight > 0:  # the encoder: [CLS] sentence [SEP], 15 % corrupted
+        out["mlm"] = mlm_loss(model, mlm_head, tok, ids, mask, gen)
+    if cfg.text_lm_weight > 0:  # the decoder: [DEC] sentence [SEP]
+        dec_ids = torch.cat([torch.full_like(ids[:, :1], tok.dec_id), ids[:, 1:]], 1)
+        context = None
+        if cfg.text_lm_reads_encoder:
+            special = torch.isin(ids, torch.tensor(sorted(tok.special_ids))) | (mask == 0)
+            hide = (torch.rand(ids.shape, generator=gen) < TEXT_LM_MASK_RATE) & ~special  # (B, L)
+            context = model.encode_text(ids.masked_fill(hide, tok.mask_id), mask)  # (B, L, D)
+        out["text_lm"] = model.lm_loss(dec_ids, mask, context, context_mask=None if context is None else mask,
+                                       label_smoothing=cfg.label_smoothing)
+    return out
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -210,14 +243,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             pick = torch.from_numpy(rng.choice(len(text_ids), size=cfg.batch_size, replace=False))
             ids, mask = text_ids[pick], text_mask[pick]
             keep = int(mask.sum(1).max())
-            ids, mask = ids[:, :keep], mask[:, :keep]  # (B, L')
-        if cfg.text_lm_weight > 0:  # the decoder: [DEC] sentence [SEP]
-            dec_ids = torch.cat([torch.full_like(ids[:, :1], tok.dec_id), ids[:, 1:]], 1)
-            losses["text_lm"] = model.lm_loss(dec_ids, mask, None, label_smoothing=cfg.label_smoothing)
-            loss = loss + cfg.text_lm_weight * losses["text_lm"]
-        if cfg.mlm_weight > 0:  # the encoder: [CLS] sentence [SEP], 15 % corrupted
-            losses["mlm"] = mlm_loss(model, mlm_head, tok, ids, mask, gen)
-            loss = loss + cfg.mlm_weight * losses["mlm"]
+            text = text_losses(model, mlm_head, tok, ids[:, :keep], mask[:, :keep], cfg, gen)  # (B, L') sentences
+            losses.update(text)
+            loss = loss + sum(getattr(cfg, f"{name}_weight") * value for name, value in text.items())
         if not torch.isfinite(loss):
             raise RuntimeError(f"pretrain: loss became {loss.item()} at step {step}")
         for group in opt.param_groups:
@@ -239,7 +267,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
                               "lm": f"caption LM, label smoothing {cfg.label_smoothing}",
                               **({"text_lm": f"text-only decoder LM on {cfg.text_sentences} template sentences of basic "
                                              f"English (data/english.py), weight {cfg.text_lm_weight}: stands in for "
-                                             "the general text a BERT-initialised BLIP has read"}
+                                             "the general text a BERT-initialised BLIP has read"
+                                             + (f"; the decoder reads the encoder states of the sentence with "
+                                                f"{TEXT_LM_MASK_RATE:.0%} of its words masked (BART-style denoising)"
+                                                if cfg.text_lm_reads_encoder else "")}
                                  if cfg.text_lm_weight > 0 else {}),
                               **({"mlm": f"text-only masked LM of the text encoder on the same sentences, weight "
                                          f"{cfg.mlm_weight}, {MLM_RATE:.0%} of tokens (80/10/10, BERT): stands in for "
