@@ -152,6 +152,11 @@ TEXT_LM_MASK_RATE = 0.5  # words hidden from the text decoder's encoder context 
 MLM_RATE = 0.15  # BERT: 15 % of the tokens are chosen; of those 80 % become [MASK], 10 % a random token, 10 % stay
 
 
+def word_positions(tok: TextTokenizer, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the positions holding a word, which masking may hide (not specials, not padding)."""
+    return ~torch.isin(ids, torch.tensor(sorted(tok.special_ids))) & (mask != 0)
+
+
 def mlm_loss(model: Blip, head: torch.nn.Module, tok: TextTokenizer, ids: torch.Tensor, mask: torch.Tensor,
              gen: torch.Generator) -> torch.Tensor:
     """BERT's masked-LM loss (Devlin et al. 2019) on the text encoder alone (no image):
@@ -159,8 +164,7 @@ def mlm_loss(model: Blip, head: torch.nn.Module, tok: TextTokenizer, ids: torch.
     Stands in for the BERT initialisation of BLIP's text encoder: without a token-level objective the
     tiny encoder's token states barely tell questions apart (README, issue-5 figures), and the VQA
     answer decoder reads exactly those states. ids/mask (B, L) start with [CLS]; `head` is thrown away."""
-    special = torch.isin(ids, torch.tensor(sorted(tok.special_ids))) | (mask == 0)
-    chosen = (torch.rand(ids.shape, generator=gen) < MLM_RATE) & ~special  # (B, L)
+    chosen = (torch.rand(ids.shape, generator=gen) < MLM_RATE) & word_positions(tok, ids, mask)  # (B, L)
     roll = torch.rand(ids.shape, generator=gen)
     corrupt = ids.clone()
     corrupt[chosen & (roll < 0.8)] = tok.mask_id
@@ -190,8 +194,7 @@ def text_losses(model: Blip, mlm_head: torch.nn.Module | None, tok: TextTokenize
         dec_ids = torch.cat([torch.full_like(ids[:, :1], tok.dec_id), ids[:, 1:]], 1)
         context = None
         if cfg.text_lm_reads_encoder:
-            special = torch.isin(ids, torch.tensor(sorted(tok.special_ids))) | (mask == 0)
-            hide = (torch.rand(ids.shape, generator=gen) < TEXT_LM_MASK_RATE) & ~special  # (B, L)
+            hide = (torch.rand(ids.shape, generator=gen) < TEXT_LM_MASK_RATE) & word_positions(tok, ids, mask)  # (B, L)
             context = model.encode_text(ids.masked_fill(hide, tok.mask_id), mask)  # (B, L, D)
         out["text_lm"] = model.lm_loss(dec_ids, mask, context, context_mask=None if context is None else mask,
                                        label_smoothing=cfg.label_smoothing)
@@ -245,7 +248,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             keep = int(mask.sum(1).max())
             text = text_losses(model, mlm_head, tok, ids[:, :keep], mask[:, :keep], cfg, gen)  # (B, L') sentences
             losses.update(text)
-            loss = loss + sum(getattr(cfg, f"{name}_weight") * value for name, value in text.items())
+            weights = {"mlm": cfg.mlm_weight, "text_lm": cfg.text_lm_weight}
+            loss = loss + sum(weights[name] * value for name, value in text.items())
         if not torch.isfinite(loss):
             raise RuntimeError(f"pretrain: loss became {loss.item()} at step {step}")
         for group in opt.param_groups:
