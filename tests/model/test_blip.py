@@ -9,6 +9,7 @@ from torch import nn
 from vlpeft.model.blip import Blip
 from vlpeft.model.config import PRESETS, BlipConfig, TextConfig, VisionConfig
 from vlpeft.model.generate import generate
+from vlpeft.model.vit import fold_stem_batchnorm, make_stem
 
 
 def tiny_cfg(**kw) -> BlipConfig:
@@ -224,9 +225,10 @@ def test_config_validation_and_round_trip():
         BlipConfig.from_dict({**cfg.to_dict(), "vision": {**cfg.to_dict()["vision"], "width": "wide"}})
 
 
+@pytest.mark.parametrize("stem", ["conv", "pool"])
 @pytest.mark.parametrize("patch", [4, 8, 16])
-def test_conv_stem_gives_one_token_per_patch(patch):
-    v = VisionConfig(image_size=32, patch_size=patch, stem="conv", width=32, depth=1, heads=2, mlp_width=64)
+def test_conv_and_pool_stems_give_one_token_per_patch(patch, stem):
+    v = VisionConfig(image_size=32, patch_size=patch, stem=stem, width=32, depth=1, heads=2, mlp_width=64)
     cfg = dataclasses.replace(tiny_cfg(), vision=v)
     model = Blip(cfg)
     out = model.encode_image(torch.randn(2, 3, 32, 32))
@@ -243,17 +245,36 @@ def test_stem_validation_and_old_configs_default_to_the_patch_stem():
     with pytest.raises(ValueError, match="unknown"):
         dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stem="convv"))
     d = PRESETS["tiny"].to_dict()
-    del d["vision"]["stem"]  # a checkpoint written before the option existed
+    del d["vision"]["stem"], d["vision"]["stem_batchnorm"]  # a checkpoint written before the options existed
     assert BlipConfig.from_dict(d).vision.stem == "patch"
-    assert PRESETS["tiny"].vision.stem == "conv" and PRESETS["base"].vision.stem == "patch"
+    assert PRESETS["tiny"].vision.stem == "pool" and PRESETS["base"].vision.stem == "patch"
 
 
-def test_conv_stem_is_he_initialised_and_the_patch_stem_keeps_blip_init():
+def test_pool_stem_batchnorm_folds_into_the_convolutions():
+    """Pre-training's BatchNorm is folded away: the saved stem has plain convolutions, the same eval-mode
+    output, no buffers a frozen stem could update in train mode, and no dependence on the batch."""
     torch.manual_seed(0)
-    conv = Blip(PRESETS["tiny"]).vision.patch_embed
-    for m in conv.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            assert abs(m.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.25, m
-    patch = Blip(tiny_cfg()).vision.patch_embed
-    assert abs(patch.weight.std().item() - 0.02) < 0.004
+    cfg = dataclasses.replace(PRESETS["tiny"], name="tiny")
+    model = Blip(cfg).train()
+    assert cfg.vision.stem == "pool" and cfg.vision.stem_batchnorm
+    assert any(isinstance(m, nn.MaxPool2d) for m in model.vision.patch_embed)
+    for _ in range(3):  # give the running statistics something other than their initial values
+        model.encode_image(torch.randn(4, 3, 64, 64) * 2 + 0.5)
+    for m in model.vision.patch_embed:
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    before = model.encode_image(x)
+    folded = fold_stem_batchnorm(model.vision)
+    assert not folded.stem_batchnorm and model.vision.cfg == folded
+    stem = model.vision.patch_embed
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in stem) and not list(stem.buffers())
+    torch.testing.assert_close(model.encode_image(x), before, rtol=1e-4, atol=1e-4)
+    stem.train()
+    torch.testing.assert_close(stem(x)[:1], stem(x[:1]), rtol=1e-5, atol=1e-5)
+    # the folded stem is exactly what a config without BatchNorm builds
+    assert make_stem(folded).state_dict().keys() == stem.state_dict().keys()
+    with pytest.raises(ValueError, match="stem_batchnorm"):
+        dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stem="conv"))

@@ -15,6 +15,11 @@ def test_checkpoint_folder_has_the_promised_files_and_records(tiny_checkpoint):
     assert on_disk["data"]["splits"] == {"train": 256} and on_disk["data"]["seed"] == 0
     assert set(on_disk["data"]["shapes"]) and set(on_disk["data"]["colors"])
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # the tiny preset's stem trains with BatchNorm; the checkpoint holds it folded into the convolutions
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["vision"]["stem"] == "pool" and config["vision"]["stem_batchnorm"] is False
+    stem = load_model(out).model.vision.patch_embed
+    assert not list(stem.buffers()) and not any(isinstance(m, torch.nn.BatchNorm2d) for m in stem)
 
 
 def test_losses_fall_during_pretraining(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 from vlpeft.errors import UserError, did_you_mean
 
 
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "pool")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,15 @@ class VisionConfig:
     patch_size: int = field(default=8, metadata={"help": "patch side in pixels; image_size must be a multiple"})
     stem: str = field(default="patch", metadata={"help": "how pixels become patch tokens: 'patch' = one strided "
                                                           "p x p convolution (ViT, every BLIP checkpoint); 'conv' = "
-                                                          "a convolutional stem (Xiao et al. 2021, vit.py); needs "
+                                                          "strided convolutions (Xiao et al. 2021); 'pool' = "
+                                                          "convolution, GroupNorm, ReLU and max-pool stages (the "
+                                                          "tiny preset, pre-trained with stem_batchnorm); see vit.py. "
+                                                          "conv and pool need "
                                                           "patch_size a power of two >= 4"})
+    stem_batchnorm: bool = field(default=False, metadata={"help": "'pool' stem only: a BatchNorm after each stage's "
+                                                                 "convolution, for pre-training; folded into the "
+                                                                 "convolutions (and this set to False) when the "
+                                                                 "checkpoint is saved (vit.fold_stem_batchnorm)"})
     width: int = field(default=128, metadata={"help": "hidden size D_v"})
     depth: int = field(default=4, metadata={"help": "number of transformer blocks"})
     heads: int = field(default=4, metadata={"help": "attention heads; must divide width"})
@@ -129,8 +136,10 @@ def validate(cfg: BlipConfig) -> None:
         raise ValueError(f"vision.image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
     if v.stem not in STEMS:
         raise ValueError(f"vision.stem {v.stem!r} unknown{did_you_mean(v.stem, STEMS)}; known: {', '.join(STEMS)}")
-    if v.stem == "conv" and (v.patch_size < 4 or v.patch_size & (v.patch_size - 1)):
-        raise ValueError(f"vision.stem 'conv' needs patch_size a power of two >= 4, got {v.patch_size}")
+    if v.stem in ("conv", "pool") and (v.patch_size < 4 or v.patch_size & (v.patch_size - 1)):
+        raise ValueError(f"vision.stem {v.stem!r} needs patch_size a power of two >= 4, got {v.patch_size}")
+    if v.stem_batchnorm and v.stem != "pool":
+        raise ValueError(f"vision.stem_batchnorm needs the 'pool' stem, not {v.stem!r}")
     if t.cross_width != v.width:
         raise ValueError(f"text.cross_width {t.cross_width} must equal vision.width {v.width}")
     if cfg.text_encoder and cfg.text_decoder and t.width != t.cross_width:
@@ -144,7 +153,8 @@ def validate(cfg: BlipConfig) -> None:
 PRESETS: dict[str, BlipConfig] = {
     # ~2.7 M parameters: pre-trains on 2 CPU cores in minutes on 64x64 synthetic scenes.
     "tiny": BlipConfig(
-        vision=VisionConfig(image_size=64, patch_size=8, stem="conv", width=128, depth=4, heads=4, mlp_width=512),
+        vision=VisionConfig(image_size=64, patch_size=8, stem="pool", stem_batchnorm=True,
+                            width=128, depth=4, heads=4, mlp_width=512),
         text=TextConfig(vocab_size=1024, width=128, depth=3, heads=4, mlp_width=512, max_positions=64, cross_width=128),
         embed_dim=64,
         name="tiny",
