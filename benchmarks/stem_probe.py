@@ -9,7 +9,7 @@ scratch, initialised as `Blip` initialises it, as a classifier of single-object 
 0.05), 50 warm-up steps and a cosine decay to 0.1x over `--steps`, gradient norm clipped at 1.
 Every 100 steps it prints the shape and colour accuracy on 600 held-out single-object scenes (split
 "val") and the time per step. Pre-training's signal for shape is far weaker than a label, so a stem
-that is slow here is slow in pre-training too (README, "Short of the goal").
+that is slow here is slow in pre-training too (README, "How the stem got here").
 """
 
 from __future__ import annotations

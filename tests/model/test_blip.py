@@ -250,6 +250,17 @@ def test_stem_validation_and_old_configs_default_to_the_patch_stem():
     assert PRESETS["tiny"].vision.stem == "pool" and PRESETS["base"].vision.stem == "patch"
 
 
+def test_conv_stem_is_he_initialised_and_the_patch_stem_keeps_blip_init():
+    torch.manual_seed(0)
+    conv = Blip(PRESETS["tiny"]).vision.patch_embed  # the tiny preset's pool stem: the same He initialisation
+    for m in conv.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            assert abs(m.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.25, m
+    patch = Blip(tiny_cfg()).vision.patch_embed
+    assert abs(patch.weight.std().item() - 0.02) < 0.004
+
+
 def test_pool_stem_batchnorm_folds_into_the_convolutions():
     """Pre-training's BatchNorm is folded away: the saved stem has plain convolutions, the same eval-mode
     output, no buffers a frozen stem could update in train mode, and no dependence on the batch."""

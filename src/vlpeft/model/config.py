@@ -25,8 +25,8 @@ class VisionConfig:
     stem: str = field(default="patch", metadata={"help": "how pixels become patch tokens: 'patch' = one strided "
                                                           "p x p convolution (ViT, every BLIP checkpoint); 'conv' = "
                                                           "strided convolutions (Xiao et al. 2021); 'pool' = "
-                                                          "convolution, GroupNorm, ReLU and max-pool stages (the "
-                                                          "tiny preset, pre-trained with stem_batchnorm); see vit.py. "
+                                                          "convolution, ReLU and 2x2 max-pool stages (the tiny "
+                                                          "preset, pre-trained with stem_batchnorm); see vit.py. "
                                                           "conv and pool need "
                                                           "patch_size a power of two >= 4"})
     stem_batchnorm: bool = field(default=False, metadata={"help": "'pool' stem only: a BatchNorm after each stage's "
@@ -151,7 +151,7 @@ def validate(cfg: BlipConfig) -> None:
 
 
 PRESETS: dict[str, BlipConfig] = {
-    # ~2.7 M parameters: pre-trains on 2 CPU cores in minutes on 64x64 synthetic scenes.
+    # ~2.9 M parameters: pre-trains on 2 CPU cores in minutes on 64x64 synthetic scenes.
     "tiny": BlipConfig(
         vision=VisionConfig(image_size=64, patch_size=8, stem="pool", stem_batchnorm=True,
                             width=128, depth=4, heads=4, mlp_width=512),
