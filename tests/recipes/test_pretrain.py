@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from vlpeft.model.checkpoint import load_model
@@ -106,3 +107,34 @@ def test_text_lm_reads_the_encoder_through_cross_attention(tiny_checkpoint):
             assert cross is not None and cross.abs().sum() > 0 and encoder.abs().sum() > 0
         else:
             assert cross is None and encoder is None
+
+
+def test_the_curriculum_draws_single_object_scenes_first(tmp_path, monkeypatch):
+    """The first single_object_fraction of the steps sees only one-object scenes (a caption that names
+    the one shape in view); the rest draws from every scene, and pretrain.json says so."""
+    import vlpeft.recipes.pretrain as recipe
+
+    sizes = []
+    real = recipe.pretraining_losses
+
+    def spy(model, tok, pixels, captions, object_sets, *args):
+        sizes.append([len(s) for s in object_sets])
+        return real(model, tok, pixels, captions, object_sets, *args)
+
+    monkeypatch.setattr(recipe, "pretraining_losses", spy)
+    cfg = recipe.PretrainConfig(scenes=64, steps=8, batch_size=8, warmup=2, text_sentences=64, single_object_fraction=0.5)
+    record = recipe.pretrain(cfg, tmp_path / "m", progress=False)
+    assert len(sizes) == 8
+    assert all(n == 1 for step in sizes[:4] for n in step)
+    assert any(n > 1 for step in sizes[4:] for n in step)
+    assert record["curriculum"].startswith("steps 0-3 draw only the")
+    assert json.loads((tmp_path / "m" / "pretrain.json").read_text())["config"]["single_object_fraction"] == 0.5
+
+
+def test_the_curriculum_fraction_is_validated():
+    from vlpeft.errors import UserError
+    from vlpeft.recipes.pretrain import PretrainConfig
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match="single_object_fraction"):
+            PretrainConfig(single_object_fraction=bad)

@@ -13,6 +13,12 @@ reading the encoder's states of the half-masked sentence (BART's denoising; not 
 reads only images in pre-training), `mlm` (BERT's masked LM) keeps the encoder's token states apart.
 The VQA answer decoder reads exactly those encoder states.
 
+Curriculum (Bengio et al., ICML 2009): the first `single_object_fraction` of the steps draw only the
+scenes with one object, whose caption names the one shape in view, so the vision tower learns what
+shapes look like before it must also learn which object each word of a 2-4 object caption names.
+Without it the tiny model named about half its objects with a wrong shape (object precision 0.52
+against 0.87 with it; README).
+
 A plain function: config in, checkpoint folder out. `pretrain.json` records the exact data recipe,
 objectives, steps and seed, which later analyses read to judge a downstream task's consistency.
 """
@@ -53,6 +59,11 @@ class PretrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (linear warm-up, cosine decay); 1e-3 "
                                                        "transfers best to easy-VQA (README)"})
     warmup: int = field(default=150, metadata={"help": "warm-up steps"})
+    single_object_fraction: float = field(default=0.25, metadata={"help": "curriculum: this fraction of the steps, at "
+                                                                         "the start, draws only the training scenes with "
+                                                                         "one object, whose caption names its shape "
+                                                                         "directly; later steps draw from all scenes. 0 = "
+                                                                         "off (README: object P/R 0.52 -> 0.87)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases/norms)"})
     label_smoothing: float = field(default=0.1, metadata={"help": "LM loss label smoothing, as BLIP"})
     itc_weight: float = field(default=1.0, metadata={"help": "weight of the ITC loss"})
@@ -75,6 +86,8 @@ class PretrainConfig:
         for name in ("scenes", "steps", "batch_size", "vocab_size", "max_text_len"):
             if getattr(self, name) <= 0:
                 raise UserError(f"pretrain: {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.single_object_fraction <= 1:
+            raise UserError(f"pretrain: single_object_fraction must be in [0, 1], got {self.single_object_fraction}")
         if self.batch_size > self.scenes:
             raise UserError(f"pretrain: batch_size {self.batch_size} exceeds the {self.scenes} scenes")
         if not self.lr > 0:
@@ -227,6 +240,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     object_sets = [scene_objects(s) for s in scenes]
+    single = np.array([i for i, s in enumerate(scenes) if len(s.objects) == 1])  # the curriculum's pool
+    single_steps = round(cfg.single_object_fraction * cfg.steps) if len(single) else 0
     if cfg.text_lm_weight > 0 or cfg.mlm_weight > 0:  # general English, tokenised once: (S, L), [CLS] first
         text_ids, text_mask = tok.encode_batch(general_sentences(cfg.text_sentences, cfg.seed), max_len=cfg.max_text_len)
     # Each scene is drawn about steps * batch / scenes (3.2) times: render it once (64x64x3 uint8 each).
@@ -234,7 +249,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     curve = []
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
     for step in bar:
-        idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
+        if step < single_steps:  # a pool smaller than a batch (a few-scene test run) repeats scenes, which
+            # the losses allow: ITC and ITM treat equal object sets as positives
+            idx = single[rng.choice(len(single), size=cfg.batch_size, replace=len(single) < cfg.batch_size)]
+        else:
+            idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
         for i in idx:
             if i not in images:
                 images[i] = scenes[i].image
@@ -285,6 +304,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
                                  if cfg.mlm_weight > 0 else {})},
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
+        "curriculum": (f"steps 0-{single_steps - 1} draw only the {len(single)} single-object training scenes; "
+                       "later steps draw from all" if single_steps else "none: every step draws from all scenes"),
         "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list (data/english.py), WordPiece",
         "config": dataclasses.asdict(cfg),
         "steps": cfg.steps,
