@@ -325,7 +325,8 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
 # ---- figures 2 and 4 ------------------------------------------------------------------------------
 
 def stem_flops(v) -> int:
-    """Forward FLOPs of the ViT stem for one image: 2 x in x k x k x out x output pixels per convolution."""
+    """Forward FLOPs of the ViT stem for one image: 2 x in x k x k x out x output pixels per convolution
+    (max-pooling halves the side between the pool stem's convolutions; its own cost is not counted)."""
     from vlpeft.model.vit import make_stem
 
     flops, side = 0, v.image_size
@@ -333,6 +334,8 @@ def stem_flops(v) -> int:
         if isinstance(m, torch.nn.Conv2d):
             side = (side + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
             flops += 2 * m.in_channels * m.kernel_size[0] * m.kernel_size[1] * m.out_channels * side * side
+        elif isinstance(m, torch.nn.MaxPool2d):
+            side = (side - m.kernel_size) // m.stride + 1
     return flops
 
 
