@@ -283,6 +283,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             curve.append(row)
             bar.set_postfix(itc=row["itc"], itm=row["itm"], lm=row["lm"])
     model.eval()
+    if single_steps:
+        curriculum = (f"steps 0-{single_steps - 1} draw only the {len(single)} single-object training scenes; "
+                      "later steps draw from all")
+    else:
+        curriculum = "none: every step draws from all scenes" + (
+            " (no training scene has one object)" if cfg.single_object_fraction and not len(single) else "")
     if model.cfg.vision.stem_batchnorm:  # the checkpoint holds plain convolutions: no batch statistics downstream
         model.cfg = dataclasses.replace(model.cfg, vision=fold_stem_batchnorm(model.vision))
     record = {
@@ -304,8 +310,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
                                  if cfg.mlm_weight > 0 else {})},
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
-        "curriculum": (f"steps 0-{single_steps - 1} draw only the {len(single)} single-object training scenes; "
-                       "later steps draw from all" if single_steps else "none: every step draws from all scenes"),
+        "curriculum": curriculum,
         "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list (data/english.py), WordPiece",
         "config": dataclasses.asdict(cfg),
         "steps": cfg.steps,
