@@ -163,6 +163,7 @@ def tiny_model(folder: str, tmp: Path):
     from vlpeft.model.blip import Blip
     from vlpeft.model.checkpoint import save_checkpoint
     from vlpeft.model.config import PRESETS
+    from vlpeft.model.vit import fold_stem_batchnorm
     from vlpeft.recipes.pretrain import build_tokenizer
 
     log(f"{folder} not found: tiny model with random weights")
@@ -171,7 +172,10 @@ def tiny_model(folder: str, tmp: Path):
         PRESETS["tiny"].text, vocab_size=tok.vocab_size, pad_id=tok.pad_id, cls_id=tok.cls_id, sep_id=tok.sep_id,
         bos_id=tok.dec_id, enc_id=tok.enc_id))
     torch.manual_seed(0)
-    out = save_checkpoint(tmp / "tiny", Blip(cfg), tok, ImagePreprocess(image_size=cfg.vision.image_size),
+    model = Blip(cfg)
+    if cfg.vision.stem_batchnorm:  # as pretrain saves every checkpoint: the stem's BatchNorm folded into its convolutions
+        model.cfg = dataclasses.replace(cfg, vision=fold_stem_batchnorm(model.vision))
+    out = save_checkpoint(tmp / "tiny", model, tok, ImagePreprocess(image_size=cfg.vision.image_size),
                           pretrain={"seed": 0, "note": "random weights (benchmarks/bench.py)"})
     return vlpeft.load_model(out), str(out), "random"
 
@@ -243,9 +247,9 @@ def vlpeft_step(prep, cfg, model, batch, image_ids, encode):
 def task_batch(prep, cfg, n: int, dev):
     from vlpeft.recipes.finetune import make_batch
 
-    examples = prep["train"][:n]
+    examples = prep.train[:n]
     batch = make_batch(prep, cfg, examples, np.random.default_rng(0), pixels=True)
-    return {k: v.to(dev) for k, v in batch.items()}, [e.image_id for e in examples]
+    return batch.to(dev), [e.image_id for e in examples]
 
 
 def prepared(loaded, model_path, method, s, scene_seed, threads, dev):
@@ -255,9 +259,9 @@ def prepared(loaded, model_path, method, s, scene_seed, threads, dev):
 
     cfg = finetune_config(model_path, method, s["batch"], s["data_size"], scene_seed, threads)
     prep = prepare(cfg, loaded)
-    model = prep["loaded"].model.to(dev)
+    model = prep.loaded.model.to(dev)
     torch.manual_seed(0)
-    apply_peft(model, method, prep["method_cfg"])
+    apply_peft(model, method, prep.method_cfg)
     return prep, cfg, model, frozen_image_encoder(prep, cfg, model)
 
 
@@ -285,7 +289,7 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     assert (got.vision, got.text) == (want.vision, want.text), f"HF config round trip: {got} != {want}"
 
     prep, cfg, model, encode = prepared(loaded, str(folder), "lora", s, scene_seed, threads, dev)
-    lora = prep["method_cfg"]
+    lora = prep.method_cfg
     assert tuple(lora.targets) == ("q", "v") and tuple(lora.placement) == ("text_decoder",), lora
     hf = peft.get_peft_model(hf, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0,
                                                  target_modules=HF_LORA_TARGETS, bias="none")).to(dev)
@@ -294,13 +298,13 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     assert n_vl == n_hf, f"trainable parameters differ: vlpeft {n_vl}, HF peft {n_hf}"
 
     batch, image_ids = task_batch(prep, cfg, s["batch"], dev)
-    labels = batch["ids"].masked_fill(batch["target_mask"] == 0, -100)
+    labels = batch.ids.masked_fill(batch.target_mask == 0, -100)
     hf_params = [p for p in hf.parameters() if p.requires_grad]
     hf_opt = torch.optim.AdamW(hf_params, lr=METHOD_LR["lora"], weight_decay=cfg.weight_decay, fused=True)
 
     def hf_step() -> float:
         hf.train()
-        loss = hf(pixel_values=batch["pixels"], input_ids=batch["ids"], attention_mask=batch["mask"], labels=labels).loss
+        loss = hf(pixel_values=batch.pixels, input_ids=batch.ids, attention_mask=batch.mask, labels=labels).loss
         hf_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf_params, cfg.grad_clip)
@@ -318,7 +322,7 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
               "vlpeft_uncached_ms": sig(ms["vlpeft_uncached"]),
               "ratio_uncached": sig(ms["vlpeft_uncached"] / ms["hf_peft"]),
               "trainable_params": n_vl, "first_loss": sig(first["hf_peft"], 6), "first_loss_abs_diff": sig(loss_diff, 3),
-              "batch": s["batch"], "text_len": int(batch["ids"].shape[1]), "timed_steps": s["reps"]}
+              "batch": s["batch"], "text_len": int(batch.ids.shape[1]), "timed_steps": s["reps"]}
     return sig(ms["vlpeft_cached"] / ms["hf_peft"]), detail
 
 
@@ -389,10 +393,10 @@ def peft_vs_full(pristine, model_path, s, scene_seed, threads, dev) -> tuple[dic
     full = med(times["full"])
     ratios = {m: sig(med(times[m]) / full) for m in methods if m != "full"}
     peak = 2 * n ** 3 / min(times["matmul"])
-    flops = step_flops(pristine.model.cfg, s["batch"], int(batch["ids"].shape[1]))
+    flops = step_flops(pristine.model.cfg, s["batch"], int(batch.ids.shape[1]))
     achieved = flops["total"] / full
     detail = {"step_ms": {m: sig(med(times[m]) * 1e3) for m in methods}, "trainable_params": params,
-              "batch": s["batch"], "text_len": int(batch["ids"].shape[1]), "timed_steps": s["reps"]}
+              "batch": s["batch"], "text_len": int(batch.ids.shape[1]), "timed_steps": s["reps"]}
     fl = {"step_flops": flops["total"], "step_flops_vision": flops["vision"], "step_flops_decoder": flops["decoder"],
           "full_step_ms": sig(full * 1e3), "achieved_gflops": sig(achieved / 1e9),
           "matmul_peak_gflops": sig(peak / 1e9), "matmul_size": n, "matmul_samples": len(times["matmul"])}

@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--questions", type=int, default=1500)
     args = p.parse_args()
     from vlpeft.data.images import preprocess
-    from vlpeft.tasks.builtin import load_task
+    from vlpeft.tasks import load_task
     from vlpeft.tasks.vqa import encode_questions, training_answer_key
 
     loaded, model = probed_model(args)

@@ -28,8 +28,9 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     from vlpeft.study import load_spec, run_study
+    from vlpeft.study.spec import PRESET_DIR
 
-    quick = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("configs", "quick.yaml").read_text())
+    quick = yaml.safe_load((PRESET_DIR / "quick.yaml").read_text())
     spec = dict(quick, name="bench-workers", model=args.model, pretrain=None, data_sizes=[400], seeds=[0, 1],
                 methods={"lora": {"budgets": [8]}, "prefix": {"budgets": [4]}})
     results = []

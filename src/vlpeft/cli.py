@@ -113,6 +113,32 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _pairs(values: list[str] | None, flag: str, what: str) -> dict[str, str]:
+    """['KEY=VALUE', ...] from a repeatable flag -> {KEY: VALUE}."""
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r}: expected {what}")
+        if key.strip() in out:
+            raise UserError(f"{flag}: {key.strip()!r} given twice")
+        out[key.strip()] = value
+    return out
+
+
+def _task_options(values: list[str] | None) -> dict:
+    """--task-option KEY=VALUE, the value read as YAML (3 -> int, true -> bool, text -> str)."""
+    import yaml
+
+    out = {}
+    for key, text in _pairs(values, "--task-option", "KEY=VALUE, e.g. num_beams=3").items():
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key] = text
+    return out
+
+
 def cmd_finetune(args) -> int:
     from vlpeft.recipes.finetune import Diverged, FinetuneConfig, finetune
 
@@ -126,11 +152,12 @@ def cmd_finetune(args) -> int:
     if not isinstance(options, dict):
         raise UserError("--options: expected a JSON object of method config fields")
     given = {k: getattr(args, k) for k in ("lr", "batch_size", "epochs", "min_steps", "steps", "length_policy",
-                                           "val_limit", "test_limit", "caption_prompt", "num_beams", "vqa_inference",
-                                           "threads", "device", "precision") if getattr(args, k) is not None}
+                                           "val_limit", "test_limit", "threads", "device", "precision")
+             if getattr(args, k) is not None}
     cfg = FinetuneConfig(model=args.model, task=args.task, method=args.method, budget=args.budget,
                          method_options=options, data_size=args.data_size, seed=args.seed,
-                         subset_seed=args.subset_seed, **given)
+                         subset_seed=args.subset_seed, paths=_pairs(args.data, "--data", "KEY=PATH"),
+                         task_options=_task_options(args.task_option), **given)
     try:
         m = finetune(cfg, out, progress=not args.quiet)
     except Diverged as e:
@@ -149,6 +176,36 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_tasks(args) -> int:
+    from vlpeft.tasks import TASKS, get_kind
+
+    if getattr(args, "tasks_command", None) == "check":
+        return cmd_tasks_check(args)
+    print(f"{'task':16} {'kind':8} {'relation to pre-training':26} description")
+    for t in TASKS.values():
+        print(f"{t.name:16} {t.kind:8} {t.relation:26} {t.description}")
+        if t.paths:
+            print(f"{'':16} {'':8} {'':26} files (--data KEY=PATH): {', '.join(t.paths + t.optional_paths)}")
+    print("\nor your own data: a task file (YAML) given as --task my-task.yaml; check it with `vlpeft tasks check my-task.yaml`")
+    print("kinds: " + "; ".join(f"{k.name}: {k.summary}" for k in (get_kind(n) for n in ("caption", "vqa"))))
+    return 0
+
+
+def cmd_tasks_check(args) -> int:
+    from vlpeft.tasks.check import check_task, format_check
+
+    if args.max_images < 0:
+        raise UserError(f"--max-images {args.max_images}: must be >= 0 (0 = every image)")
+    scene_seed = args.scene_seed
+    if scene_seed is None and args.model:
+        from vlpeft.model.checkpoint import load_model
+
+        scene_seed = int((load_model(args.model).pretrain or {}).get("seed", 0))
+    report = check_task(args.task, _pairs(args.data, "--data", "KEY=PATH"), scene_seed or 0, args.max_images)
+    print(json.dumps(report, indent=1) if args.json else format_check(report))
+    return 0
+
+
 def cmd_study(args) -> int:
     from vlpeft.study import dry_run, load_spec, run_study
     from vlpeft.study.spec import with_executor
@@ -163,6 +220,8 @@ def cmd_study(args) -> int:
             print(f"{c['id']}  ({c['examples']} training examples)")
         print(f"{len(cells)} cells")
         return 0
+    if not args.out:
+        raise UserError("study: give --out, the study folder (results.sqlite, reports, runs/)")
     summary = run_study(spec, args.out, quiet=args.quiet)
     failed = f", {summary['failed']} FAILED (see {args.out}/report.md)" if summary["failed"] else ""
     print(f"study {spec.name}: {summary['done']}/{summary['total']} runs done{failed}; ran {summary['ran']} "
@@ -224,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="fine-tune one cell: model x task x method x budget x data size x seed")
     s.add_argument("--model", required=True, help="checkpoint folder or hub id")
-    s.add_argument("--task", required=True, help="scenes-caption, scenes-vqa, easyvqa-caption, easyvqa-vqa, coco-caption, vqav2")
+    s.add_argument("--task", required=True, help="a built-in task (see `vlpeft tasks`) or a task file of your own data (YAML)")
+    s.add_argument("--data", action="append", metavar="KEY=PATH", help="a data file of a task that takes paths "
+                   "(coco-caption: karpathy_json, image_root; vqav2: train_questions, ...); repeatable")
+    s.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="an option of the task's kind "
+                   "(caption: prompt, num_beams, max_new_tokens; vqa: inference, rank_k); repeatable")
     s.add_argument("--method", required=True, help="prompt, prefix, adapter, lora, mam, full, frozen, bitfit, ia3")
     s.add_argument("--budget", help="knob value (8) or parameter target (params=50k)")
     s.add_argument("--options", help='other method config fields as JSON, e.g. \'{"placement": ["text_decoder"]}\'')
@@ -240,9 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length-policy", choices=["epochs", "steps", "epochs_min_steps"])
     s.add_argument("--val-limit", type=int)
     s.add_argument("--test-limit", type=int)
-    s.add_argument("--caption-prompt")
-    s.add_argument("--num-beams", type=int)
-    s.add_argument("--vqa-inference", choices=["rank", "generate"])
     s.add_argument("--threads", type=int)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast forward passes to bfloat16")
@@ -253,13 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="re-score a run's saved PEFT weights on its task's test split")
     s.add_argument("--model", required=True, help="the checkpoint the run fine-tuned")
     s.add_argument("--peft", required=True, help="the run folder")
-    s.add_argument("--task", help="task (checked against the run's)")
+    s.add_argument("--task", help="task name or task file (checked against the run's)")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("tasks", help="list the built-in tasks; `tasks check TASK` reads one and says what it holds")
+    s.set_defaults(func=cmd_tasks)
+    tsub = s.add_subparsers(dest="tasks_command", parser_class=_Parser)
+    c = tsub.add_parser("check", help="load a task (built-in name or task file), decode its images, print what was read")
+    c.add_argument("task", help="built-in task name or task file (YAML)")
+    c.add_argument("--data", action="append", metavar="KEY=PATH", help="data files of coco-caption / vqav2; repeatable")
+    c.add_argument("--model", help="checkpoint whose pre-training seed the scenes tasks use")
+    c.add_argument("--scene-seed", type=int, help="synthetic-scene seed (scenes tasks; default: the --model's, else 0)")
+    c.add_argument("--max-images", type=int, default=0, help="decode only the first N images (0 = every image)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_tasks)
+
     s = sub.add_parser("study", help="run (or resume) a whole study grid: the main job")
-    s.add_argument("spec", nargs="?", default="quick", help="preset name in configs/ (quick, full, paper-blip) or a YAML file "
+    s.add_argument("spec", nargs="?", default="quick", help="a preset (quick, full, paper-blip: shipped in vlpeft/configs/) or a YAML file "
                    "(default: quick)")
-    s.add_argument("--out", required=True, help="study folder (results.sqlite, results.csv, report.md, runs/)")
+    s.add_argument("--out", help="study folder (results.sqlite, results.csv, report.md, runs/); not needed with --dry-run")
     s.add_argument("--executor", choices=["local", "ray"], help="override the spec's executor")
     s.add_argument("--workers", type=int, help="local worker processes (0 = in this process)")
     s.add_argument("--threads", type=int, help="torch threads per run")

@@ -84,3 +84,39 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
+def expand_path(value: str, where: str, base: str | os.PathLike | None = None) -> str:
+    """A path as a user wrote it: $VARIABLES and ~ expanded (an unset variable is a UserError naming
+    `where`), and a relative path taken relative to `base` when given."""
+    import re
+
+    from vlpeft.errors import UserError
+
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{where} must be a path, got {value!r}")
+    for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value):
+        if var not in os.environ:
+            raise UserError(f"{where}: environment variable {var} is not set (it names your data: {value})")
+    path = os.path.expanduser(os.path.expandvars(value))
+    if base is not None and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    return path
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """Parse a YAML file (safe loader), turning every failure into a one-line UserError naming the
+    file and, for a syntax error, the line and column."""
+    import yaml
+
+    from vlpeft.errors import UserError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read {what} ({e.__class__.__name__})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from e

@@ -39,12 +39,12 @@ def test_cached_and_plain_runs_give_the_same_scores(tiny_checkpoint, tmp_path, t
 
 
 def test_cached_states_equal_the_encoder_output(tiny_checkpoint):
-    from vlpeft.recipes.finetune import cached_task
+    from vlpeft.tasks import cached_task
 
     ckpt, _ = tiny_checkpoint
     loaded = vlpeft.load_model(str(ckpt))
     model = loaded.model.eval()
-    task = cached_task("scenes-caption", 0, "{}")
+    task = cached_task("scenes-caption")
     with pytest.raises(ValueError, match="cannot be cached"):  # as loaded, every weight is trainable
         features.image_encoder(model, task, loaded.preprocess, "test")
     apply_peft(model, "frozen", make_config("frozen"))
@@ -58,12 +58,12 @@ def test_cached_states_equal_the_encoder_output(tiny_checkpoint):
 
 
 def _frozen_encoder(ckpt, cache_dir, cap_mb=8192):
-    from vlpeft.recipes.finetune import cached_task
+    from vlpeft.tasks import cached_task
 
     loaded = vlpeft.load_model(str(ckpt))
     model = loaded.model.eval()
     apply_peft(model, "frozen", make_config("frozen"))
-    task = cached_task("scenes-caption", 0, "{}")
+    task = cached_task("scenes-caption")
     encode = features.image_encoder(model, task, loaded.preprocess, "test", cache_dir=cache_dir, disk_cap_mb=cap_mb)
     return model, task, loaded.preprocess, encode
 
@@ -111,10 +111,10 @@ _WORKER = """
 import sys, torch, vlpeft
 from vlpeft.peft import apply_peft, make_config
 from vlpeft.recipes import features
-from vlpeft.recipes.finetune import cached_task
+from vlpeft.tasks import cached_task
 loaded = vlpeft.load_model(sys.argv[1]); model = loaded.model.eval()
 apply_peft(model, "frozen", make_config("frozen"))
-task = cached_task("scenes-caption", 0, "{}")
+task = cached_task("scenes-caption")
 ids = [ex.image_id for ex in task.val[:40]]
 encode = features.image_encoder(model, task, loaded.preprocess, "test", cache_dir=sys.argv[2])
 for i in range(0, 40, 4):

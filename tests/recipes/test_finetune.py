@@ -113,3 +113,60 @@ def test_peak_memory_is_measured_per_run():
     del big
     reset_peak_memory(cpu)  # a new window: the earlier peak no longer counts
     assert 0 < peak_memory_mb(cpu) < before - 128
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' own data, COCO / VQAv2 files, devices
+
+
+from fixtures_data import USER_FORMATS, write_coco, write_task_file, write_user_task, write_vqav2  # noqa: E402
+
+USER_CASES = [(f, k) for f in USER_FORMATS for k in ("caption", "vqa")] + [("coco-karpathy", "caption"), ("vqav2", "vqa")]
+
+
+def official_task_file(tmp_path, fmt):
+    if fmt == "coco-karpathy":
+        paths = write_coco(tmp_path / "c")
+        return write_task_file(tmp_path / "t.yaml", name="mine-coco", kind="caption", format=fmt,
+                               path=paths["karpathy_json"], image_root=paths["image_root"])
+    write_vqav2(tmp_path / "v")
+    return write_task_file(tmp_path / "t.yaml", name="mine-vqav2", kind="vqa", format=fmt, path="v", image_root="v/images")
+
+
+@pytest.mark.parametrize("fmt,kind", USER_CASES, ids=[f"{f}-{k}" for f, k in USER_CASES])
+def test_a_task_file_in_each_format_fine_tunes_and_scores_end_to_end(fmt, kind, tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    task_file = write_user_task(tmp_path, fmt, kind) if fmt in USER_FORMATS else official_task_file(tmp_path, fmt)
+    m = run(ckpt, tmp_path / "run", task=str(task_file), steps=2, evals=1, batch_size=4)
+    assert m["task"].startswith("mine-") and m["task_ref"] == str(task_file.resolve()) and m["task_kind"] == kind
+    assert m["metric"] == ("cider_d" if kind == "caption" else "vqa_accuracy") and m["steps_done"] == 2
+    assert m["data_size"] == m["train_pool"] > 0 and m["task_details"]["sizes"]["train"]["examples"] == m["train_pool"]
+    if kind == "vqa":
+        assert "majority_baseline" in m["secondary"] and m["task_options"]["inference"] == "rank"
+    assert (tmp_path / "run" / "peft_model.safetensors").is_file()
+    assert evaluate_run(str(ckpt), tmp_path / "run", str(task_file))["test_score"] == m["test_score"]
+
+
+def test_coco_caption_takes_its_files_from_the_command_line(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    paths = write_coco(tmp_path)
+    r = cli("finetune", "--model", ckpt, "--task", "coco-caption", "--method", "lora", "--out", tmp_path / "run",
+            "--data", f"karpathy_json={paths['karpathy_json']}", "--data", f"image_root={paths['image_root']}",
+            "--task-option", "num_beams=2", "--length-policy", "steps", "--steps", "2", "--batch-size", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["task"] == "coco-caption" and m["config"]["paths"] == paths
+    assert m["task_options"] == {"prompt": "a picture of", "num_beams": 2, "max_new_tokens": 30}  # COCO's prompt kept
+    r = cli("finetune", "--model", ckpt, "--task", "coco-caption", "--method", "lora", "--out", tmp_path / "run2",
+            "--data", "karpathy_json", "--steps", "2")
+    assert r.returncode == 2 and "--data 'karpathy_json': expected KEY=PATH" in r.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("task", ["scenes-caption", "easyvqa-vqa"])
+def test_each_task_kind_fine_tunes_and_evaluates_on_cuda(task, tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    m = run(ckpt, tmp_path / "run", task=task, data_size=64, device="cuda", precision="bf16")
+    assert m["environment"]["device"].startswith("cuda") and m["steps_done"] == FAST["steps"]
+    cpu = evaluate_run(str(ckpt), tmp_path / "run", task)  # the same weights re-scored: the device is part of the config
+    assert cpu["test_score"] == pytest.approx(m["test_score"])

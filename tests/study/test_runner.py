@@ -202,3 +202,45 @@ def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
         assert r.returncode == 2, r.stderr
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_study_over_coco_caption_and_vqav2_from_one_paths_block_runs(tiny_checkpoint, tmp_path):
+    from fixtures_data import write_coco, write_vqav2
+
+    ckpt, _ = tiny_checkpoint
+    coco = write_coco(tmp_path / "coco")
+    vqa, _ = write_vqav2(tmp_path / "vqa")
+    vqa_images = vqa.pop("image_root")
+    spec = write_spec(tmp_path, ckpt, tasks=["coco-caption", "vqav2"], methods={"lora": {"budgets": [1]}},
+                      data_sizes=[2], paths={**coco, **vqa},  # image_root is COCO's; VQAv2 gets its own below
+                      task_paths={"vqav2": {"image_root": vqa_images}},
+                      training={**TRAINING, "batch_size": 2}, task_training={"coco-caption": {"task_options": {"num_beams": 2}}})
+    s = load_spec(str(spec))
+    assert s.task_paths_of("coco-caption") == coco and s.task_paths_of("vqav2") == {**vqa, "image_root": vqa_images}
+    summary = run_study(s, tmp_path / "study", quiet=True)
+    assert summary == {**summary, "total": 2, "done": 2, "failed": 0}
+    by_task = {r["task"]: json.loads(r["metrics"]) for r in rows(tmp_path / "study")}
+    assert by_task["coco-caption"]["task_options"]["num_beams"] == 2 and by_task["vqav2"]["metric"] == "vqa_accuracy"
+    assert by_task["vqav2"]["config"]["paths"]["image_root"] == vqa_images
+
+
+def test_a_study_over_a_task_file_of_users_data(tiny_checkpoint, tmp_path):
+    from fixtures_data import write_user_task
+
+    ckpt, _ = tiny_checkpoint
+    task_file = write_user_task(tmp_path / "data", "csv", "vqa", name="my-vqa")
+    spec = write_spec(tmp_path, ckpt, tasks=["data/csv-vqa/task.yaml", "easyvqa-vqa"],  # relative to the spec
+                      methods={"lora": {"budgets": [1]}}, data_sizes=[8], task_training={"my-vqa": {"steps": 3}})
+    s = load_spec(str(spec))
+    assert s.tasks == ("my-vqa", "easyvqa-vqa") and s.task_files == {"my-vqa": str(task_file.resolve())}
+    summary = run_study(s, tmp_path / "study", quiet=True)
+    assert summary["done"] == 2 and summary["failed"] == 0
+    got = {r["id"]: r for r in rows(tmp_path / "study")}
+    mine = json.loads(got["my-vqa.lora.b1.n8.s0"]["metrics"])
+    assert mine["task"] == "my-vqa" and mine["steps_done"] == 3 and mine["task_ref"] == str(task_file.resolve())
+    meta = sqlite3.connect(tmp_path / "study" / "results.sqlite").execute(
+        "SELECT value FROM meta WHERE key='consistency'").fetchone()
+    assert set(json.loads(meta[0])) == {"my-vqa", "easyvqa-vqa"}  # measured for the user's task too
+    assert "my-vqa" in (tmp_path / "study" / "report.md").read_text()
+    with pytest.raises(UserError, match="tasks lists the task 'my-vqa' twice"):
+        load_spec(str(write_spec(tmp_path, ckpt, name="twice.yaml", tasks=["data/csv-vqa/task.yaml", str(task_file)])))

@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from vlpeft.errors import UserError
-from vlpeft.study.spec import CONFIG_DIR, expand, load_spec, parse_spec
+from vlpeft.study.spec import PRESET_DIR, expand, load_spec, parse_spec
 
 GOOD = {
     "name": "t", "model": "runs/tiny", "tasks": ["scenes-caption", "easyvqa-vqa"],
@@ -65,6 +65,10 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
     ({"executor": {"kind": "slurm"}}, "executor.kind 'slurm' is not one of local, ray"),
     ({"executor": {"wrokers": 2}}, "did you mean \"workers\""),
     ({"pretrain": "huge"}, "unknown preset 'huge'"),
+    ({"tasks": ["mine.yaml"]}, "tasks: mine.yaml: task file not found"),
+    ({"tasks": ["scenes-caption", "scenes-caption"]}, "tasks lists the task 'scenes-caption' twice"),
+    ({"task_paths": {"vqav3": {"image_root": "x"}}}, "task_paths: 'vqav3' is not one of the spec's tasks"),
+    ({"paths": {"image_root": "$NO_SUCH_VARIABLE/x"}}, "paths.image_root: environment variable NO_SUCH_VARIABLE is not set"),
 ])
 def test_bad_specs_are_one_line_errors_naming_the_key(changes, message):
     with pytest.raises(UserError) as e:
@@ -100,7 +104,7 @@ def test_invalid_yaml_and_unknown_preset(tmp_path):
 def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     monkeypatch.setenv("COCO", "/data/coco")
     monkeypatch.setenv("VQA", "/data/vqav2")
-    path = CONFIG_DIR / f"{preset}.yaml"
+    path = PRESET_DIR / f"{preset}.yaml"
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
@@ -127,7 +131,7 @@ def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, mon
 
     from fixtures_data import write_coco, write_vqav2
     from vlpeft.recipes.finetune import FinetuneConfig
-    from vlpeft.tasks.builtin import load_task
+    from vlpeft.tasks import load_task
 
     monkeypatch.delenv("COCO", raising=False)
     monkeypatch.delenv("VQA", raising=False)
@@ -160,3 +164,22 @@ def test_task_training_is_part_of_the_study_identity_only_when_given(monkeypatch
     assert "task_training" not in runner.study_fingerprint(spec())  # folders made before it still match
     given = runner.study_fingerprint(spec(task_training={"easyvqa-vqa": {"steps": 40, "feature_cache": False}}))
     assert given["task_training"] == {"easyvqa-vqa": {"steps": 40}}  # the feature cache does not change a result
+
+
+def test_global_paths_go_to_the_tasks_that_know_them_and_task_paths_win(tmp_path):
+    from fixtures_data import write_user_task
+
+    task_file = write_user_task(tmp_path, "jsonl", "caption", name="mine")
+    d = {**copy.deepcopy(GOOD), "tasks": ["coco-caption", "vqav2", "jsonl-caption/task.yaml"],
+         "paths": {"karpathy_json": "k.json", "image_root": "/coco", "train_questions": "tq.json"},
+         "task_paths": {"vqav2": {"image_root": "/vqa-images"}}}
+    (tmp_path / "s.yaml").write_text("")  # the spec's folder is where its task files are looked up
+    s = parse_spec(d, str(tmp_path / "s.yaml"))
+    assert s.tasks == ("coco-caption", "vqav2", "mine") and s.task_ref("mine") == str(task_file.resolve())
+    fields = {c.task: c.finetune_fields(s) for c in expand(s)}
+    assert fields["coco-caption"]["paths"] == {"karpathy_json": "k.json", "image_root": "/coco"}
+    assert fields["vqav2"]["paths"] == {"train_questions": "tq.json", "image_root": "/vqa-images"}
+    assert fields["mine"]["paths"] == {} and fields["mine"]["task"] == str(task_file.resolve())
+    assert {c.id.split(".")[0] for c in expand(s)} == {"coco-caption", "vqav2", "mine"}
+    with pytest.raises(UserError, match="task_paths.mine: a task file names its own data"):
+        parse_spec({**d, "task_paths": {"mine": {"image_root": "x"}}}, str(tmp_path / "s.yaml"))

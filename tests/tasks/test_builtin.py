@@ -1,5 +1,6 @@
-"""The task registry: every built-in task loads with disjoint splits of the documented sizes, VQA
-candidate answers cover train, images decode; COCO and VQAv2 from small files in the official formats."""
+"""The built-in tasks: every one loads with disjoint splits of the documented sizes, VQA candidate
+answers cover train, images decode; COCO and VQAv2 from small files in the official formats; the
+registries refuse duplicates."""
 
 import json
 from collections import Counter
@@ -10,7 +11,8 @@ import pytest
 from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.data.scenes import generate_scene
 from vlpeft.errors import UserError
-from vlpeft.tasks.builtin import TASKS, image_ids, load_task
+from vlpeft.tasks import KINDS, TASKS, load_task, register_kind, register_task
+from vlpeft.tasks.splits import image_ids
 from vlpeft.tasks.metrics import normalize_vqa_answer
 
 from fixtures_data import write_coco, write_jpg, write_vqav2  # noqa: E402  (tests/ is on sys.path)
@@ -49,7 +51,7 @@ def assert_answers_cover_train(data):
 def test_built_in_task_loads_with_disjoint_splits(name, loaded):
     data = loaded(name)
     info = TASKS[name]
-    assert data.info == info and info.kind in ("caption", "vqa")
+    assert data.task == info and info.kind in ("caption", "vqa")
     record = CaptionExample if info.kind == "caption" else VQAExample
     assert all(isinstance(e, record) for split in ("train", "val", "test") for e in data.split(split))
     assert_disjoint_by_image(data)
@@ -189,3 +191,20 @@ def test_task_errors_are_one_line(tmp_path):
     )
     paths, _ = write_vqav2(tmp_path / "one", val_images=(11,))
     one_line_error(lambda: load_task("vqav2", paths=paths), "task vqav2: the val split is empty")
+
+
+def test_registries_refuse_a_second_task_or_kind_of_the_same_name():
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(TASKS["scenes-vqa"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_kind(KINDS["caption"])
+    assert list(TASKS) == ["scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa", "coco-caption", "vqav2"]
+
+
+def test_coco_image_in_two_splits_is_refused(tmp_path):
+    paths = write_coco(tmp_path)
+    data = json.loads((tmp_path / "dataset_coco.json").read_text())
+    leaked = dict(data["images"][4], split="train")  # a test image listed again under train
+    data["images"].append(leaked)
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(data))
+    one_line_error(lambda: load_task("coco-caption", paths=paths), "both the train and the test split")

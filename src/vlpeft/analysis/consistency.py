@@ -19,47 +19,53 @@ from typing import Any
 import numpy as np
 import torch
 
+MAX_TEXT_LEN = 40  # tokens per text, as in fine-tuning (FinetuneConfig.max_text_len's default)
 
-def measure(model_path: str, tasks: list[str], paths: dict | None = None, n: int = 256, seed: int = 0) -> dict[str, dict]:
-    """lm_loss and feature_distance per task (no zero_shot: that comes from the study's runs)."""
+
+def measure(model_path: str, tasks: list[tuple[str, dict]], n: int = 256, seed: int = 0,
+            scene_seed: int | None = None) -> dict[str, dict]:
+    """lm_loss and feature_distance per task (no zero_shot: that comes from the study's runs).
+    `tasks`: (task name or task file, the task's data paths) pairs; results are keyed by task name."""
     import vlpeft
     from vlpeft.data.images import preprocess
     from vlpeft.data.scenes import generate_scenes
-    from vlpeft.recipes.finetune import FinetuneConfig, prepare, task_loss, make_batch
-    from vlpeft.tasks.builtin import task_info
+    from vlpeft.tasks import cached_task, get_kind, get_task, task_options
 
     loaded = vlpeft.load_model(model_path)
     model = loaded.model.eval()
+    device = next(model.parameters()).device
     pre = loaded.pretrain or {}
-    scene_seed = int(pre.get("seed", 0))
+    scene_seed = int(pre.get("seed", 0)) if scene_seed is None else scene_seed
     rng = np.random.default_rng(seed)
     with torch.inference_mode():
         scenes = generate_scenes(n, seed=scene_seed, split="train")
-        ref = _features(model, preprocess([s.image for s in scenes], loaded.preprocess))
+        ref = _features(model, preprocess([s.image for s in scenes], loaded.preprocess).to(device))
     mu, spread = ref.mean(0), np.sqrt(np.trace(np.cov(ref, rowvar=False)))
     out: dict[str, dict] = {}
-    for task in tasks:
-        info = task_info(task)
-        task_paths = {k: v for k, v in (paths or {}).items() if k in info.paths + info.optional_paths}
-        cfg = FinetuneConfig(model=model_path, task=task, method="frozen", label_smoothing=0.0, paths=task_paths)
-        prep = prepare(cfg, loaded)
-        examples = [prep["train"][i] for i in rng.permutation(len(prep["train"]))[:n]]
+    for task_ref, paths in tasks:
+        task = get_task(task_ref)
+        kind = get_kind(task.kind)
+        data = cached_task(task.ref, scene_seed=scene_seed, paths=paths)
+        options = task_options(task)
+        examples = [data.train[i] for i in rng.permutation(len(data.train))[:n]]
         with torch.inference_mode():
             losses = []
             for i in range(0, len(examples), 64):
-                batch = make_batch(prep, cfg, examples[i:i + 64], rng)
-                losses.append(float(task_loss(prep, model, batch, cfg)) * len(examples[i:i + 64]))
+                chunk = examples[i:i + 64]
+                batch = kind.batch(chunk, data, loaded, options, MAX_TEXT_LEN, rng).to(device)
+                losses.append(float(kind.loss(model, batch, 0.0)) * len(chunk))
             ids = list(dict.fromkeys(ex.image_id for ex in examples))
-            feats = np.concatenate([_features(model, preprocess([prep["task"].image(x) for x in ids[i:i + 64]],
-                                                                loaded.preprocess)) for i in range(0, len(ids), 64)])
-        out[task] = {"lm_loss": sum(losses) / len(examples),
-                     "feature_distance": float(np.linalg.norm(feats.mean(0) - mu) / spread),
-                     "relation": info.relation, "n": len(examples)}
+            feats = np.concatenate([_features(model, preprocess([data.image(x) for x in ids[i:i + 64]],
+                                                                loaded.preprocess).to(device))
+                                    for i in range(0, len(ids), 64)])
+        out[task.name] = {"lm_loss": sum(losses) / len(examples),
+                          "feature_distance": float(np.linalg.norm(feats.mean(0) - mu) / spread),
+                          "relation": task.relation, "n": len(examples)}
     return out
 
 
 def _features(model, pixels) -> np.ndarray:
-    return model.image_feature(model.encode_image(pixels)).float().numpy()  # (B, E), unit norm
+    return model.image_feature(model.encode_image(pixels)).float().cpu().numpy()  # (B, E), unit norm
 
 
 def zero_shot(cells: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -12,9 +12,11 @@ checkpoint sees the pixels it was trained on:
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -132,3 +134,54 @@ def check_images_exist(paths: Sequence[str | os.PathLike], listed_in: str | os.P
         raise UserError(
             f"{missing[0]}: image not found ({len(missing)} of {len(paths)} images listed in {listed_in} are missing)"
         )
+
+
+IMAGE_CACHE_BYTES = 2 * 1024**3  # decoded images kept in memory; every built-in task fits (< 100 MB)
+
+
+class ImageCache:
+    """image_id -> read-only uint8 (H, W, 3), decoded by `decode(source)` on first use and kept;
+    beyond `max_bytes` the least recently used images are dropped (and decoded again if asked).
+    Thread-safe: evaluation and training threads of one process share it."""
+
+    def __init__(self, sources: dict[str, Any], decode: Callable[[Any], np.ndarray],
+                 max_bytes: int = IMAGE_CACHE_BYTES):
+        self._sources = sources
+        self._decode = decode
+        self._max_bytes = max_bytes
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._sources
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def source(self, image_id: str) -> Any:
+        """Where the image comes from (a path, embedded bytes, a generated scene)."""
+        return self._sources[image_id]
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        with self._lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+                return self._cache[image_id]
+        if image_id not in self._sources:
+            raise KeyError(f"no image with id {image_id!r} in this task")
+        array = np.ascontiguousarray(self._decode(self._sources[image_id]), dtype=np.uint8)
+        array.flags.writeable = False  # shared by every caller: nobody may draw on it
+        with self._lock:
+            if image_id not in self._cache:
+                self._cache[image_id] = array
+                self._bytes += array.nbytes
+                while self._bytes > self._max_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return array
+
+
+def decode_file(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> uint8 (H, W, 3) (one-line UserError naming the file if it does not decode)."""
+    return np.asarray(load_image(path))

@@ -22,6 +22,7 @@ from torch import nn
 
 from vlpeft.errors import UserError, did_you_mean
 from vlpeft.io import atomic_path, read_json, write_json
+from vlpeft.validate import coerce
 
 # The parts of a Blip a method can be placed in, and the attribute that holds each.
 PARTS = ("vision", "text_encoder", "text_decoder")
@@ -81,38 +82,11 @@ def make_config(method: str, overrides: dict[str, Any] | None = None, source: st
         if key not in fields:
             raise UserError(f"{source}: {method} has no option {key!r}{did_you_mean(key, fields)}; "
                             f"options: {', '.join(fields)}")
-        kw[key] = _coerce(value, hints[key], f"{source}: {method}.{key}")
+        kw[key] = coerce(value, hints[key], f"{source}: {method}.{key}")
     try:
         return spec.config(**kw)
     except ValueError as e:
         raise UserError(f"{source}: {method}: {e}") from e
-
-
-def _coerce(value, hint, where):
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise UserError(f"{where} must be a list of names, got {value!r}")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if typing.get_origin(hint) is typing.Union or str(hint).startswith("int |") or "None" in str(hint):
-        return value
-    if hint is str and not isinstance(value, str):
-        raise UserError(f"{where} must be a string, got {value!r}")
-    return value
 
 
 def check_placement(placement: tuple[str, ...], where: str) -> None:

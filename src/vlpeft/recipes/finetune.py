@@ -12,7 +12,6 @@ Run folder (every file written atomically; `metrics.json` last, so its presence 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import platform
@@ -36,11 +35,8 @@ from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import parse_budget, resolve
 from vlpeft.recipes import defaults
 from vlpeft.recipes.optim import adamw
-from vlpeft.tasks import captioning, vqa
-from vlpeft.tasks.builtin import load_task, task_info
+from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
 
-# Parts of the model each kind of task runs (a method placed elsewhere would train unused weights).
-TASK_PARTS = {"caption": ("vision", "text_decoder"), "vqa": ("vision", "text_encoder", "text_decoder")}
 LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
 PRECISIONS = ("fp32", "bf16")
 
@@ -52,7 +48,7 @@ class Diverged(RuntimeError):
 @dataclass(frozen=True)
 class FinetuneConfig:
     model: str = field(metadata={"help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
-    task: str = field(metadata={"help": "task name (vlpeft.tasks.builtin.TASKS)"})
+    task: str = field(metadata={"help": "built-in task name (vlpeft tasks) or a task file (YAML) of your own data"})
     method: str = field(metadata={"help": "PEFT method (vlpeft.peft.REGISTRY)"})
     budget: str | None = field(default=None, metadata={"help": "knob value (8, knob=8) or parameter target (params=50k)"})
     method_options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
@@ -73,12 +69,13 @@ class FinetuneConfig:
     patience: int = field(default=0, metadata={"help": "stop after this many evaluations without improvement (0 = never)"})
     val_limit: int = field(default=500, metadata={"help": "validation examples used for selection (0 = all)"})
     test_limit: int = field(default=0, metadata={"help": "test examples scored (0 = all)"})
-    caption_prompt: str | None = field(default=None, metadata={"help": "caption prompt; default: '' on built-in tasks, 'a picture of' on COCO"})
-    num_beams: int = field(default=1, metadata={"help": "beam size for caption decoding (1 = greedy)"})
-    vqa_inference: str = field(default="rank", metadata={"help": "rank (BLIP's candidate ranking) or generate"})
+    task_options: dict = field(default_factory=dict, metadata={"help": "options of the task's kind (caption: prompt, "
+                                                                       "num_beams, max_new_tokens; vqa: inference, "
+                                                                       "rank_k); defaults from the task"})
     max_text_len: int = field(default=40, metadata={"help": "tokens kept per text, incl. specials"})
     scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
-    paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
+    paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
+                                                               "vqav2): key -> path"})
     feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
     feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
     feature_cache_disk_mb: float = field(default=8192, metadata={"help": "stop adding to the on-disk feature cache past this size"})
@@ -89,7 +86,7 @@ class FinetuneConfig:
     def __post_init__(self):
         checks = [("batch_size", self.batch_size > 0), ("epochs", self.epochs > 0), ("min_steps", self.min_steps >= 0),
                   ("steps", self.steps >= 0), ("evals", self.evals > 0), ("patience", self.patience >= 0),
-                  ("warmup_ratio", 0 <= self.warmup_ratio < 1), ("num_beams", self.num_beams >= 1),
+                  ("warmup_ratio", 0 <= self.warmup_ratio < 1),
                   ("val_limit", self.val_limit >= 0), ("test_limit", self.test_limit >= 0),
                   ("label_smoothing", 0 <= self.label_smoothing < 1), ("lr", self.lr is None or self.lr >= 0),
                   ("feature_cache_disk_mb", self.feature_cache_disk_mb >= 0)]
@@ -102,8 +99,6 @@ class FinetuneConfig:
             raise UserError("finetune: length_policy 'steps' needs steps > 0")
         if self.precision not in PRECISIONS:
             raise UserError(f"finetune: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.vqa_inference not in ("rank", "generate"):
-            raise UserError(f"finetune: vqa_inference {self.vqa_inference!r} is not 'rank' or 'generate'")
 
 
 def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
@@ -132,78 +127,85 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_task(name: str, scene_seed: int | None, paths_json: str):
-    """load_task, remembered: a study's worker runs many cells of the same task (tasks are read-only)."""
-    paths = json.loads(paths_json) or None
-    return load_task(name, scene_seed=scene_seed, paths=paths) if scene_seed is not None else load_task(name, paths=paths)
+@dataclass
+class Prepared:
+    """Everything a run needs, validated and loaded before any training or writing."""
+
+    loaded: Any  # vlpeft.model.checkpoint.LoadedModel
+    task: Any  # vlpeft.tasks.TaskDef
+    kind: Any  # vlpeft.tasks.TaskKind
+    data: Any  # vlpeft.tasks.TaskData
+    options: Any  # the kind's options (e.g. CaptionOptions)
+    train: list
+    val: list
+    test: list
+    method_cfg: Any
+    resolved: dict
+    scene_seed: int
 
 
-def prepare(cfg: FinetuneConfig, loaded=None) -> dict[str, Any]:
-    """Everything validated and loaded before any training or writing: model, task, subsets, method."""
-    info = task_info(cfg.task)
+def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prepared:
+    """Model, task, options, subsets and method, each checked; the images the run uses decoded once
+    (`check_images`), so bad data stops the run before any training."""
+    task = get_task(cfg.task)
+    kind = get_kind(task.kind)
+    options = task_options(task, cfg.task_options, f"task {task.name}: task_options")
+    check_paths(task, cfg.paths)
     if loaded is None:
         loaded = vlpeft.load_model(cfg.model)
     model = loaded.model
-    needs = {"caption": ["text_decoder"], "vqa": ["text_encoder", "text_decoder"]}[info.kind]
-    for part in needs:
+    for part in kind.parts:
         if getattr(model, part) is None:
-            raise UserError(f"{cfg.model}: task {cfg.task} needs a {part}, which this checkpoint lacks")
+            raise UserError(f"{cfg.model}: task {task.name} needs a {part}, which this checkpoint lacks")
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
-    task = cached_task(cfg.task, scene_seed if info.data == "scenes" else None, json.dumps(cfg.paths or {}, sort_keys=True))
-    n = resolve_size(cfg.data_size, len(task.train), f"task {cfg.task} data_size")
-    if info.kind == "vqa":
-        train = stratified_nested_subset(task.train, n, cfg.subset_seed, key=lambda ex: vqa.training_answer_key(ex))
+    data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
+    n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
+    if kind.stratum is not None:
+        train = stratified_nested_subset(data.train, n, cfg.subset_seed, key=kind.stratum)
     else:
-        train = nested_subset(task.train, n, cfg.subset_seed)
-    val = nested_subset(task.val, min(cfg.val_limit or len(task.val), len(task.val)), 0)
-    test = task.test if not cfg.test_limit else nested_subset(task.test, min(cfg.test_limit, len(task.test)), 0)
-
-    spec = get_method(cfg.method)
-    resolved, method_cfg = method_for_task(model.cfg, cfg.task, cfg.method, cfg.budget, cfg.method_options)
-    prompt = cfg.caption_prompt if cfg.caption_prompt is not None else ("a picture of" if info.data == "coco" else "")
-    return {"loaded": loaded, "info": info, "task": task, "train": train, "val": val, "test": test,
-            "method_cfg": method_cfg, "resolved": resolved, "spec": spec, "prompt": prompt, "scene_seed": scene_seed}
+        train = nested_subset(data.train, n, cfg.subset_seed)
+    val = nested_subset(data.val, min(cfg.val_limit or len(data.val), len(data.val)), 0)
+    test = data.test if not cfg.test_limit else nested_subset(data.test, min(cfg.test_limit, len(data.test)), 0)
+    resolved, method_cfg = method_for_task(model.cfg, task, cfg.method, cfg.budget, cfg.method_options)
+    if check_images:
+        data.check_images([ex.image_id for ex in train + val + test])
+    return Prepared(loaded, task, kind, data, options, train, val, test, method_cfg, resolved, scene_seed)
 
 
-def method_for_task(model_cfg, task: str, method: str, budget, options: dict):
-    """The method's config on `task`: its placement cut to the parts the task runs, the budget resolved
-    to a knob value. -> (budget.resolve record, method config). Raises UserError when nothing is left."""
-    info = task_info(task)
+def method_for_task(model_cfg, task, method: str, budget, options: dict):
+    """The method's config on `task` (a TaskDef): its placement cut to the parts the task's kind runs,
+    the budget resolved to a knob value. -> (budget.resolve record, method config). Raises UserError
+    when nothing is left."""
+    parts = get_kind(task.kind).parts
     options = dict(options)
     placement = options.get("placement", list(make_config(method, {k: v for k, v in options.items()
                                                                     if k != "placement"}).placement))
-    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in TASK_PARTS[info.kind]]
+    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in parts]
     if not used:
-        raise UserError(f"{method}: placement {placement} has no part that task {task} uses "
-                        f"({', '.join(TASK_PARTS[info.kind])})")
+        raise UserError(f"{method}: placement {placement} has no part that task {task.name} uses ({', '.join(parts)})")
     options["placement"] = used
     resolved = resolve(model_cfg, method, parse_budget(budget) if budget is not None else None, options)
     return resolved, make_config(method, resolved["overrides"])
 
 
-def make_batch(prep, cfg, examples, rng, pixels: bool = True):
-    tok, pp = prep["loaded"].tokenizer, prep["loaded"].preprocess
-    if prep["info"].kind == "caption":
-        return captioning.caption_batch(examples, prep["task"], tok, pp, prep["prompt"], cfg.max_text_len, rng, pixels)
-    return vqa.vqa_batch(examples, prep["task"], tok, pp, cfg.max_text_len, rng, pixels)
+def make_batch(prep: Prepared, cfg, examples, rng, pixels: bool = True):
+    """The kind's training batch of `examples` (on the CPU; `.to(device)` moves it)."""
+    return prep.kind.batch(examples, prep.data, prep.loaded, prep.options, cfg.max_text_len, rng, pixels)
 
 
-def task_loss(prep, model, batch, cfg, image_states=None) -> torch.Tensor:
-    fn = captioning.caption_loss if prep["info"].kind == "caption" else vqa.vqa_loss
-    return fn(model, batch, cfg.label_smoothing, image_states=image_states)
+def task_loss(prep: Prepared, model, batch, cfg, image_states=None) -> torch.Tensor:
+    return prep.kind.loss(model, batch, cfg.label_smoothing, image_states=image_states)
 
 
-def frozen_image_encoder(prep, cfg, model):
+def frozen_image_encoder(prep: Prepared, cfg, model):
     """Cached image encoding when the method leaves the vision encoder untouched, else None."""
     from vlpeft.recipes import features
 
     if not cfg.feature_cache or features.cache_limit_bytes() <= 0 or not features.vision_untouched(model):
         return None
     # The images and their preprocessing; the checkpoint is identified by its vision weights' digest.
-    source = json.dumps([prep["info"].data, prep["scene_seed"], cfg.paths, repr(prep["loaded"].preprocess), cfg.precision],
-                        sort_keys=True, default=str)
-    return features.image_encoder(model, prep["task"], prep["loaded"].preprocess, source,
+    source = json.dumps([prep.data.image_source, repr(prep.loaded.preprocess), cfg.precision], sort_keys=True)
+    return features.image_encoder(model, prep.data, prep.loaded.preprocess, source,
                                   cache_dir=cfg.feature_cache_dir, disk_cap_mb=cfg.feature_cache_disk_mb)
 
 
@@ -212,7 +214,7 @@ def autocast(cfg, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
-def train_step(prep, cfg, model, opt, batch, image_states=None, step: int = 0) -> float:
+def train_step(prep: Prepared, cfg, model, opt, batch, image_states=None, step: int = 0) -> float:
     """One optimiser step on a prepared batch: forward (autocast per cfg.precision), backward,
     gradient-norm clip, AdamW step. Raises Diverged on a non-finite loss or gradient norm. -> loss."""
     model.train()
@@ -230,28 +232,16 @@ def train_step(prep, cfg, model, opt, batch, image_states=None, step: int = 0) -
     return loss.item()
 
 
-def evaluate_split(prep, cfg, model, examples, encode_images=None) -> dict[str, Any]:
+def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> dict[str, Any]:
     """Scores of `model` on `examples` (primary metric under "score")."""
     model.eval()
     with autocast(cfg, next(model.parameters()).device):
-        preds, scores = _predict_and_score(prep, cfg, model, examples, encode_images)
-    scores["score"] = scores[prep["info"].metric]
+        preds = prep.kind.predict(model, examples, prep.data, prep.loaded, prep.options, cfg.max_text_len,
+                                  encode_images=encode_images)
+    scores = prep.kind.score(preds, examples)
+    scores["score"] = scores[prep.kind.metric]
     scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
     return scores
-
-
-def _predict_and_score(prep, cfg, model, examples, encode_images):
-    tok, pp, task = prep["loaded"].tokenizer, prep["loaded"].preprocess, prep["task"]
-    if prep["info"].kind == "caption":
-        preds = captioning.predict_captions(model, examples, task, tok, pp, prep["prompt"], cfg.num_beams,
-                                            max_new_tokens=min(30, model.cfg.text.max_positions - 8),
-                                            encode_images=encode_images)
-        scores = captioning.score_captions(preds, examples, meteor=False)
-    else:
-        preds = vqa.predict_answers(model, examples, task, tok, pp, task.answers, cfg.vqa_inference, cfg.max_text_len,
-                                    encode_images=encode_images)
-        scores = vqa.score_answers(preds, examples)
-    return preds, scores
 
 
 def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
@@ -264,28 +254,28 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     prep = prepare(cfg, loaded)
     device = _device(cfg.device)
     reset_peak_memory(device)
-    model = prep["loaded"].model.to(device)
+    model = prep.loaded.model.to(device)
     torch.manual_seed(cfg.seed)
-    apply_peft(model, cfg.method, prep["method_cfg"])
+    apply_peft(model, cfg.method, prep.method_cfg)
     counts = count_params(model)
     encode = frozen_image_encoder(prep, cfg, model)  # None: the ViT runs in every step
     lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
-    steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep["train"]))
+    steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep.train))
     rng = np.random.default_rng(cfg.seed)
     opt = adamw(model, cfg.weight_decay, lr) if steps else None
     eval_at = sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}) if steps else []
     curve, best, best_state, since_best = [], -math.inf, None, 0
     started = time.time()
-    order, pos = rng.permutation(len(prep["train"])), 0
-    bar = tqdm(range(steps), desc=f"{cfg.task} {cfg.method}", disable=not progress, mininterval=2.0)
+    order, pos = rng.permutation(len(prep.train)), 0
+    bar = tqdm(range(steps), desc=f"{prep.task.name} {cfg.method}", disable=not progress, mininterval=2.0)
     running = []
     for step in bar:
         if pos + cfg.batch_size > len(order):
-            order, pos = rng.permutation(len(prep["train"])), 0
+            order, pos = rng.permutation(len(prep.train)), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        examples = [prep["train"][i] for i in idx]
-        batch = {k: v.to(device) for k, v in make_batch(prep, cfg, examples, rng, pixels=encode is None).items()}
+        examples = [prep.train[i] for i in idx]
+        batch = make_batch(prep, cfg, examples, rng, pixels=encode is None).to(device)
         crash_point("train_step")
         with autocast(cfg, device):
             states = encode([ex.image_id for ex in examples]) if encode else None
@@ -293,7 +283,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
             g["lr"] = lr * lr_factor(step, steps, cfg.warmup_ratio)
         running.append(train_step(prep, cfg, model, opt, batch, states, step))
         if step + 1 in eval_at:
-            val = evaluate_split(prep, cfg, model, prep["val"], encode)
+            val = evaluate_split(prep, cfg, model, prep.val, encode)
             row = {"step": step + 1, "loss": float(np.mean(running)), "val_score": val["score"],
                    "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
             running = []
@@ -314,39 +304,37 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
                 params[n].copy_(t)
     fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
     if not curve:  # nothing trained (frozen): validation score of the model as is
-        best = evaluate_split(prep, cfg, model, prep["val"], encode)["score"]
+        best = evaluate_split(prep, cfg, model, prep.val, encode)["score"]
     t0 = time.time()
-    test = evaluate_split(prep, cfg, model, prep["test"], encode)
+    test = evaluate_split(prep, cfg, model, prep.test, encode)
     eval_seconds = time.time() - t0
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_peft(model, out, extra={"task": cfg.task, "base_model": cfg.model})
+        save_peft(model, out, extra={"task": prep.task.name, "base_model": cfg.model})
         write_json(out / "curve.json", curve)
         write_json(out / "metrics.json", metrics)  # last: marks the run complete
     return metrics
 
 
-def run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test, device) -> dict:
-    info = prep["info"]
-    n_train, n_full = len(prep["train"]), len(prep["task"].train)
+def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test,
+               device) -> dict:
+    n_train, n_full = len(prep.train), len(prep.data.train)
     secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
-    if info.kind == "vqa":  # the floor any VQA model must clear: always answer the commonest training answer
-        majority = prep["task"].answers[0]
-        secondary["majority_answer"] = majority
-        secondary["majority_baseline"] = vqa.score_answers([majority] * len(prep["test"]), prep["test"])["vqa_accuracy"]
+    secondary.update(prep.kind.baselines(prep.data, prep.test))
     return {
         "status": "done",
-        "task": cfg.task, "task_kind": info.kind, "task_relation": info.relation,
-        "method": cfg.method, "knob": prep["resolved"]["knob"], "knob_value": prep["resolved"]["value"],
-        "budget_target": prep["resolved"]["target"],
-        "method_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep["method_cfg"]).items()},
+        "task": prep.task.name, "task_ref": prep.task.ref, "task_kind": prep.task.kind,
+        "task_relation": prep.task.relation,
+        "method": cfg.method, "knob": prep.resolved["knob"], "knob_value": prep.resolved["value"],
+        "budget_target": prep.resolved["target"],
+        "method_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep.method_cfg).items()},
         "data_size": n_train, "data_fraction": n_train / n_full, "train_pool": n_full,
         "seed": cfg.seed, "subset_seed": cfg.subset_seed,
-        "metric": info.metric, "test_score": test["score"], "best_val_score": best_val,
+        "metric": prep.kind.metric, "test_score": test["score"], "best_val_score": best_val,
         "secondary": secondary, "metrics_ran": test.get("metrics_ran", []), "test_examples": test["examples"],
-        "n_val": len(prep["val"]), "n_test": len(prep["test"]),
+        "n_val": len(prep.val), "n_test": len(prep.test),
         "params": counts, "trainable_params": counts["trainable"], "budget_params": counts["budget"],
         "total_params": counts["total"],
         "lr": lr, "steps": steps, "steps_done": steps_done, "batch_size": cfg.batch_size,
@@ -354,8 +342,8 @@ def run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_sec
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "examples_per_second": round(steps_done * cfg.batch_size / train_seconds, 2) if train_seconds > 0 and steps_done else 0.0,
         "peak_memory_mb": peak_memory_mb(device),
-        "caption_prompt": prep["prompt"], "vqa_inference": cfg.vqa_inference, "num_beams": cfg.num_beams,
-        "scene_seed": prep["scene_seed"], "task_details": prep["task"].details,
+        "task_options": dataclasses.asdict(prep.options),
+        "scene_seed": prep.scene_seed, "task_details": prep.data.details,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items()},
         "environment": environment(device),
     }
@@ -415,16 +403,17 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None) 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json", "run metrics")
     saved = metrics.get("config") or {}
-    if task is not None and task != metrics.get("task"):
+    if task is not None and task not in (metrics.get("task"), metrics.get("task_ref")):
         raise UserError(f"{run_dir}: this run was trained on {metrics.get('task')!r}, not {task!r}")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path})
     prep = prepare(cfg)
-    model = prep["loaded"].model
+    device = _device(cfg.device)
+    model = prep.loaded.model.to(device)
     load_peft(model, run_dir)
-    test = evaluate_split(prep, cfg, model, prep["test"])
-    return {"task": cfg.task, "method": cfg.method, "metric": prep["info"].metric, "test_score": test["score"],
+    test = evaluate_split(prep, cfg, model, prep.test)
+    return {"task": prep.task.name, "method": cfg.method, "metric": prep.kind.metric, "test_score": test["score"],
             "recorded_test_score": metrics.get("test_score"), "secondary": test}
 
 
-__all__ = ["FinetuneConfig", "finetune", "evaluate_run", "train_steps", "Diverged"]
+__all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "Diverged"]

@@ -36,8 +36,17 @@ def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     return {"model": spec.model, "task_models": spec.task_models,
             "checkpoints": {m: checkpoint_hash(m) for m in models},
             "training": results(spec.training), "paths": spec.paths, "subset_seed": spec.subset_seed,
+            # only when given, so folders of studies written before these existed still match
+            **({"task_paths": spec.task_paths} if spec.task_paths else {}),
+            **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
             # only when given, so folders of studies written before task_training still match
             **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {})}
+
+
+def file_digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def checkpoint_hash(model: str) -> str:
@@ -71,12 +80,13 @@ def ensure_model(spec: StudySpec, log=print) -> None:
 
 
 def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
-    """(cell, FinetuneConfig fields, training examples) for every cell, each checked: an unknown task
-    path, an unreachable budget or a data size the task cannot give is a UserError before anything runs."""
+    """(cell, FinetuneConfig fields, training examples) for every cell, each checked: a task's missing
+    paths or bad options, an unreachable budget or a data size the task cannot give is a UserError
+    before anything runs."""
     import vlpeft
     from vlpeft.data.subsets import resolve_size
-    from vlpeft.recipes.finetune import FinetuneConfig, cached_task, method_for_task
-    from vlpeft.tasks.builtin import task_info
+    from vlpeft.recipes.finetune import FinetuneConfig, method_for_task
+    from vlpeft.tasks import cached_task, check_paths, get_task, task_options
 
     models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed)
 
@@ -91,21 +101,26 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
                 models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)))
         return models[name]
 
-    pools, checked, out = {}, set(), []
+    tasks, pools, checked, out = {}, {}, set(), []
     for cell in expand(spec):
-        info = task_info(cell.task)
-        model_cfg, scene_seed = model_of(spec.task_models.get(cell.task, spec.model))
         fields = cell.finetune_fields(spec)
-        scene_seed = fields.get("scene_seed", scene_seed)
-        if cell.task not in pools:
-            task = cached_task(cell.task, scene_seed if info.data == "scenes" else None,
-                               json.dumps(spec.paths or {}, sort_keys=True))
-            pools[cell.task] = len(task.train)
+        model_cfg, scene_seed = model_of(fields["model"])
+        if cell.task not in tasks:
+            where = f"{spec.source}: task {cell.task}"
+            task = get_task(fields["task"])
+            try:
+                check_paths(task, fields["paths"])
+                task_options(task, fields.get("task_options"), f"{where}: task_options")
+                seed = fields["scene_seed"] if fields.get("scene_seed") is not None else scene_seed
+                pools[cell.task] = len(cached_task(task.ref, scene_seed=seed, paths=fields["paths"]).train)
+            except UserError as e:
+                raise UserError(str(e) if str(e).startswith(spec.source) else f"{where}: {e}") from None
+            tasks[cell.task] = task
         key = (cell.task, cell.label, cell.budget)
         if key not in checked:
             grid = spec.methods[cell.label]
             try:
-                method_for_task(model_cfg, cell.task, cell.method, cell.budget, grid.options)
+                method_for_task(model_cfg, tasks[cell.task], cell.method, cell.budget, grid.options)
             except UserError as e:
                 raise UserError(f"{spec.source}: methods.{cell.label} on {cell.task}: {e}") from None
             checked.add(key)
@@ -293,7 +308,7 @@ def record_study(con, spec: StudySpec, log=print) -> None:
         for model in sorted({spec.task_models.get(t, spec.model) for t in missing}):
             tasks = [t for t in missing if spec.task_models.get(t, spec.model) == model]
             try:
-                measured.update(measure(model, tasks, spec.paths))
+                measured.update(measure(model, [(spec.task_ref(t), spec.task_paths_of(t)) for t in tasks]))
             except Exception as e:  # a report without these numbers beats no report
                 log(f"consistency measures of {', '.join(tasks)} skipped ({e.__class__.__name__}: {e})")
         values["consistency"] = json.dumps(measured, sort_keys=True)

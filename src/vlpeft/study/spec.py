@@ -1,11 +1,13 @@
 """The study spec: one YAML file declaring the whole grid, validated, expanded into cells with stable IDs.
 
-A spec (see configs/*.yaml for complete, commented examples):
+A spec (see the presets in src/vlpeft/configs/*.yaml for complete, commented examples):
 
     name: quick
     model: runs/tiny          # checkpoint folder (relative to where you run) or transformers hub id
     pretrain: tiny            # if `model` is a missing folder, pre-train this preset into it first
-    tasks: [scenes-caption, easyvqa-vqa]
+    tasks: [scenes-caption, easyvqa-vqa, my-task.yaml]   # built-in names or task files (vlpeft.tasks.files)
+    paths: {karpathy_json: $COCO/dataset_coco.json, image_root: $COCO}   # each task takes the keys it knows
+    task_paths: {vqav2: {image_root: /data/coco}}         # one task's own paths, over `paths`
     methods:                  # label -> grid of one PEFT method (label defaults to the method's name)
       lora: {budgets: [2, 8]}
       lora-vision: {method: lora, budgets: ["params=20k"], options: {placement: [vision]}}
@@ -13,7 +15,7 @@ A spec (see configs/*.yaml for complete, commented examples):
     data_sizes: [250, "10%", 1.0]
     seeds: [0, 1]
     training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
-    task_training: {easyvqa-vqa: {min_steps: 1000}}   # overrides of `training` for one task's runs
+    task_training: {easyvqa-vqa: {min_steps: 1000}, scenes-caption: {task_options: {num_beams: 3}}}  # per task
     executor: {kind: local, workers: 2, threads: 1}
 
 A cell is task x method label x budget x data size x seed x learning rate. Its ID is built from those
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import re
 from dataclasses import dataclass, field
@@ -35,7 +38,8 @@ from typing import Any
 
 from vlpeft.errors import UserError, did_you_mean
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # presets shipped with the repository
+# Presets ship inside the package (package data), so they are found after a non-editable install too.
+PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
 EXECUTORS = ("local", "ray")
 
 
@@ -62,7 +66,8 @@ class ExecutorSpec:
 class StudySpec:
     name: str = field(metadata={"help": "study name (shown in the report)"})
     model: str = field(metadata={"help": "checkpoint folder or hub id"})
-    tasks: tuple = field(metadata={"help": "task names (vlpeft.tasks.builtin.TASKS)"})
+    tasks: tuple = field(metadata={"help": "built-in task names (`vlpeft tasks`) or task files of your own data "
+                                           "(relative to the spec's folder); cells are named by task name"})
     methods: dict = field(metadata={"help": "label -> MethodGrid"})
     data_sizes: tuple = field(metadata={"help": "training-set sizes: counts (250) or fractions (0.1, '10%')"})
     seeds: tuple = field(default=(0,), metadata={"help": "training seeds"})
@@ -73,9 +78,24 @@ class StudySpec:
     training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
     task_training: dict = field(default_factory=dict, metadata={"help": "task -> FinetuneConfig fields overriding "
                                                                          "`training` for that task's runs"})
-    paths: dict = field(default_factory=dict, metadata={"help": "data paths for coco-caption / vqav2"})
+    paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
+                                                               "vqav2): each task takes the keys it knows"})
+    task_paths: dict = field(default_factory=dict, metadata={"help": "task -> data files of that task alone, "
+                                                                    "overriding `paths`"})
     executor: ExecutorSpec = field(default_factory=ExecutorSpec, metadata={"help": "how runs are executed"})
     source: str = field(default="spec", metadata={"help": "where the spec came from (for messages)"})
+    task_files: dict = field(default_factory=dict, metadata={"help": "task name -> its task file (absolute path), "
+                                                                    "for tasks given as files"})
+
+    def task_ref(self, task: str) -> str:
+        """How a run names the task: the built-in name, or the task file."""
+        return self.task_files.get(task, task)
+
+    def task_paths_of(self, task: str) -> dict[str, str]:
+        """The data paths of one task: the study-wide `paths` it knows, then its own `task_paths`."""
+        from vlpeft.tasks import get_task, task_paths
+
+        return {**task_paths(get_task(self.task_ref(task)), self.paths), **self.task_paths.get(task, {})}
 
 
 @dataclass(frozen=True)
@@ -93,48 +113,36 @@ class Cell:
 
     def finetune_fields(self, spec: StudySpec) -> dict[str, Any]:
         """The FinetuneConfig fields of this cell (model, threads and device are the executor's)."""
-        from vlpeft.tasks.builtin import task_info
-
         grid = spec.methods[self.label]
-        info = task_info(self.task)
-        paths = {k: v for k, v in spec.paths.items() if k in info.paths + info.optional_paths}  # this task's files
         return {**spec.training, **spec.task_training.get(self.task, {}),
-                "model": spec.task_models.get(self.task, spec.model), "task": self.task,
+                "model": spec.task_models.get(self.task, spec.model), "task": spec.task_ref(self.task),
                 "method": self.method, "budget": self.budget, "method_options": dict(grid.options),
                 "data_size": self.data_size, "seed": self.seed, "subset_seed": spec.subset_seed, "lr": self.lr,
-                "paths": paths}
+                "paths": spec.task_paths_of(self.task)}
 
 
 # ------------------------------------------------------------------------------------------ loading
 
 def find_spec(name_or_path: str) -> Path:
-    """A preset name (configs/NAME.yaml) or a path to a YAML file."""
+    """A preset name (NAME.yaml in the package's configs/, i.e. PRESET_DIR) or a path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"{path}: study spec not found")
         return path
-    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    presets = sorted(p.name[:-len(".yaml")] for p in PRESET_DIR.iterdir() if p.name.endswith(".yaml") and p.is_file())
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         raise UserError(f"study: {name_or_path!r} is neither a YAML file nor a preset"
                         f"{did_you_mean(name_or_path, presets)} (presets: {', '.join(presets)})")
-    return candidate
+    return Path(str(candidate))  # a plain Path for callers (files() already gives one for a package on disk)
 
 
 def load_spec(name_or_path: str) -> StudySpec:
-    import yaml
+    from vlpeft.io import read_yaml
 
     path = find_spec(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read study spec ({e.__class__.__name__})") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from e
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml(path, "study spec"), str(path))
 
 
 def _fields(cls, data: Any, where: str, skip=()) -> dict[str, Any]:
@@ -177,11 +185,9 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     from vlpeft.data.subsets import resolve_size
     from vlpeft.peft import REGISTRY, make_config
     from vlpeft.peft.budget import parse_budget
-    from vlpeft.tasks.builtin import TASKS
-
     if data is None:
         raise UserError(f"{source}: the study spec is empty")
-    d = _fields(StudySpec, data, source, skip=("source",))
+    d = _fields(StudySpec, data, source, skip=("source", "task_files"))
     name = _typed(d["name"], "str", f"{source}: name")
     model = _typed(d["model"], "str", f"{source}: model")
     pretrain = d.get("pretrain")
@@ -190,14 +196,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
 
         if pretrain not in PRESETS:
             raise UserError(f"{source}: pretrain: unknown preset {pretrain!r}{did_you_mean(str(pretrain), PRESETS)}")
-    tasks = _as_list(d["tasks"], f"{source}: tasks")
-    if not tasks:
-        raise UserError(f"{source}: tasks is empty: the grid has no cell")
-    for t in tasks:
-        if t not in TASKS:
-            raise UserError(f"{source}: tasks: unknown task {t!r}{did_you_mean(str(t), TASKS)}")
-    if len(set(tasks)) != len(tasks):
-        raise UserError(f"{source}: tasks lists a task twice")
+    tasks, task_files = _tasks(d["tasks"], source)
 
     task_models = _typed(d.get("task_models", {}) or {}, "dict", f"{source}: task_models")
     for t, m in task_models.items():
@@ -261,7 +260,50 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     return StudySpec(name=name, model=model, tasks=tuple(tasks), task_models=task_models, methods=methods, data_sizes=sizes, seeds=seeds,
                      pretrain=pretrain, subset_seed=_typed(d.get("subset_seed", 0), "int", f"{source}: subset_seed"),
                      training=training, task_training=task_training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
-                     executor=executor, source=source)
+                     task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
+                     executor=executor, source=source, task_files=task_files)
+
+
+def _tasks(raw, source: str) -> tuple[list[str], dict[str, str]]:
+    """Task names, and name -> task file for the entries that are files (relative to the spec's folder)."""
+    from vlpeft.tasks import TASKS, get_task
+    from vlpeft.tasks.files import is_task_file
+
+    entries = _as_list(raw, f"{source}: tasks")
+    if not entries:
+        raise UserError(f"{source}: tasks is empty: the grid has no cell")
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    names, files = [], {}
+    for entry in entries:
+        _typed(entry, "str", f"{source}: tasks")
+        if entry in TASKS:
+            names.append(entry)
+            continue
+        path = base / entry
+        if not (is_task_file(entry) or path.is_file()):
+            raise UserError(f"{source}: tasks: unknown task {entry!r}{did_you_mean(str(entry), TASKS)} "
+                            f"(built-in tasks: {', '.join(TASKS)}, or a task file)")
+        try:
+            task = get_task(str(path.resolve()))
+        except UserError as e:
+            raise UserError(f"{source}: tasks: {e}") from None
+        names.append(task.name)
+        files[task.name] = str(path.resolve())
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"{source}: tasks lists the task {dup!r} twice")
+    return names, files
+
+
+def _task_paths(raw, tasks: list[str], task_files: dict, source: str) -> dict[str, dict[str, str]]:
+    out = {}
+    for t, paths in _typed(raw, "dict", f"{source}: task_paths").items():
+        if t not in tasks:
+            raise UserError(f"{source}: task_paths: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
+        if t in task_files:
+            raise UserError(f"{source}: task_paths.{t}: a task file names its own data; give no paths for it")
+        out[t] = _expand_paths(paths, f"{source}: task_paths.{t}")
+    return out
 
 
 def _training(raw, where: str, model: str, task: str, base: dict | None = None) -> dict[str, Any]:
@@ -279,7 +321,7 @@ def _training(raw, where: str, model: str, task: str, base: dict | None = None) 
     hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
     for key, value in training.items():
         kind = {"int": "int", "float": "number", "float | None": "number", "str": "str",
-                "bool": "bool"}.get(str(hints[key]))
+                "bool": "bool", "dict": "dict"}.get(str(hints[key]))
         if kind:
             training[key] = _typed(value, kind, f"{where}.{key}")
     try:  # range checks of FinetuneConfig itself
@@ -290,16 +332,13 @@ def _training(raw, where: str, model: str, task: str, base: dict | None = None) 
 
 
 def _expand_paths(paths, where: str) -> dict[str, str]:
-    """Data paths with $VARIABLES expanded (presets name user data through the environment)."""
-    import os
+    """Data paths with $VARIABLES and ~ expanded (presets name user data through the environment)."""
+    from vlpeft.io import expand_path
 
     out = {}
     for key, value in _typed(paths, "dict", where).items():
         _typed(value, "str", f"{where}.{key}")
-        for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value):
-            if var not in os.environ:
-                raise UserError(f"{where}.{key}: environment variable {var} is not set (it names your data: {value})")
-        out[str(key)] = os.path.expanduser(os.path.expandvars(value))
+        out[str(key)] = expand_path(value, f"{where}.{key}")
     return out
 
 

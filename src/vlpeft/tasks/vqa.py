@@ -9,6 +9,7 @@ Inference:
   whose first token is likeliest (k = 128) and scores only those; the same is done here.
 - "generate": greedy decoding of a free answer.
 Metric: the official VQA accuracy (`tasks.metrics.vqa_scores`), in [0, 100].
+Baseline: always answering the commonest training answer (`majority_baseline`).
 
 A question with several human answers (VQAv2) trains on one answer per visit, drawn in proportion
 to how many annotators gave it.
@@ -17,6 +18,7 @@ to how many annotators gave it.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +27,29 @@ import torch
 from vlpeft.data.images import preprocess
 from vlpeft.data.records import VQAExample
 from vlpeft.model.generate import generate
+from vlpeft.tasks.base import Batch, TaskKind, pixel_encoder, register_kind
 from vlpeft.tasks.metrics import normalize_vqa_answer, vqa_scores
+
+
+@dataclass(frozen=True)
+class VQAOptions:
+    inference: str = field(default="rank", metadata={"help": "rank (BLIP's candidate ranking) or generate (free "
+                                                             "greedy answer)", "choices": ("rank", "generate")})
+    rank_k: int = field(default=128, metadata={"help": "rank: candidates kept by their first token's likelihood "
+                                                       "before whole answers are scored (BLIP: 128)"})
+    max_answer_tokens: int = field(default=10, metadata={"help": "generate: most answer tokens decoded"})
+
+    def __post_init__(self):
+        if self.rank_k < 1 or self.max_answer_tokens < 1:
+            raise ValueError("rank_k and max_answer_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class VQABatch(Batch):
+    q_ids: torch.Tensor  # (B, Lq) [ENC] question [SEP]
+    q_mask: torch.Tensor  # (B, Lq)
+    a_ids: torch.Tensor  # (B, La) [DEC] answer [SEP]
+    a_mask: torch.Tensor  # (B, La)
 
 
 def encode_questions(tok, questions: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,21 +77,21 @@ def training_answer(ex: VQAExample, rng: np.random.Generator) -> str:
     return names[rng.choice(len(names), p=p / p.sum())]
 
 
-def vqa_batch(examples: Sequence[VQAExample], task, tok, pp, max_len: int, rng: np.random.Generator,
-              pixels: bool = True) -> dict:
-    """pixels (B, 3, S, S) (left out when `pixels` is False); q_ids/q_mask (B, Lq); a_ids/a_mask (B, La)."""
+def vqa_batch(examples: Sequence[VQAExample], data, loaded, opts: VQAOptions, max_len: int,
+              rng: np.random.Generator, pixels: bool = True) -> VQABatch:
+    """Questions and one sampled answer each; pixels (B, 3, S, S) unless `pixels` is False."""
+    tok = loaded.tokenizer
     q_ids, q_mask = encode_questions(tok, [ex.question for ex in examples], max_len)
     a_ids, a_mask = encode_answers(tok, [training_answer(ex, rng) for ex in examples])
-    batch = {"q_ids": q_ids, "q_mask": q_mask, "a_ids": a_ids, "a_mask": a_mask}
-    if pixels:
-        batch["pixels"] = preprocess([task.image(ex.image_id) for ex in examples], pp)
-    return batch
+    image_ids = tuple(ex.image_id for ex in examples)
+    px = preprocess([data.image(i) for i in image_ids], loaded.preprocess) if pixels else None
+    return VQABatch(image_ids=image_ids, pixels=px, q_ids=q_ids, q_mask=q_mask, a_ids=a_ids, a_mask=a_mask)
 
 
-def vqa_loss(model, batch, label_smoothing: float = 0.0, image_states=None) -> torch.Tensor:
-    img = model.encode_image(batch["pixels"]) if image_states is None else image_states
-    q = model.encode_text(batch["q_ids"], batch["q_mask"], img)  # (B, Lq, D)
-    return model.lm_loss(batch["a_ids"], batch["a_mask"], q, batch["q_mask"], label_smoothing=label_smoothing)
+def vqa_loss(model, batch: VQABatch, label_smoothing: float = 0.0, image_states=None) -> torch.Tensor:
+    img = model.encode_image(batch.pixels) if image_states is None else image_states  # (B, N, D_v)
+    q = model.encode_text(batch.q_ids, batch.q_mask, img)  # (B, Lq, D)
+    return model.lm_loss(batch.a_ids, batch.a_mask, q, batch.q_mask, label_smoothing=label_smoothing)
 
 
 @torch.inference_mode()
@@ -78,7 +102,7 @@ def rank_answers(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128) -> 
         first = model.decoder_logits(cand_ids[:1, :1].expand(B, 1), None, q_states, q_mask)[:, 0].log_softmax(-1)
         keep = first[:, cand_ids[:, 1]].topk(k, dim=1).indices  # (B, k)
     else:
-        keep = torch.arange(C).expand(B, C)
+        keep = torch.arange(C, device=q_states.device).expand(B, C)  # (B, C)
     K = keep.shape[1]
     ids, mask = cand_ids[keep].flatten(0, 1), cand_mask[keep].flatten(0, 1)  # (B*K, La)
     ctx = q_states.repeat_interleave(K, 0)  # (B*K, Lq, D)
@@ -88,30 +112,67 @@ def rank_answers(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128) -> 
 
 
 @torch.inference_mode()
-def predict_answers(model, examples: Sequence[VQAExample], task, tok, pp, answers: Sequence[str],
-                    mode: str = "rank", max_len: int = 40, batch_size: int = 64, k: int = 128,
-                    encode_images=None) -> list[str]:
-    """One answer per question. Each distinct image is encoded once (by `encode_images(ids)` if given)."""
-    cand_ids, cand_mask = encode_answers(tok, answers) if mode == "rank" else (None, None)
-    out: list[str] = []
-    image_ids = list(dict.fromkeys(ex.image_id for ex in examples))
-    states: dict[str, torch.Tensor] = {}
-    for i in range(0, len(image_ids), batch_size):
-        chunk = image_ids[i:i + batch_size]
-        img = encode_images(chunk) if encode_images else model.encode_image(preprocess([task.image(x) for x in chunk], pp))
-        states.update(zip(chunk, img))
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        img = torch.stack([states[ex.image_id] for ex in chunk])  # (B, S, D)
-        q_ids, q_mask = encode_questions(tok, [ex.question for ex in chunk], max_len)
-        q = model.encode_text(q_ids, q_mask, img)
-        if mode == "rank":
-            out += [answers[j] for j in rank_answers(model, q, q_mask, cand_ids, cand_mask, k).tolist()]
-        else:
-            out += [tok.decode(t) for t in generate(model, q, q_mask, max_new_tokens=10)]
+def predict_answers(model, examples: Sequence[VQAExample], data, loaded, opts: VQAOptions, max_len: int = 40,
+                    encode_images=None, batch_size: int = 64) -> list[str]:
+    """One answer per question. Images are taken `batch_size` at a time: each chunk is encoded once
+    (by `encode_images(ids)` if given), every question about it is answered, and its states are
+    dropped before the next chunk, so memory does not grow with the split."""
+    tok = loaded.tokenizer
+    device = next(model.parameters()).device
+    encode = encode_images or pixel_encoder(model, data, loaded)
+    answers = data.answers
+    if opts.inference == "rank":
+        cand_ids, cand_mask = (t.to(device) for t in encode_answers(tok, answers))  # (C, La)
+    questions_of: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        questions_of.setdefault(ex.image_id, []).append(i)
+    image_order = list(questions_of)
+    out: list[str] = [""] * len(examples)
+    for start in range(0, len(image_order), batch_size):
+        chunk = image_order[start:start + batch_size]
+        img = encode(chunk)  # (b, N, D_v)
+        row = {image_id: j for j, image_id in enumerate(chunk)}
+        asked = [i for image_id in chunk for i in questions_of[image_id]]
+        for q_start in range(0, len(asked), batch_size):
+            idx = asked[q_start:q_start + batch_size]
+            pick = torch.tensor([row[examples[i].image_id] for i in idx], device=device)
+            q_ids, q_mask = (t.to(device) for t in encode_questions(tok, [examples[i].question for i in idx], max_len))
+            q = model.encode_text(q_ids, q_mask, img.index_select(0, pick))  # (B, Lq, D)
+            if opts.inference == "rank":
+                best = rank_answers(model, q, q_mask, cand_ids, cand_mask, opts.rank_k).tolist()
+                texts = [answers[j] for j in best]
+            else:
+                texts = [tok.decode(t) for t in generate(model, q, q_mask, max_new_tokens=opts.max_answer_tokens)]
+            for i, text in zip(idx, texts):
+                out[i] = text
+        del img
     return out
 
 
 def score_answers(predictions: Sequence[str], examples: Sequence[VQAExample]) -> dict:
     return vqa_scores(list(predictions), [list(ex.answers) for ex in examples],
                       groups=[ex.question_type for ex in examples])
+
+
+def majority_baseline(data, examples: Sequence[VQAExample]) -> dict:
+    """The floor any VQA model must clear: always answer the commonest training answer."""
+    if not data.answers:
+        return {}
+    majority = data.answers[0]
+    return {"majority_answer": majority,
+            "majority_baseline": score_answers([majority] * len(examples), examples)["vqa_accuracy"]}
+
+
+def describe_questions(examples: Sequence[VQAExample]) -> dict:
+    per_question = [len(ex.answers) for ex in examples]
+    return {"questions": len(examples),
+            "answers_per_question": [min(per_question), max(per_question)] if per_question else [0, 0],
+            "distinct_answers": len({normalize_vqa_answer(a) for ex in examples for a in ex.answers})}
+
+
+KIND = register_kind(TaskKind(
+    name="vqa", metric="vqa_accuracy", parts=("vision", "text_encoder", "text_decoder"), options=VQAOptions,
+    example=VQAExample, batch=vqa_batch, loss=vqa_loss, predict=predict_answers, score=score_answers,
+    baselines=majority_baseline, describe=describe_questions, stratum=training_answer_key,
+    summary="image + question -> answer: image-grounded question encoder, answer decoder; VQA accuracy",
+))
