@@ -131,3 +131,14 @@ def test_split_arguments_checked(tmp_path, root):
         load_coco_karpathy(tmp_path / "dataset_coco.json", root)
     with pytest.raises(UserError, match="holds the 'val' split, not 'test'"):
         load_coco_karpathy(write_lavis(tmp_path, "val"), root, "test")
+
+
+def test_an_empty_caption_is_refused(tmp_path):
+    from fixtures_data import write_coco
+
+    paths = write_coco(tmp_path)
+    data = json.loads(open(paths["karpathy_json"]).read())
+    data["images"][1]["sentences"][0]["raw"] = " "
+    open(paths["karpathy_json"], "w").write(json.dumps(data))
+    with pytest.raises(UserError, match=r"images\[1\] has an empty caption"):
+        load_coco_karpathy(paths["karpathy_json"], paths["image_root"], "train")

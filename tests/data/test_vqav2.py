@@ -127,3 +127,19 @@ def test_annotation_about_another_image(tmp_path):
     annotations.write_text(json.dumps(data))
     with pytest.raises(UserError, match="question 458752000 is about image 999"):
         load_vqav2(write_questions(tmp_path / "q.json"), tmp_path, annotations)
+
+
+def test_duplicate_question_ids_and_empty_questions_are_refused(tmp_path):
+    from fixtures_data import write_vqav2
+
+    paths, _ = write_vqav2(tmp_path)
+    data = json.loads(open(paths["val_questions"]).read())
+    data["questions"][3]["question_id"] = data["questions"][0]["question_id"]
+    open(paths["val_questions"], "w").write(json.dumps(data))
+    with pytest.raises(UserError, match=r"questions\[3\]: question_id 110 appears twice \(also questions\[0\]\)"):
+        load_vqav2(paths["val_questions"], paths["image_root"])
+    data["questions"][3]["question_id"] = 999
+    data["questions"][2]["question"] = "  "
+    open(paths["val_questions"], "w").write(json.dumps(data))
+    with pytest.raises(UserError, match=r"questions\[2\] \(question_id 120\): empty question"):
+        load_vqav2(paths["val_questions"], paths["image_root"])

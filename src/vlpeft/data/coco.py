@@ -88,11 +88,16 @@ def _from_karpathy(images: Any, json_path: Path, image_root: Path, split: str) -
 
 
 def _sentence_text(sentence: Any, where: str, json_path: Path) -> str:
+    text = None
     if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str):
-        return sentence["raw"].strip()
-    if isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
-        return " ".join(sentence["tokens"])
-    raise UserError(f"{json_path}: {where} has a sentence without 'raw' text")
+        text = sentence["raw"].strip()
+    elif isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
+        text = " ".join(sentence["tokens"])
+    if text is None:
+        raise UserError(f"{json_path}: {where} has a sentence without 'raw' text")
+    if not text:
+        raise UserError(f"{json_path}: {where} has an empty caption")
+    return text
 
 
 def _from_lavis(entries: list, json_path: Path, image_root: Path, split: str | None) -> list[CaptionExample]:
@@ -112,6 +117,8 @@ def _from_lavis(entries: list, json_path: Path, image_root: Path, split: str | N
         if image not in by_image:
             image_id = entry.get("image_id")
             by_image[image] = (_lavis_image_id(image_id, image), [])
+        if not captions or not all(c.strip() for c in captions):
+            raise UserError(f"{json_path}: entry {k} ({image}) has an empty caption")
         by_image[image][1].extend(c.strip() for c in captions)
     return [
         CaptionExample(image_id=image_id, image_path=str(image_root / image), captions=tuple(captions))

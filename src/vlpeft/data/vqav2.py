@@ -60,9 +60,15 @@ def load_vqav2(
             annotations[ann["question_id"]] = ann
 
     folder = vqav2_image_path(image_root, image_subset, 0).parent
-    examples = []
+    examples, seen = [], {}
     for k, q in enumerate(questions):
         require_keys(q, ("image_id", "question", "question_id"), f"questions[{k}]", questions_path)
+        if q["question_id"] in seen:
+            raise UserError(f"{questions_path}: questions[{k}]: question_id {q['question_id']} appears twice "
+                            f"(also questions[{seen[q['question_id']]}])")
+        seen[q["question_id"]] = k
+        if not isinstance(q["question"], str) or not q["question"].strip():
+            raise UserError(f"{questions_path}: questions[{k}] (question_id {q['question_id']}): empty question")
         answers: tuple[str, ...] = ()
         question_type = answer_type = ""
         if annotations is not None:
