@@ -177,7 +177,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from vlpeft.tasks import TASKS, get_kind
+    from vlpeft.tasks import KINDS, TASKS
 
     if getattr(args, "tasks_command", None) == "check":
         return cmd_tasks_check(args)
@@ -187,7 +187,7 @@ def cmd_tasks(args) -> int:
         if t.paths:
             print(f"{'':16} {'':8} {'':26} files (--data KEY=PATH): {', '.join(t.paths + t.optional_paths)}")
     print("\nor your own data: a task file (YAML) given as --task my-task.yaml; check it with `vlpeft tasks check my-task.yaml`")
-    print("kinds: " + "; ".join(f"{k.name}: {k.summary}" for k in (get_kind(n) for n in ("caption", "vqa"))))
+    print("kinds: " + "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values()))
     return 0
 
 

@@ -108,7 +108,7 @@ def test_easyvqa_val_is_ten_percent_of_train_images_shared_by_both_tasks(loaded)
     assert all(i.startswith("train-") for i in image_ids(vqa.train) | image_ids(vqa.val))
     assert all(i.startswith("test-") for i in image_ids(vqa.test))
     assert image_ids(caption.val) <= image_ids(vqa.val) and image_ids(caption.train) <= image_ids(vqa.train)
-    dropped = caption.details["images_without_captions_dropped"]
+    dropped = caption.details["images_without_examples_dropped"]
     assert len(caption.train) + len(caption.val) + len(caption.test) + dropped == 5000
     assert len(vqa.answers) == 13
 

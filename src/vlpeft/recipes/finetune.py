@@ -160,8 +160,10 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
     data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
     n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
-    if kind.stratum is not None:
-        train = stratified_nested_subset(data.train, n, cfg.subset_seed, key=kind.stratum)
+    strata = data.train_strata()
+    if strata is not None:
+        chosen = stratified_nested_subset(range(len(data.train)), n, cfg.subset_seed, key=strata.__getitem__)
+        train = [data.train[i] for i in chosen]
     else:
         train = nested_subset(data.train, n, cfg.subset_seed)
     val = nested_subset(data.val, min(cfg.val_limit or len(data.val), len(data.val)), 0)

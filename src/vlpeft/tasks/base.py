@@ -54,7 +54,11 @@ class TaskKind:
     score(predictions, examples) -> dict holding `metric` and secondary scores
     baselines(data, examples) -> dict of reference scores any model should clear (may be empty)
     stratum(example) -> hashable, the key data subsets keep in proportion (None: plain nested subsets)
-    describe(examples) -> dict of per-split figures for `vlpeft tasks check`
+    candidates(examples, limit) -> the candidate answers, most frequent first (None: the kind has none)
+    from_rows(records, rows) -> examples from a user's table rows (`fields`: the row fields it reads,
+        besides image, image_id and split; `rows` is a tasks.rows.Rows)
+    describe(examples) -> dict of per-split figures for `vlpeft tasks check` (with "per_example", what
+        is counted per example, e.g. "captions per image", and "per_example_range", [min, max])
     """
 
     name: str
@@ -69,7 +73,14 @@ class TaskKind:
     baselines: Callable[..., dict[str, Any]]
     describe: Callable[..., dict[str, Any]]
     stratum: Callable[[Any], Any] | None
+    candidates: Callable[..., tuple[str, ...]] | None
+    fields: tuple[str, ...]
+    from_rows: Callable[..., list]
     summary: str
+
+    def answer_list(self, examples: Sequence[Any], limit: int | None = None) -> tuple[str, ...]:
+        """The candidate answers of `examples` (train + val), or () for a kind without them."""
+        return self.candidates(examples, limit) if self.candidates is not None else ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,7 @@ class TaskData:
     details: dict[str, Any] = field(metadata={"help": "JSON-able record of sources, seeds, split rules and sizes"})
     submission: list = field(
         default_factory=list, metadata={"help": "questions without public answers (VQAv2 test-dev), if given"})
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kind(self) -> TaskKind:
@@ -134,6 +146,14 @@ class TaskData:
         if name not in SPLIT_NAMES:
             raise UserError(f"task {self.task.name}: unknown split {name!r}{did_you_mean(name, SPLIT_NAMES)}")
         return getattr(self, name)
+
+    def train_strata(self) -> list | None:
+        """The kind's stratum of every training example (None when the kind has none), computed once
+        per loaded task: a study worker draws many subsets of one task."""
+        if "strata" not in self._memo:
+            stratum = self.kind.stratum
+            self._memo["strata"] = None if stratum is None else [stratum(ex) for ex in self.train]
+        return self._memo["strata"]
 
     def check_images(self, image_ids: Sequence[str]) -> None:
         """Decode every image of `image_ids` now (they stay cached): a missing or corrupt file is a

@@ -16,6 +16,7 @@ import torch
 
 from vlpeft.data.images import preprocess
 from vlpeft.data.records import CaptionExample
+from vlpeft.errors import UserError
 from vlpeft.model.generate import generate
 from vlpeft.tasks.base import Batch, TaskKind, pixel_encoder, register_kind
 from vlpeft.tasks.metrics import caption_scores
@@ -93,13 +94,28 @@ def score_captions(predictions: Sequence[str], examples: Sequence[CaptionExample
 
 def describe_captions(examples: Sequence[CaptionExample]) -> dict:
     per_image = [len(ex.captions) for ex in examples]
-    return {"captions": sum(per_image),
-            "captions_per_image": [min(per_image), max(per_image)] if per_image else [0, 0]}
+    return {"captions": sum(per_image), "per_example": "captions per image",
+            "per_example_range": [min(per_image), max(per_image)] if per_image else [0, 0]}
+
+
+def captions_from_rows(records, rows) -> list[CaptionExample]:
+    """One example per image: the captions of every row of that image, in row order."""
+    captions: dict[str, list[str]] = {}
+    for rec in records:
+        image_id = rows.image(rec)
+        texts = rows.values(rec, "caption", "captions")
+        if texts is None:
+            rows.value(rec, "caption")  # the missing-field message
+        if not texts:
+            raise UserError(f"{rec.where}: empty captions list")
+        captions.setdefault(image_id, []).extend(rows.text(rec, t, "caption") for t in texts)
+    return [CaptionExample(i, rows.refs[i].path, tuple(c)) for i, c in captions.items()]
 
 
 KIND = register_kind(TaskKind(
     name="caption", metric="cider_d", parts=("vision", "text_decoder"), options=CaptionOptions,
     example=CaptionExample, batch=caption_batch, loss=caption_loss, predict=predict_captions,
     score=score_captions, baselines=lambda data, examples: {}, describe=describe_captions, stratum=None,
+    candidates=None, fields=("caption", "captions"), from_rows=captions_from_rows,
     summary="image -> caption: the image-grounded decoder, next-token loss on the caption; CIDEr-D",
 ))

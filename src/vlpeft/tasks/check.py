@@ -35,7 +35,7 @@ def check_task(ref: str, paths: dict | None = None, scene_seed: int = 0, max_ima
         "task": task.name, "kind": task.kind, "metric": kind.metric, "source": task.source,
         "task_file": task.file, "relation": task.relation, "description": task.description,
         "splits": splits, "split_rules": data.details.get("splits"),
-        "answers": len(data.answers) if task.kind == "vqa" else None,
+        "answers": len(data.answers) if data.answers else None,
         "top_answers": list(data.answers[:10]),
         "images_checked": len(checked), "images_total": len(ids),
         "image_height": [min(heights), max(heights)], "image_width": [min(widths), max(widths)],
@@ -51,10 +51,9 @@ def format_check(r: dict[str, Any]) -> str:
     lines = [f"task {r['task']}: {r['kind']} ({r['metric']}), source {r['source']}"
              + (f", task file {r['task_file']}" if r["task_file"] else ""),
              f"relation to pre-training: {r['relation']}"]
-    per = "captions_per_image" if r["kind"] == "caption" else "answers_per_question"
-    lines.append(f"{'split':6} {'examples':>9} {'images':>8}  {per.replace('_', ' ')}")
+    lines.append(f"{'split':6} {'examples':>9} {'images':>8}  {r['splits']['train']['per_example']}")
     for name, s in r["splits"].items():
-        lo, hi = s[per]
+        lo, hi = s["per_example_range"]
         lines.append(f"{name:6} {s['examples']:>9,} {s['images']:>8,}  {lo}" + (f"-{hi}" if hi != lo else ""))
     rules = r.get("split_rules")
     if isinstance(rules, dict):

@@ -39,21 +39,17 @@ from typing import Any
 
 from vlpeft.data import files as readers
 from vlpeft.data.images import ImageCache
-from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.errors import UserError, did_you_mean
 from vlpeft.io import expand_path
-from vlpeft.tasks.base import SPLIT_NAMES, LoadContext, TaskData, TaskDef
-from vlpeft.tasks.splits import (answer_type, candidate_answers, carve, check_fraction, image_ids, sources_digest,
-                                 split_sizes)
+from vlpeft.tasks.base import SPLIT_NAMES, LoadContext, TaskData, TaskDef, get_kind
+from vlpeft.tasks.rows import Rows
+from vlpeft.tasks.splits import carve, check_fraction, image_ids, sources_digest, split_sizes
 from vlpeft.validate import from_mapping
 
 TABLE_FORMATS = {"jsonl": readers.read_jsonl, "csv": readers.read_csv, "imagefolder": readers.read_imagefolder,
                  "hf-disk": readers.read_hf_disk, "parquet": readers.read_parquet}
 FORMATS = (*TABLE_FORMATS, "coco-karpathy", "vqav2")
-FIELDS = {
-    "caption": ("image", "caption", "captions", "split", "image_id"),
-    "vqa": ("image", "question", "answers", "answer", "split", "image_id", "question_id", "question_type"),
-}
+ROW_FIELDS = ("image", "image_id", "split")  # every kind's rows; the kind adds its own (TaskKind.fields)
 DEFAULT_FRACTIONS = {"val": 0.1, "test": 0.1}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -63,7 +59,7 @@ class TaskFile:
     """The keys of a task file."""
 
     name: str = field(metadata={"help": "task name (letters, digits, '-', '_', '.'); used in cell ids and reports"})
-    kind: str = field(metadata={"help": "caption or vqa", "choices": ("caption", "vqa")})
+    kind: str = field(metadata={"help": "a task kind: caption or vqa"})
     format: str = field(metadata={"help": "how the data is stored", "choices": FORMATS})
     path: str = field(metadata={"help": "the data file or folder, relative to the task file"})
     image_root: str | None = field(default=None, metadata={"help": "folder that relative image paths start from "
@@ -98,6 +94,10 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
         raise UserError(f"{path}: the task file is empty")
     tf = from_mapping(TaskFile, data, str(path), what="keys")
     where = str(path)
+    try:
+        get_kind(tf.kind)
+    except UserError as e:
+        raise UserError(f"{where}: kind: {e}") from None
     if not NAME.fullmatch(tf.name):
         raise UserError(f"{where}: name {tf.name!r} may hold only letters, digits, '-', '_' and '.'")
     if tf.name in TASKS:
@@ -108,8 +108,9 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
                 "fields": _field_map(tf, where), "splits": _split_rule(tf.splits, where), "answers": tf.answers,
                 "files": {str(k): expand_path(v, f"{where}: files.{k}", base) for k, v in tf.files.items()},
                 "task_file_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
-    if tf.answers is not None and (tf.kind != "vqa" or tf.answers < 1):
-        raise UserError(f"{where}: answers is a positive count of candidate answers, for kind vqa only")
+    if tf.answers is not None and (get_kind(tf.kind).candidates is None or tf.answers < 1):
+        raise UserError(f"{where}: answers is a positive count of candidate answers, for a kind that ranks "
+                        f"them (vqa)")
     if tf.files and tf.format != "vqav2":
         raise UserError(f"{where}: files is for format vqav2 only")
     task = TaskDef(tf.name, tf.kind, tf.format, tf.relation, tf.description or f"{tf.kind} task from {path.name}",
@@ -119,7 +120,7 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
 
 
 def _field_map(tf: TaskFile, where: str) -> dict[str, str]:
-    known = FIELDS[tf.kind]
+    known = ROW_FIELDS + get_kind(tf.kind).fields
     out = {name: name for name in known}
     if tf.format == "imagefolder":
         out["image"] = "file_name"  # the Hugging Face imagefolder convention
@@ -156,15 +157,14 @@ def load_file_task(task: TaskDef, ctx: LoadContext) -> TaskData:
         return _load_coco(task, s)
     if s["format"] == "vqav2":
         return _load_vqav2(task, s)
+    kind = get_kind(task.kind)
     records = TABLE_FORMATS[s["format"]](s["path"])  # at least one, or a UserError
-    build = _caption_examples if task.kind == "caption" else _vqa_examples
-    examples, refs, given, first_row = build(records, s["fields"], s["image_root"])
-    readers.check_image_files([(first_row[i], ref) for i, ref in refs.items()], s["path"])
-    splits, rule = _splits(examples, given, s["splits"], s["path"])
-    answers = ()
-    if task.kind == "vqa":
-        answers = candidate_answers(splits["train"] + splits["val"], limit=s["answers"])
-    sources = {i: refs[i] for i in image_ids(splits["train"] + splits["val"] + splits["test"])}
+    rows = Rows(s["fields"], s["image_root"])
+    examples = kind.from_rows(records, rows)
+    readers.check_image_files([(rows.first_row[i], ref) for i, ref in rows.refs.items()], s["path"])
+    splits, rule = _splits(examples, rows.splits, s["splits"], s["path"])
+    answers = kind.answer_list(splits["train"] + splits["val"], s["answers"])
+    sources = {i: rows.refs[i] for i in image_ids(splits["train"] + splits["val"] + splits["test"])}
     details = {"task": task.name, "task_file": task.file, "task_file_sha1": s["task_file_sha1"],
                "source": f"{s['format']} {s['path']}", "image_root": s["image_root"], "fields": s["fields"],
                "splits": rule, "split_seed": s["splits"]["seed"], "sizes": split_sizes(splits),
@@ -172,111 +172,6 @@ def load_file_task(task: TaskDef, ctx: LoadContext) -> TaskData:
     digest = sources_digest({i: r.data if r.data is not None else r.path for i, r in sources.items()})
     return TaskData(task, splits["train"], splits["val"], splits["test"], answers,
                     ImageCache(sources, readers.decode_image), f"files:{digest}", details)
-
-
-def _value(rec, fields: dict[str, str], name: str, required: bool = True) -> Any:
-    column = fields[name]
-    if column not in rec.values:
-        if not required:
-            return None
-        shown = ", ".join(sorted(map(str, rec.values)))
-        raise UserError(f"{rec.where}: no field {column!r}{did_you_mean(column, list(map(str, rec.values)))} "
-                        f"(fields: {shown}; map yours with `fields:` in the task file)")
-    return rec.values[column]
-
-
-def _text(value: Any, what: str, rec) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{rec.where}: empty {what}" if isinstance(value, str) or value is None
-                        else f"{rec.where}: {what} must be text, got {value!r}")
-    return value.strip()
-
-
-def _image(rec, fields, image_root) -> tuple[str, Any]:
-    ref = readers.resolve_image(_value(rec, fields, "image"), rec.base, rec.where, image_root)
-    given = _value(rec, fields, "image_id", required=False)
-    return (str(given) if given not in (None, "") else ref.name), ref
-
-
-def _split_of(rec, fields) -> str | None:
-    value = _value(rec, fields, "split", required=False)
-    if value in (None, ""):
-        return rec.split
-    return readers.normalise_split(str(value), rec.where)
-
-
-def _note_image(image_id, ref, split, rec, refs, given, first_row) -> None:
-    """Record an image's file and split; one id naming two files, or one image in two splits, is refused."""
-    known = refs.setdefault(image_id, ref)
-    if (known.path, known.data) != (ref.path, ref.data):
-        raise UserError(f"{rec.where}: image id {image_id!r} names {ref.name}, but {first_row[image_id]} "
-                        f"gave it {known.name}")
-    first_row.setdefault(image_id, rec.where)
-    seen = given.setdefault(image_id, split)
-    if seen != split:
-        raise UserError(f"{rec.where}: image {image_id!r} is in split {split or '(none)'} here but in "
-                        f"{seen or '(none)'} at {first_row[image_id]}; an image belongs to one split")
-
-
-def _caption_examples(records, fields, image_root):
-    captions: dict[str, list[str]] = {}
-    refs: dict[str, Any] = {}
-    given: dict[str, str | None] = {}
-    first_row: dict[str, str] = {}
-    for rec in records:
-        image_id, ref = _image(rec, fields, image_root)
-        split = _split_of(rec, fields)
-        one, many = (_value(rec, fields, "caption", required=False), _value(rec, fields, "captions", required=False))
-        if one is None and many is None:
-            _value(rec, fields, "caption")  # the missing-field message
-        texts = [] if one is None else (one if isinstance(one, list) else [one])
-        texts += [] if many is None else (many if isinstance(many, list) else [many])
-        if not texts:
-            raise UserError(f"{rec.where}: empty captions list")
-        _note_image(image_id, ref, split, rec, refs, given, first_row)
-        captions.setdefault(image_id, []).extend(_text(t, "caption", rec) for t in texts)
-    examples = [CaptionExample(i, refs[i].path, tuple(c)) for i, c in captions.items()]
-    return examples, refs, given, first_row
-
-
-def _answers(rec, fields) -> tuple[str, ...]:
-    many, one = _value(rec, fields, "answers", required=False), _value(rec, fields, "answer", required=False)
-    if many is None and one is None:
-        raise UserError(f"{rec.where}: the question has no answer (no field {fields['answers']!r} or "
-                        f"{fields['answer']!r})")
-    raw = [] if many is None else (many if isinstance(many, list) else [many])
-    raw += [] if one is None else [one]
-    out = []
-    for a in raw:
-        a = a.get("answer") if isinstance(a, dict) else a
-        if isinstance(a, (int, float)) and not isinstance(a, bool):
-            a = str(a)
-        if not isinstance(a, str) or not a.strip():
-            raise UserError(f"{rec.where}: the question has an empty answer ({a!r})")
-        out.append(a.strip())
-    if not out:
-        raise UserError(f"{rec.where}: the question has no answer (empty list)")
-    return tuple(out)
-
-
-def _vqa_examples(records, fields, image_root):
-    examples, refs, given, first_row, ids = [], {}, {}, {}, {}
-    for k, rec in enumerate(records):
-        image_id, ref = _image(rec, fields, image_root)
-        split = _split_of(rec, fields)
-        question = _text(_value(rec, fields, "question"), "question", rec)
-        answers = _answers(rec, fields)
-        qid = _value(rec, fields, "question_id", required=False)
-        qid = str(qid) if qid not in (None, "") else f"q{k}"
-        if qid in ids:
-            raise UserError(f"{rec.where}: question id {qid!r} appears twice (also at {ids[qid]})")
-        ids[qid] = rec.where
-        _note_image(image_id, ref, split, rec, refs, given, first_row)
-        qtype = _value(rec, fields, "question_type", required=False)
-        majority = max(sorted(set(answers)), key=answers.count)
-        examples.append(VQAExample(qid, image_id, ref.path, question, answers,
-                                   question_type=str(qtype) if qtype else "", answer_type=answer_type(majority.lower())))
-    return examples, refs, given, first_row
 
 
 def _splits(examples, given: dict[str, str | None], rule: dict, where: str) -> tuple[dict[str, list], dict]:

@@ -10,20 +10,33 @@ VQA examples are every question of those scenes. Image ids are scene ids; `image
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from vlpeft.data.images import ImageCache
 from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.errors import UserError
-from vlpeft.tasks.base import LoadContext, TaskData, TaskDef, register_task
-from vlpeft.tasks.splits import answer_type, candidate_answers, split_sizes
+from vlpeft.tasks.base import LoadContext, TaskData, TaskDef, get_kind, register_task
+from vlpeft.tasks.splits import answer_type, split_sizes
 
 SCENES_TRAIN = 4000  # stream "val" [0, 4000)
 SCENES_VAL = 500  # stream "val" [4000, 4500)
 SCENES_TEST = 1000  # stream "test" [0, 1000)
 
 
-def load_scenes(task: TaskDef, ctx: LoadContext) -> TaskData:
+def scene_captions(chunk) -> list[CaptionExample]:
+    return [CaptionExample(s.scene_id, "", s.captions) for s in chunk]
+
+
+def scene_questions(chunk) -> list[VQAExample]:
+    return [VQAExample(question_id=f"{s.scene_id}-q{k}", image_id=s.scene_id, image_path="", question=qa.question,
+                       answers=(qa.answer,), question_type=qa.qtype, answer_type=answer_type(qa.answer))
+            for s in chunk for k, qa in enumerate(s.qa)]
+
+
+def load_scenes(task: TaskDef, ctx: LoadContext, examples_of) -> TaskData:
+    """The splits of a scenes task; `examples_of(scenes)` makes its examples (captions or questions)."""
     from vlpeft.data.scenes import generate_scenes, scenes_recipe
 
     seed = ctx.scene_seed
@@ -35,21 +48,9 @@ def load_scenes(task: TaskDef, ctx: LoadContext) -> TaskData:
         "val": val_stream[SCENES_TRAIN:],
         "test": generate_scenes(SCENES_TEST, seed=int(seed), split="test"),
     }
-    splits: dict[str, list] = {}
-    for split, chunk in scenes.items():
-        if task.kind == "caption":
-            splits[split] = [CaptionExample(s.scene_id, "", s.captions) for s in chunk]
-        else:
-            splits[split] = [
-                VQAExample(
-                    question_id=f"{s.scene_id}-q{k}", image_id=s.scene_id, image_path="", question=qa.question,
-                    answers=(qa.answer,), question_type=qa.qtype, answer_type=answer_type(qa.answer),
-                )
-                for s in chunk
-                for k, qa in enumerate(s.qa)
-            ]
+    splits = {split: examples_of(chunk) for split, chunk in scenes.items()}
     by_id = {s.scene_id: s for chunk in scenes.values() for s in chunk}
-    answers = candidate_answers(splits["train"] + splits["val"]) if task.kind == "vqa" else ()
+    answers = get_kind(task.kind).answer_list(splits["train"] + splits["val"])
     details = {
         "task": task.name,
         "source": "vlpeft.data.scenes (synthetic, generated on load)",
@@ -70,9 +71,11 @@ def load_scenes(task: TaskDef, ctx: LoadContext) -> TaskData:
 
 register_task(TaskDef(
     "scenes-caption", "caption", "scenes", "same data, same task",
-    "Captioning held-out synthetic scenes, the data and task of the tiny BLIP's pre-training.", load_scenes,
+    "Captioning held-out synthetic scenes, the data and task of the tiny BLIP's pre-training.",
+    functools.partial(load_scenes, examples_of=scene_captions),
 ))
 register_task(TaskDef(
     "scenes-vqa", "vqa", "scenes", "same data, new task",
-    "Questions about held-out synthetic scenes (colour, shape, count, existence, spatial).", load_scenes,
+    "Questions about held-out synthetic scenes (colour, shape, count, existence, spatial).",
+    functools.partial(load_scenes, examples_of=scene_questions),
 ))

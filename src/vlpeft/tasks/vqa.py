@@ -26,9 +26,11 @@ import torch
 
 from vlpeft.data.images import preprocess
 from vlpeft.data.records import VQAExample
+from vlpeft.errors import UserError
 from vlpeft.model.generate import generate
 from vlpeft.tasks.base import Batch, TaskKind, pixel_encoder, register_kind
 from vlpeft.tasks.metrics import normalize_vqa_answer, vqa_scores
+from vlpeft.tasks.splits import answer_type, candidate_answers
 
 
 @dataclass(frozen=True)
@@ -165,14 +167,42 @@ def majority_baseline(data, examples: Sequence[VQAExample]) -> dict:
 
 def describe_questions(examples: Sequence[VQAExample]) -> dict:
     per_question = [len(ex.answers) for ex in examples]
-    return {"questions": len(examples),
-            "answers_per_question": [min(per_question), max(per_question)] if per_question else [0, 0],
+    return {"questions": len(examples), "per_example": "answers per question",
+            "per_example_range": [min(per_question), max(per_question)] if per_question else [0, 0],
             "distinct_answers": len({normalize_vqa_answer(a) for ex in examples for a in ex.answers})}
+
+
+def questions_from_rows(records, rows) -> list[VQAExample]:
+    """One example per row: the question, its answers (a list of strings or of {"answer": ...}
+    objects, or one answer), an id (given, or "q<row index>") that must not repeat."""
+    examples, ids = [], {}
+    for k, rec in enumerate(records):
+        image_id = rows.image(rec)
+        question = rows.text(rec, rows.value(rec, "question"), "question")
+        raw = rows.values(rec, "answer", "answers")
+        if raw is None:
+            raise UserError(f"{rec.where}: the question has no answer (no field {rows.fields['answers']!r} or "
+                            f"{rows.fields['answer']!r})")
+        if not raw:
+            raise UserError(f"{rec.where}: the question has no answer (empty list)")
+        answers = tuple(rows.text(rec, a.get("answer") if isinstance(a, dict) else a, "answer") for a in raw)
+        qid = rows.value(rec, "question_id", required=False)
+        qid = str(qid) if qid not in (None, "") else f"q{k}"
+        if qid in ids:
+            raise UserError(f"{rec.where}: question id {qid!r} appears twice (also at {ids[qid]})")
+        ids[qid] = rec.where
+        qtype = rows.value(rec, "question_type", required=False)
+        majority = max(sorted(set(answers)), key=answers.count)
+        examples.append(VQAExample(qid, image_id, rows.refs[image_id].path, question, answers,
+                                   question_type=str(qtype) if qtype else "", answer_type=answer_type(majority.lower())))
+    return examples
 
 
 KIND = register_kind(TaskKind(
     name="vqa", metric="vqa_accuracy", parts=("vision", "text_encoder", "text_decoder"), options=VQAOptions,
     example=VQAExample, batch=vqa_batch, loss=vqa_loss, predict=predict_answers, score=score_answers,
     baselines=majority_baseline, describe=describe_questions, stratum=training_answer_key,
+    candidates=candidate_answers, fields=("question", "answers", "answer", "question_id", "question_type"),
+    from_rows=questions_from_rows,
     summary="image + question -> answer: image-grounded question encoder, answer decoder; VQA accuracy",
 ))
