@@ -65,7 +65,7 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
     ({"executor": {"kind": "slurm"}}, "executor.kind 'slurm' is not one of local, ray"),
     ({"executor": {"wrokers": 2}}, "did you mean \"workers\""),
     ({"pretrain": "huge"}, "unknown preset 'huge'"),
-    ({"tasks": ["mine.yaml"]}, "tasks: mine.yaml: task file not found"),
+    ({"tasks": ["mine.yaml"]}, "mine.yaml: task file not found"),
     ({"tasks": ["scenes-caption", "scenes-caption"]}, "tasks lists the task 'scenes-caption' twice"),
     ({"task_paths": {"vqav3": {"image_root": "x"}}}, "task_paths: 'vqav3' is not one of the spec's tasks"),
     ({"paths": {"image_root": "$NO_SUCH_VARIABLE/x"}}, "paths.image_root: environment variable NO_SUCH_VARIABLE is not set"),
