@@ -28,10 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+        yield tmp
         mask = os.umask(0)
         os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the result gets the usual permissions
-        yield tmp
+        # After the writer: mkstemp makes 0600, and some writers (safetensors) create the file anew,
+        # 0600 again. The result gets the usual permissions.
+        os.chmod(tmp, 0o666 & ~mask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,17 +108,66 @@ def expand_path(value: str, where: str, base: str | os.PathLike | None = None) -
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
     """Parse a YAML file (safe loader), turning every failure into a one-line UserError naming the
-    file and, for a syntax error, the line and column."""
+    file and, for a syntax error, the line and column. A key given twice in one mapping is refused
+    with both line numbers (plain YAML keeps the last one silently)."""
     import yaml
 
     from vlpeft.errors import UserError
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read {what} ({e.__class__.__name__})") from e
+    except _DuplicateKey as e:
+        raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from e
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def check_writable(path: str | os.PathLike, what: str = "output folder") -> None:
+    """Before any work: `path` (a folder, existing or to be made) can be written. A path under a
+    file, a file where a folder is wanted, or a read-only or forbidden place is a one-line UserError
+    naming `path`. Nothing is left behind (the probe file is removed; no folder is made)."""
+    from vlpeft.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: {what} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{path}: cannot make the {what}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".vlpeft-write-check."):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the {what} ({probe}: {e.strerror or e})") from e

@@ -88,3 +88,26 @@ def help_text(cls: type) -> str:
         default = f.default if f.default is not dataclasses.MISSING else "required"
         parts.append(f"{f.name} ({default!r}): {f.metadata.get('help', '')}")
     return "; ".join(parts)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds, and what a results store's INTEGER column holds
+
+
+def check_bounds(obj: Any, where: str) -> None:
+    """The numeric range rules written in the fields' metadata of the dataclass instance `obj`:
+    "min" / "max" (inclusive), "below" (exclusive upper bound); a float must also be finite. None
+    passes (an unset optional value). The one check of numbers given on the command line and in YAML:
+    both build the same config. UserError f"{where}: {name} must be ..., got ..."."""
+    for f in dataclasses.fields(obj):
+        rules = {k: f.metadata[k] for k in ("min", "max", "below") if k in f.metadata}
+        value = getattr(obj, f.name)
+        if not rules or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        ok = not (isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))))
+        ok = ok and ("min" not in rules or value >= rules["min"]) and ("max" not in rules or value <= rules["max"])
+        ok = ok and ("below" not in rules or value < rules["below"])
+        if not ok:
+            parts = [f">= {rules['min']}" if "min" in rules else "", f"<= {rules['max']}" if "max" in rules else "",
+                     f"< {rules['below']}" if "below" in rules else ""]
+            kind = "a finite number" if isinstance(value, float) or isinstance(f.default, float) else "an integer"
+            raise UserError(f"{where}: {f.name} must be {kind} {' and '.join(p for p in parts if p)}, got {value!r}")

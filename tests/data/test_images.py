@@ -87,3 +87,79 @@ def test_image_preprocess_dict_round_trip_and_validation():
         ImagePreprocess(64, resample="bicubik")
     with pytest.raises(UserError, match="unknown keys"):
         ImagePreprocess.from_dict({"image_size": 64, "size": 3})
+
+
+# ---------------------------------------------------------------------------------------------
+# Every image mode reaches the model with its content: each case writes an image, loads it with
+# load_image and compares with a reference conversion written here (numpy, from the raw values).
+
+H, W = 6, 8
+RNG = np.random.default_rng(3)
+GRAY = RNG.integers(0, 256, (H, W)).astype(np.uint8)
+ALPHA = RNG.integers(0, 256, (H, W)).astype(np.uint8)
+RGB = RNG.integers(0, 256, (H, W, 3)).astype(np.uint8)
+CMYK = RNG.integers(0, 256, (H, W, 4)).astype(np.uint8)
+WIDE = RNG.integers(0, 65536, (H, W)).astype(np.uint16)
+FLOAT = RNG.random((H, W)).astype(np.float32)
+PALETTE = RNG.integers(0, 256, (4, 3)).astype(np.uint8)
+INDEX = RNG.integers(0, 4, (H, W)).astype(np.uint8)
+
+
+def gray3(g):
+    return np.repeat(np.asarray(g, dtype=np.float64)[..., None], 3, axis=2)
+
+
+def on_white(colour, alpha):
+    a = np.asarray(alpha, dtype=np.float64)[..., None] / 255
+    return colour * a + 255 * (1 - a)
+
+
+def palette_image():
+    image = Image.fromarray(INDEX, "P")
+    image.putpalette(PALETTE.flatten().tolist())
+    image.info["transparency"] = 2
+    return image
+
+
+MODES = {  # mode -> (image to write, file suffix, expected RGB as floats)
+    "1": (Image.fromarray(GRAY > 127).convert("1"), "png", gray3((GRAY > 127) * 255)),
+    "L": (Image.fromarray(GRAY, "L"), "png", gray3(GRAY)),
+    "LA": (Image.fromarray(np.stack([GRAY, ALPHA], -1), "LA"), "png", on_white(gray3(GRAY), ALPHA)),
+    "P+transparency": (palette_image(), "png",
+                       np.where((INDEX == 2)[..., None], 255.0, PALETTE[INDEX].astype(np.float64))),
+    "RGB": (Image.fromarray(RGB, "RGB"), "png", RGB.astype(np.float64)),
+    "RGBA": (Image.fromarray(np.concatenate([RGB, ALPHA[..., None]], -1), "RGBA"), "png", on_white(RGB, ALPHA)),
+    "CMYK": (Image.fromarray(CMYK, "CMYK"), "tiff",
+             (255 - CMYK[..., :3].astype(np.float64)) * (255 - CMYK[..., 3:].astype(np.float64)) / 255),
+    "I;16": (Image.fromarray(WIDE), "png", gray3(WIDE / 257)),
+    "I": (Image.fromarray(WIDE.astype(np.int32), "I"), "tiff", gray3(WIDE / 257)),
+    "F": (Image.fromarray(FLOAT, "F"), "tiff", gray3(FLOAT * 255)),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_image_mode_keeps_its_content(mode, tmp_path):
+    image, suffix, expected = MODES[mode]
+    path = tmp_path / f"image.{suffix}"
+    image.save(path)
+    with Image.open(path) as check:  # the file really holds the mode under test
+        assert check.mode == image.mode
+    got = np.asarray(load_image(path), dtype=np.float64)
+    assert got.shape == (H, W, 3)
+    assert np.abs(got - expected).max() <= 1.0, f"{mode}: off by {np.abs(got - expected).max()}"
+    assert got.std() > 10  # not a blank image
+
+
+def test_a_16_bit_image_is_not_white(tmp_path):
+    """A 16-bit PNG of a dark square on a mid-grey ground: Pillow's own conversion clips it to white."""
+    values = np.full((16, 16), 30000, np.uint16)
+    values[4:12, 4:12] = 5000
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    got = np.asarray(load_image(tmp_path / "wide.png"))
+    assert got[0, 0].tolist() == [117] * 3 and got[8, 8].tolist() == [19] * 3
+    assert np.asarray(Image.open(tmp_path / "wide.png").convert("RGB")).min() == 255  # what vlpeft used to see
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    with pytest.raises(UserError, match=r": is a folder, not an image file"):
+        load_image(tmp_path)

@@ -196,7 +196,7 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkp
 
 def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
     for argv, message in ([["study", "quik", "--out", str(tmp_path / "x")], "did you mean \"quick\""],
-                          [["study", "quick", "--out", str(tmp_path / "x"), "--workers", "-1"], "workers must be >= 0"],
+                          [["study", "quick", "--out", str(tmp_path / "x"), "--workers", "-1"], "--workers -1: must be an integer >= 0"],
                           [["study", "quick", "--out", str(tmp_path / "x"), "--address", "1.2.3.4:6379"], "--address needs --executor ray"]):
         r = subprocess.run([sys.executable, "-m", "vlpeft.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr

@@ -37,29 +37,51 @@ _RESAMPLE = {
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open `path` and decode it fully into an RGB image.
+    """Open `path` and decode it fully into an RGB image (`to_rgb`).
 
     Decoding happens here (`.load()`), not lazily later inside a data loader worker, so a missing,
     truncated or corrupt file becomes a one-line UserError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise UserError(f"{path}: image not found")
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors, ...
         raise UserError(f"{path}: cannot read image (truncated or corrupt file: {e})") from e
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`; transparency is composited onto white, as transformers does."""
-    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    """RGB copy of `image`, its content kept whatever its mode:
+    - 16- and 32-bit integer images (I;16, I;16B, I; e.g. 16-bit PNGs) are scaled from 0..65535 to
+      0..255 (v / 257, rounded; values outside 0..65535 clipped), float images (F) from [0, 1] when
+      every value lies there, else clipped to 0..255; Pillow's own conversion clips them, so a
+      16-bit image would come out white;
+    - transparency (LA, PA, RGBA, P with a transparent colour, ...) is composited onto white, as
+      transformers does;
+    - every other mode (1, L, P, CMYK, YCbCr, ...) goes through Pillow's conversion.
+    A mode Pillow cannot convert is a one-line UserError."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        if image.mode == "F":
+            values = values * 255 if values.size and 0 <= values.min() and values.max() <= 1 else values
+        else:
+            values = np.clip(values, 0, 65535) / 257
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    try:
+        has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as e:
+        raise UserError(f"image mode {image.mode} cannot be converted to RGB ({e})") from None
 
 
 @dataclass(frozen=True)

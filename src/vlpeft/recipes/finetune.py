@@ -36,6 +36,7 @@ from vlpeft.peft.budget import parse_budget, resolve
 from vlpeft.recipes import defaults
 from vlpeft.recipes.optim import adamw
 from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
+from vlpeft.validate import SEED_MAX, check_bounds
 
 LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
 PRECISIONS = ("fp32", "bf16")
@@ -53,46 +54,38 @@ class FinetuneConfig:
     budget: str | None = field(default=None, metadata={"help": "knob value (8, knob=8) or parameter target (params=50k)"})
     method_options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
     data_size: Any = field(default=1.0, metadata={"help": "training examples: fraction (0.1, '10%') or count (200)"})
-    seed: int = field(default=0, metadata={"help": "training seed (initialisation, batch order)"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets (separate from seed)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate; default per method (recipes/defaults.py)"})
-    batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"help": "examples per step"})
+    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "training seed (initialisation, batch order)"})
+    subset_seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed of the nested data subsets (separate from seed)"})
+    lr: float | None = field(default=None, metadata={"min": 0, "help": "learning rate; default per method (recipes/defaults.py)"})
+    batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"min": 1, "help": "examples per step"})
     length_policy: str = field(default=defaults.COMMON["length_policy"], metadata={"help": "epochs | steps | epochs_min_steps"})
-    epochs: int = field(default=defaults.COMMON["epochs"], metadata={"help": "passes over the training subset"})
-    min_steps: int = field(default=defaults.COMMON["min_steps"], metadata={"help": "floor on steps (epochs_min_steps)"})
-    steps: int = field(default=0, metadata={"help": "exact steps (policy 'steps')"})
-    warmup_ratio: float = field(default=defaults.COMMON["warmup_ratio"], metadata={"help": "warm-up fraction of the steps"})
-    weight_decay: float = field(default=defaults.COMMON["weight_decay"], metadata={"help": "AdamW weight decay on matrices"})
-    label_smoothing: float = field(default=defaults.COMMON["label_smoothing"], metadata={"help": "LM loss label smoothing"})
-    grad_clip: float = field(default=defaults.COMMON["grad_clip"], metadata={"help": "gradient-norm clip (0 = off)"})
-    evals: int = field(default=5, metadata={"help": "validation evaluations over the run (model selection)"})
-    patience: int = field(default=0, metadata={"help": "stop after this many evaluations without improvement (0 = never)"})
-    val_limit: int = field(default=500, metadata={"help": "validation examples used for selection (0 = all)"})
-    test_limit: int = field(default=0, metadata={"help": "test examples scored (0 = all)"})
+    epochs: int = field(default=defaults.COMMON["epochs"], metadata={"min": 1, "help": "passes over the training subset"})
+    min_steps: int = field(default=defaults.COMMON["min_steps"], metadata={"min": 0, "help": "floor on steps (epochs_min_steps)"})
+    steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
+    warmup_ratio: float = field(default=defaults.COMMON["warmup_ratio"], metadata={"min": 0, "below": 1, "help": "warm-up fraction of the steps"})
+    weight_decay: float = field(default=defaults.COMMON["weight_decay"], metadata={"min": 0, "help": "AdamW weight decay on matrices"})
+    label_smoothing: float = field(default=defaults.COMMON["label_smoothing"], metadata={"min": 0, "below": 1, "help": "LM loss label smoothing"})
+    grad_clip: float = field(default=defaults.COMMON["grad_clip"], metadata={"min": 0, "help": "gradient-norm clip (0 = off)"})
+    evals: int = field(default=5, metadata={"min": 1, "help": "validation evaluations over the run (model selection)"})
+    patience: int = field(default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0 = never)"})
+    val_limit: int = field(default=500, metadata={"min": 0, "help": "validation examples used for selection (0 = all)"})
+    test_limit: int = field(default=0, metadata={"min": 0, "help": "test examples scored (0 = all)"})
     task_options: dict = field(default_factory=dict, metadata={"help": "options of the task's kind (caption: prompt, "
                                                                        "num_beams, max_new_tokens; vqa: inference, "
                                                                        "rank_k); defaults from the task"})
-    max_text_len: int = field(default=40, metadata={"help": "tokens kept per text, incl. specials"})
-    scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
+    max_text_len: int = field(default=40, metadata={"min": 4, "help": "tokens kept per text, incl. specials"})
+    scene_seed: int | None = field(default=None, metadata={"min": 0, "max": SEED_MAX, "help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
     paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
                                                                "vqav2): key -> path"})
     feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
     feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
-    feature_cache_disk_mb: float = field(default=8192, metadata={"help": "stop adding to the on-disk feature cache past this size"})
+    feature_cache_disk_mb: float = field(default=8192, metadata={"min": 0, "help": "stop adding to the on-disk feature cache past this size"})
     precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = leave as is)"})
+    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads (0 = leave as is)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
 
     def __post_init__(self):
-        checks = [("batch_size", self.batch_size > 0), ("epochs", self.epochs > 0), ("min_steps", self.min_steps >= 0),
-                  ("steps", self.steps >= 0), ("evals", self.evals > 0), ("patience", self.patience >= 0),
-                  ("warmup_ratio", 0 <= self.warmup_ratio < 1),
-                  ("val_limit", self.val_limit >= 0), ("test_limit", self.test_limit >= 0),
-                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("lr", self.lr is None or self.lr >= 0),
-                  ("feature_cache_disk_mb", self.feature_cache_disk_mb >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise UserError(f"finetune: {name}={getattr(self, name)!r} is out of range")
+        check_bounds(self, "finetune")
         if self.length_policy not in LENGTH_POLICIES:
             raise UserError(f"finetune: length_policy {self.length_policy!r} is not one of {', '.join(LENGTH_POLICIES)}")
         if self.length_policy == "steps" and self.steps <= 0:

@@ -47,31 +47,32 @@ from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
 from vlpeft.model.vit import fold_stem_batchnorm
 from vlpeft.recipes.optim import adamw
+from vlpeft.validate import SEED_MAX, check_bounds
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     preset: str = field(default="tiny", metadata={"help": "model preset (vlpeft.model.config.PRESETS)"})
-    seed: int = field(default=0, metadata={"help": "seed for the scenes, the initialisation and the batches"})
+    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed for the scenes, the initialisation and the batches"})
     scenes: int = field(default=20000, metadata={"help": "training scenes (split 'train' of the generator)"})
     steps: int = field(default=1740, metadata={"help": "optimiser steps (1,740: the 10-minute budget on 2 cores)"})
     batch_size: int = field(default=32, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (linear warm-up, cosine decay); 1e-3 "
+    lr: float = field(default=1e-3, metadata={"min": 0, "help": "peak AdamW learning rate (linear warm-up, cosine decay); 1e-3 "
                                                        "transfers best to easy-VQA (README)"})
-    warmup: int = field(default=150, metadata={"help": "warm-up steps"})
-    single_object_fraction: float = field(default=0.25, metadata={"help": "curriculum: this fraction of the steps, at "
+    warmup: int = field(default=150, metadata={"min": 0, "help": "warm-up steps"})
+    single_object_fraction: float = field(default=0.25, metadata={"min": 0, "max": 1, "help": "curriculum: this fraction of the steps, at "
                                                                          "the start, draws only the training scenes with "
                                                                          "one object, whose caption names its shape "
                                                                          "directly; later steps draw from all scenes. 0 = "
                                                                          "off (README: object P/R 0.52 -> 0.87)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases/norms)"})
-    label_smoothing: float = field(default=0.1, metadata={"help": "LM loss label smoothing, as BLIP"})
-    itc_weight: float = field(default=1.0, metadata={"help": "weight of the ITC loss"})
-    itm_weight: float = field(default=1.0, metadata={"help": "weight of the ITM loss"})
-    lm_weight: float = field(default=1.0, metadata={"help": "weight of the LM loss"})
-    text_lm_weight: float = field(default=0.5, metadata={"help": "weight of the text-only LM loss on general English "
+    weight_decay: float = field(default=0.05, metadata={"min": 0, "help": "AdamW weight decay (not on biases/norms)"})
+    label_smoothing: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "LM loss label smoothing, as BLIP"})
+    itc_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITC loss"})
+    itm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITM loss"})
+    lm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the LM loss"})
+    text_lm_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of the text-only LM loss on general English "
                                                                  "sentences (data/english.py); 0 = off"})
-    mlm_weight: float = field(default=0.5, metadata={"help": "weight of a text-only masked-LM loss of the text encoder on "
+    mlm_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of a text-only masked-LM loss of the text encoder on "
                                                              "those sentences (BERT's objective); 0 = off"})
     text_lm_reads_encoder: bool = field(default=True, metadata={"help": "the text-only decoder LM reads, through its "
                                                                         "cross-attention, the encoder states of the same sentence "
@@ -80,9 +81,10 @@ class PretrainConfig:
     text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
     vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
-    threads: int = field(default=0, metadata={"help": "torch threads; 0 = all cores"})
+    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads; 0 = all cores"})
 
     def __post_init__(self):
+        check_bounds(self, "pretrain")
         for name in ("scenes", "steps", "batch_size", "vocab_size", "max_text_len"):
             if getattr(self, name) <= 0:
                 raise UserError(f"pretrain: {name} must be positive, got {getattr(self, name)}")

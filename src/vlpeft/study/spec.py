@@ -56,10 +56,10 @@ class MethodGrid:
 @dataclass(frozen=True)
 class ExecutorSpec:
     kind: str = field(default="local", metadata={"help": "local (worker processes here) or ray"})
-    workers: int = field(default=2, metadata={"help": "local: worker processes (0 = run in this process)"})
-    threads: int = field(default=1, metadata={"help": "torch threads per run (per worker / per Ray task)"})
+    workers: int = field(default=2, metadata={"min": 0, "help": "local: worker processes (0 = run in this process)"})
+    threads: int = field(default=1, metadata={"min": 1, "help": "torch threads per run (per worker / per Ray task)"})
     address: str | None = field(default=None, metadata={"help": "ray: cluster address (None = start a local instance)"})
-    gpus: float = field(default=0.0, metadata={"help": "ray: GPUs per run (fractions share a GPU)"})
+    gpus: float = field(default=0.0, metadata={"min": 0, "help": "ray: GPUs per run (fractions share a GPU)"})
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,8 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         if budgets and REGISTRY[method].knob is None:
             raise UserError(f"{where}.budgets: {method} has no size knob: give no budgets")
         lrs = tuple(float(_typed(x, "number", f"{where}.lr")) for x in _as_list(g.get("lr", []), f"{where}.lr"))
-        if any(x < 0 for x in lrs):
-            raise UserError(f"{where}.lr: learning rates must be >= 0")
+        if any(not (0 <= x < float("inf")) for x in lrs):
+            raise UserError(f"{where}.lr: learning rates must be finite numbers >= 0, got {list(lrs)}")
         options = _typed(g.get("options", {}) or {}, "dict", f"{where}.options")
         make_config(method, options, source=where)
         methods[str(label)] = MethodGrid(method=method, budgets=budgets, options=options, lr=lrs)
@@ -238,7 +238,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         raise UserError(f"{source}: data_sizes is empty: the grid has no cell")
     for s in sizes:  # the range check against each task's pool happens when cells are resolved
         resolve_size(s, 10**12, f"{source}: data_sizes {s!r}")
-    seeds = tuple(_typed(s, "int", f"{source}: seeds") for s in _as_list(d.get("seeds", [0]), f"{source}: seeds"))
+    seeds = tuple(_seed(s, f"{source}: seeds") for s in _as_list(d.get("seeds", [0]), f"{source}: seeds"))
     if not seeds:
         raise UserError(f"{source}: seeds is empty: the grid has no cell")
     if len(set(seeds)) != len(seeds) or len(set(map(str, sizes))) != len(sizes):
@@ -258,7 +258,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         raise UserError(f"{source}: executor.kind {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
     _check_executor(executor, f"{source}: executor")
     return StudySpec(name=name, model=model, tasks=tuple(tasks), task_models=task_models, methods=methods, data_sizes=sizes, seeds=seeds,
-                     pretrain=pretrain, subset_seed=_typed(d.get("subset_seed", 0), "int", f"{source}: subset_seed"),
+                     pretrain=pretrain, subset_seed=_seed(d.get("subset_seed", 0), f"{source}: subset_seed"),
                      training=training, task_training=task_training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
                      task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
                      executor=executor, source=source, task_files=task_files)
@@ -328,6 +328,8 @@ def _training(raw, where: str, model: str, task: str, base: dict | None = None) 
         FinetuneConfig(model=model, task=task, method="frozen", **{**(base or {}), **training})
     except TypeError as e:
         raise UserError(f"{where}: {e}") from e
+    except UserError as e:  # "finetune: lr must be ..." -> "spec.yaml: training.lr must be ..."
+        raise UserError(f"{where}.{str(e).removeprefix('finetune: ')}") from None
     return training
 
 
@@ -343,21 +345,40 @@ def _expand_paths(paths, where: str) -> dict[str, str]:
 
 
 def _check_executor(ex: ExecutorSpec, where: str) -> None:
+    from vlpeft.validate import check_bounds
+
     _typed(ex.workers, "int", f"{where}.workers")
     _typed(ex.threads, "int", f"{where}.threads")
     _typed(ex.gpus, "number", f"{where}.gpus")
-    if ex.workers < 0 or ex.threads < 1 or ex.gpus < 0:
-        raise UserError(f"{where}: workers must be >= 0, threads >= 1 and gpus >= 0")
+    check_bounds(ex, where)
 
 
 def with_executor(spec: StudySpec, **changes) -> StudySpec:
-    """The spec with executor settings overridden from the command line (None = keep)."""
+    """The spec with executor settings overridden from the command line (None = keep); a bad value
+    is a one-line error naming its flag."""
+    from vlpeft.validate import check_bounds
+
     changes = {k: v for k, v in changes.items() if v is not None}
     executor = dataclasses.replace(spec.executor, **changes)
     if executor.kind not in EXECUTORS:
         raise UserError(f"--executor {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
+    for key, value in changes.items():
+        try:
+            check_bounds(dataclasses.replace(ExecutorSpec(), **{key: value}), "")
+        except UserError as e:
+            rule = str(e).split(" must ", 1)[1]  # ": threads must be an integer >= 1, got 0"
+            raise UserError(f"--{key} {value}: must {rule}") from None
     _check_executor(executor, "executor")
     return dataclasses.replace(spec, executor=executor)
+
+
+def _seed(value, where: str) -> int:
+    from vlpeft.validate import SEED_MAX
+
+    seed = _typed(value, "int", where)
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"{where} must be an integer in [0, {SEED_MAX}], got {seed}")
+    return seed
 
 
 # ---------------------------------------------------------------------------------------- expansion
