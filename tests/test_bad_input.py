@@ -66,6 +66,34 @@ def world(tiny_checkpoint, tmp_path_factory):
     broken_run = root / "broken-run"
     shutil.copytree(run, broken_run)
     (broken_run / "metrics.json").write_text("")
+    from safetensors.torch import load_file, save_file
+
+    other = root / "other-ckpt"  # a valid checkpoint with other weights
+    shutil.copytree(ckpt, other)
+    state = load_file(other / "model.safetensors")
+    first = sorted(state)[0]
+    state[first] = state[first] + 0.01
+    save_file(state, str(other / "model.safetensors"))
+    nan = root / "nan-ckpt"  # random bytes in the middle of the weights file
+    shutil.copytree(ckpt, nan)
+    raw = bytearray((nan / "model.safetensors").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 4096] = b"\xff" * 4096
+    (nan / "model.safetensors").write_bytes(bytes(raw))
+    text = (root / "spec.yaml").read_text()
+    (root / "dup.yaml").write_text(text + "seeds: [1, 2]\n")  # `seeds` is in spec.yaml already
+    (root / "nan.yaml").write_text(yaml.safe_dump(dict(spec, training=dict(spec["training"], warmup_ratio=float("nan")))))
+    (root / "big-seed.yaml").write_text(yaml.safe_dump(dict(spec, seeds=[99999999999999999999])))
+    (root / "inf-lr.yaml").write_text(yaml.safe_dump(dict(spec, methods={"lora": {"budgets": [1], "lr": [float("inf")]}})))
+    leak = write_coco(root / "leak")
+    data = json.loads(Path(leak["karpathy_json"]).read_text())
+    data["images"].append(dict(data["images"][4], split="train"))  # a test image also under train
+    Path(leak["karpathy_json"]).write_text(json.dumps(data))
+    (root / "leak.yaml").write_text(yaml.safe_dump(dict(spec, tasks=["coco-caption"], paths=leak)))
+    corrupt = write_coco(root / "corrupt")
+    victim = root / "corrupt" / "coco" / "val2014" / "COCO_val2014_000000000004.jpg"  # the val split's image
+    victim.write_bytes(victim.read_bytes()[:40])  # exists, does not decode
+    (root / "corrupt.yaml").write_text(yaml.safe_dump(dict(spec, tasks=["coco-caption"], paths=corrupt, data_sizes=[2])))
     return root
 
 
@@ -109,6 +137,31 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["report", "{w}/garbage.sqlite"], "not a vlpeft results store"),
     (["advise", "{w}/study", "--task", "scenes-caption", "--data-size", "10"], "no finished runs of task"),
     (["advise", "{w}/study", "--task", "easyvqa-vqa", "--data-size", "10", "--max-params", "1"], "--max-params"),
+    # round two: inputs that gave a wrong result, a traceback or lost work
+    (["evaluate", "--model", "{w}/other-ckpt", "--peft", "{w}/run"], "this run adapted"),
+    (["caption", "--model", "{w}/nan-ckpt", "--scenes", "1"], "non-finite values (nan or inf); the file is corrupt"),
+    (["study", "{w}/dup.yaml", "--out", "{w}/s2"], "key 'seeds' is given twice (lines"),
+    (["study", "{w}/nan.yaml", "--out", "{w}/s2"], "nan.yaml: training.warmup_ratio must be a finite number >= 0 and < 1, got nan"),
+    (["study", "{w}/inf-lr.yaml", "--out", "{w}/s2"], "methods.lora.lr: learning rates must be finite"),
+    (["study", "{w}/big-seed.yaml", "--out", "{w}/s2", "--dry-run"], "seeds must be an integer in [0, 4294967295]"),
+    (["study", "{w}/leak.yaml", "--out", "{w}/s2", "--dry-run"], "in both the train and the test split"),
+    (["study", "{w}/corrupt.yaml", "--out", "{w}/s2", "--dry-run"], "cannot read image"),
+    (["study", "{w}/spec.yaml", "--out", "{w}/ok.png"], "study folder is a file, not a folder"),
+    (["study", "{w}/spec.yaml", "--out", "{w}/s2", "--threads", "0"], "--threads 0: must be an integer >= 1"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--out", "{w}/ok.png/run"],
+     "ok.png is a file, not a folder"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--threads", "-1", "--out", "{w}/y"],
+     "threads must be an integer >= 0, got -1"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--seed", "-1", "--out", "{w}/y"],
+     "seed must be an integer >= 0 and <= 4294967295, got -1"),
+    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--lr", "inf", "--out", "{w}/y"],
+     "lr must be a finite number >= 0, got inf"),
+    (["pretrain", "--out", "{w}/ok.png/ckpt", "--steps", "1"], "ok.png is a file, not a folder"),
+    (["pretrain", "--out", "{w}/x", "--threads", "-1"], "threads must be an integer >= 0, got -1"),
+    (["caption", "--model", "{w}/ckpt", "--scenes", "1", "--beams", "0"], "--beams 0: must be >= 1"),
+    (["caption", "--model", "{w}/ckpt", "--scenes", "1", "--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+    (["caption", "--model", "{w}/ckpt", "{w}"], "is a folder, not an image file"),
+    (["advise", "{w}/study", "--task", "easyvqa-vqa", "--data-size", "10000000"], "outside the sizes this study ran"),
 ]
 
 
@@ -150,3 +203,39 @@ def test_a_full_disk_gives_one_line_and_leaves_no_corrupt_file(tmp_path, monkeyp
         write_json(target, {"score": 2})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary file left
+
+
+def _can_mount_read_only(tmp_path) -> bool:
+    import subprocess
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe}"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("command", ["finetune", "study", "pretrain"])
+def test_a_read_only_output_folder_is_refused_before_any_training(world, tmp_path, command):
+    """`--out` on a read-only bind mount (in a private mount namespace): one line, exit 2, before any step."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    if shutil.which("unshare") is None or not _can_mount_read_only(tmp_path):
+        pytest.skip("no unprivileged read-only bind mounts here (unshare -rm)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = {"finetune": ["finetune", "--model", str(world / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora",
+                         "--out", str(ro / "run")],
+            "study": ["study", str(world / "spec.yaml"), "--out", str(ro / "study")],
+            "pretrain": ["pretrain", "--out", str(ro / "ckpt")]}[command]
+    cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "vlpeft.cli", *argv])
+    t0 = time.time()
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && {cli}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert list(ro.iterdir()) == [] and time.time() - t0 < 60  # refused up front, not after training

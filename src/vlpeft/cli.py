@@ -57,6 +57,10 @@ def cmd_caption(args) -> int:
 
     if not args.images and not args.scenes:
         raise UserError("caption: give IMAGE files or --scenes N")
+    for flag, value, least in (("--beams", args.beams, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                               ("--scenes", args.scenes, 0)):
+        if value < least:
+            raise UserError(f"{flag} {value}: must be >= {least}")
     loaded = load_model(args.model)
     if args.scenes:
         from vlpeft.data.scenes import generate_scenes
@@ -151,12 +155,10 @@ def cmd_finetune(args) -> int:
         raise UserError(f"--options: not valid JSON ({e.msg})") from e
     if not isinstance(options, dict):
         raise UserError("--options: expected a JSON object of method config fields")
-    given = {k: getattr(args, k) for k in ("lr", "batch_size", "epochs", "min_steps", "steps", "length_policy",
-                                           "val_limit", "test_limit", "threads", "device", "precision")
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in FINETUNE_FLAGS if getattr(args, k) is not None}
     cfg = FinetuneConfig(model=args.model, task=args.task, method=args.method, budget=args.budget,
-                         method_options=options, data_size=args.data_size, seed=args.seed,
-                         subset_seed=args.subset_seed, paths=_pairs(args.data, "--data", "KEY=PATH"),
+                         method_options=options, data_size=args.data_size,
+                         paths=_pairs(args.data, "--data", "KEY=PATH"),
                          task_options=_task_options(args.task_option), **given)
     try:
         m = finetune(cfg, out, progress=not args.quiet)
@@ -171,8 +173,9 @@ def cmd_finetune(args) -> int:
 def cmd_evaluate(args) -> int:
     from vlpeft.recipes.finetune import evaluate_run
 
-    r = evaluate_run(args.model, args.peft, args.task)
-    print(f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g} (recorded {r['recorded_test_score']:.6g})")
+    r = evaluate_run(args.model, args.peft, args.task, allow_other_base=args.allow_other_base)
+    other = "" if r["same_base"] else " on another base checkpoint than the run adapted"
+    print(f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g}{other} (recorded {r['recorded_test_score']:.6g})")
     return 0
 
 
@@ -236,7 +239,10 @@ def cmd_report(args) -> int:
     if not 0 < args.delta < 1:
         raise UserError(f"--delta {args.delta}: must be a fraction in (0, 1), e.g. 0.05 for 5 %")
     out = report.build(args.dir, delta=args.delta)
-    print(f"{args.dir}/report.html, report.md: {len(out['cells'])} cells, {len(out['verdicts'])} task x method verdict rows")
+    s = out["setup"]
+    runs = ", ".join(f"{n} {k}" for k, n in sorted(s["status"].items()))
+    print(f"{args.dir}/report.html, report.md: {s['runs']} runs ({runs}); {len(out['cells'])} cells with finished "
+          f"runs, {len(out['verdicts'])} task x method verdict rows")
     return 0
 
 
@@ -251,7 +257,32 @@ def cmd_advise(args) -> int:
     return 0
 
 
+# FinetuneConfig fields offered as `vlpeft finetune` flags; type, choices and help come from the fields.
+FINETUNE_FLAGS = ("seed", "subset_seed", "lr", "batch_size", "length_policy", "epochs", "min_steps", "steps",
+                  "warmup_ratio", "weight_decay", "label_smoothing", "grad_clip", "evals", "patience", "val_limit",
+                  "test_limit", "max_text_len", "scene_seed", "precision", "threads", "device")
+
+
+def config_flags(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) -> None:
+    """One --flag per field of the config dataclass `cls` named in `names`: its type from the type
+    hint, its choices and help from the field's metadata, the default shown (None: not given)."""
+    import dataclasses
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        f, hint = fields[name], hints[name]
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=f.metadata.get("choices"),
+                            help=f.metadata.get("help", "").replace("%", "%%") + shown)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from vlpeft.recipes.config import FinetuneConfig
+
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -292,20 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", help="knob value (8) or parameter target (params=50k)")
     s.add_argument("--options", help='other method config fields as JSON, e.g. \'{"placement": ["text_decoder"]}\'')
     s.add_argument("--data-size", default="1.0", help="fraction (0.1, 10%%) or count (200) of training examples")
-    s.add_argument("--seed", type=int, default=0, help="training seed")
-    s.add_argument("--subset-seed", type=int, default=0, help="seed of the nested data subsets")
     s.add_argument("--out", required=True, help="run folder to write")
-    s.add_argument("--lr", type=float)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--min-steps", type=int)
-    s.add_argument("--steps", type=int)
-    s.add_argument("--length-policy", choices=["epochs", "steps", "epochs_min_steps"])
-    s.add_argument("--val-limit", type=int)
-    s.add_argument("--test-limit", type=int)
-    s.add_argument("--threads", type=int)
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast forward passes to bfloat16")
+    config_flags(s, FinetuneConfig, FINETUNE_FLAGS)
     s.add_argument("--force", action="store_true", help="replace a finished run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_finetune)
@@ -314,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="the checkpoint the run fine-tuned")
     s.add_argument("--peft", required=True, help="the run folder")
     s.add_argument("--task", help="task name or task file (checked against the run's)")
+    s.add_argument("--allow-other-base", action="store_true",
+                   help="score the PEFT weights on a base checkpoint other than the one the run adapted")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("tasks", help="list the built-in tasks; `tasks check TASK` reads one and says what it holds")
@@ -349,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("advise", help="recommend a method and budget from a study's results")
     s.add_argument("dir", help="study folder")
     s.add_argument("--task", required=True)
-    s.add_argument("--data-size", type=int, required=True, help="training examples you have")
+    s.add_argument("--data-size", required=True, help="training examples you have: a count (2000) or a fraction "
+                   "of the task's training pool (0.1, 10%%)")
     s.add_argument("--max-params", type=int, help="most trainable parameters you accept")
     s.set_defaults(func=cmd_advise)
 
@@ -372,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlpeft: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
         print("vlpeft: interrupted", file=sys.stderr)
         return 130
 

@@ -93,12 +93,18 @@ def help_text(cls: type) -> str:
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds, and what a results store's INTEGER column holds
 
 
-def check_bounds(obj: Any, where: str) -> None:
-    """The numeric range rules written in the fields' metadata of the dataclass instance `obj`:
-    "min" / "max" (inclusive), "below" (exclusive upper bound); a float must also be finite. None
-    passes (an unset optional value). The one check of numbers given on the command line and in YAML:
-    both build the same config. UserError f"{where}: {name} must be ..., got ..."."""
+def check_values(obj: Any, where: str) -> None:
+    """The rules written in the fields' metadata of the dataclass instance `obj`: "choices" (a tuple
+    of allowed values), and for numbers "min" / "max" (inclusive) and "below" (exclusive upper
+    bound); a float must also be finite. None passes (an unset optional value). The one check of
+    values given on the command line and in YAML: both build the same config.
+    UserError f"{where}: {name} must be ..., got ...", or "... is not one of ..."."""
     for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices is not None and getattr(obj, f.name) not in choices:
+            value = getattr(obj, f.name)
+            raise UserError(f"{where}: {f.name} {value!r} is not one of {', '.join(map(str, choices))}"
+                            f"{did_you_mean(str(value), choices)}")
         rules = {k: f.metadata[k] for k in ("min", "max", "below") if k in f.metadata}
         value = getattr(obj, f.name)
         if not rules or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):

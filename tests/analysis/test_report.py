@@ -126,3 +126,43 @@ def test_report_html_renders_in_headless_chromium_without_errors(tmp_path):
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
     shutil.copy(shot, folder / "report-screenshot.png")
+
+
+def test_a_study_with_no_finished_run_reports_its_grid_and_no_nulls(tmp_path, capsys):
+    from vlpeft.cli import main
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    con = store.connect(folder / "results.sqlite")
+    store.set_meta(con, {"name": "unfinished", "identity": json.dumps({"model": "none", "training": {"length_policy": "steps",
+                                                                                                      "steps": 40}})})
+    cells = [Cell(id=f"easyvqa-vqa.lora.b{b}.n16.s{s}", task="easyvqa-vqa", label="lora", method="lora", budget=str(b),
+                  data_size=16, seed=s, lr=None) for b in (1, 2) for s in (0, 1)]
+    store.add_cells(con, [(c, {"task": c.task, "length_policy": "steps"}) for c in cells])
+    store.mark_running(con, cells[0].id)
+    store.mark_running(con, cells[1].id)  # two interrupted, two pending
+    con.close()
+    assert main(["report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs (2 pending, 2 running); 0 cells with finished runs" in out
+    md = (folder / "report.md").read_text()
+    setup = md.split("## Verdicts")[0]
+    assert "None" not in setup and "null" not in setup
+    assert "| runs | 0 done of 4: 2 pending, 2 running |" in setup and "easyvqa-vqa" in setup and "lora: 1, 2" in setup
+    assert "| training-length policy | steps — steps 40;" in setup and "no finished run yet" in setup
+
+
+def test_advice_takes_fractions_says_what_it_ranks_on_and_refuses_far_extrapolation(tmp_path):
+    from vlpeft.analysis.advise import advice_text
+
+    cells = aggregate(load_runs(fake_study(tmp_path / "s")))
+    assert advise(cells, "easyvqa-vqa", "10%")["asked_size"] == 400  # of the 4,000-example pool
+    assert advise(cells, "easyvqa-vqa", 0.04)["asked_size"] == 160
+    text = advice_text(advise(cells, "easyvqa-vqa", 1600))
+    assert "ranked by mean validation score" in text and "validation " in text.splitlines()[1]
+    far = advise(cells, "easyvqa-vqa", 5000)  # 3.1x the largest size: answered, flagged
+    assert far["extrapolation"] == pytest.approx(5000 / 1600) and "warning: 5,000 examples is 3.1x outside" in advice_text(far)
+    with pytest.raises(UserError, match=r"--data-size 10,000,000 is 6,250x outside the sizes this study ran on easyvqa-vqa"):
+        advise(cells, "easyvqa-vqa", 10_000_000)
+    with pytest.raises(UserError, match=r"--data-size must be a positive number of examples, got 0"):
+        advise(cells, "easyvqa-vqa", 0)

@@ -170,3 +170,37 @@ def test_each_task_kind_fine_tunes_and_evaluates_on_cuda(task, tiny_checkpoint, 
     assert m["environment"]["device"].startswith("cuda") and m["steps_done"] == FAST["steps"]
     cpu = evaluate_run(str(ckpt), tmp_path / "run", task)  # the same weights re-scored: the device is part of the config
     assert cpu["test_score"] == pytest.approx(m["test_score"])
+
+
+def test_a_run_is_re_scored_only_on_the_checkpoint_it_adapted(tiny_checkpoint, tmp_path):
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    ckpt, _ = tiny_checkpoint
+    m = run(ckpt, tmp_path / "run", data_size=16, steps=2, evals=1)
+    assert len(m["base_model_digest"]) == 16
+    peft_config = json.loads((tmp_path / "run" / "peft_config.json").read_text())
+    assert peft_config["base_model_digest"] == m["base_model_digest"]
+    for name in ("metrics.json", "peft_model.safetensors", "peft_config.json"):  # every run file 0644 (umask 022)
+        assert oct(os.stat(tmp_path / "run" / name).st_mode & 0o777) == oct(0o666 & ~_umask())
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    state = load_file(other / "model.safetensors")
+    key = sorted(state)[0]
+    state[key] = state[key] * 1.5
+    save_file(state, str(other / "model.safetensors"))
+    with pytest.raises(UserError, match=r"this run adapted .* \(weights [0-9a-f]{16}\), not .*other \(weights [0-9a-f]{16}\)"):
+        evaluate_run(str(other), tmp_path / "run")
+    anyway = evaluate_run(str(other), tmp_path / "run", allow_other_base=True)
+    assert anyway["same_base"] is False
+    assert evaluate_run(str(ckpt), tmp_path / "run")["same_base"] is True
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

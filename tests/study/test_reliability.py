@@ -99,3 +99,85 @@ def test_four_workers_one_store_no_lost_or_duplicated_rows(tiny_checkpoint, tmp_
     r = study(spec, tmp_path / "study")
     assert r.returncode == 0, r.stdout + r.stderr
     assert table(tmp_path / "study") == reference  # also: the same scores as one in-process worker
+
+
+def _session_processes(sid):
+    """Live (not zombie) processes of session `sid`."""
+    alive = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[3] == str(sid) and fields[0] != "Z":
+                alive.append(int(p))
+    return alive
+
+
+def _wait_for_running(out, proc, timeout=120):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            if (out / "results.sqlite").exists() and any(s == "running" for _, s, _ in table(out)):
+                return True
+        except sqlite3.OperationalError:
+            pass
+    return False
+
+
+def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], training={**TRAINING, "steps": 40})
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)]
+    a, b = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
+    loser = None
+    while loser is None:  # the one that fails to take the folder exits at once
+        for p in (a, b):
+            if p.poll() is not None:
+                loser = p
+        if loser is None:
+            import time
+
+            time.sleep(0.2)
+    winner = b if loser is a else a
+    err = loser.stderr.read()
+    assert loser.returncode == 2, err
+    assert err.strip().splitlines() == [f"vlpeft: error: {out}: another vlpeft study is running in this folder "
+                                        f"(process {winner.pid} on {__import__('socket').gethostname()} since "
+                                        + err.split(" since ", 1)[1].strip()]
+    assert "then run again to resume" in err and "Traceback" not in err
+    assert _wait_for_running(out, winner)
+    winner.kill()
+    winner.communicate(timeout=60)
+    assert (out / ".vlpeft-study.holder").exists()  # left behind by the kill
+    resumed = study(spec, out)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {s for _, s, _ in table(out)} == {"done"} and not (out / ".vlpeft-study.holder").exists()
+
+
+def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_checkpoint, tmp_path):
+    import time
+
+    ckpt, _ = tiny_checkpoint
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], training={**TRAINING, "steps": 60},
+                     executor={"kind": "local", "workers": 2, "threads": 1})
+    out = tmp_path / "study"
+    p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert _wait_for_running(out, p)
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal sends to the whole group, twice
+    time.sleep(0.3)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip() == "vlpeft: interrupted", err
+    time.sleep(1.0)
+    assert _session_processes(p.pid) == []  # no worker outlives the driver
+    resumed = study(spec, out)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {s for _, s, _ in table(out)} == {"done"}

@@ -3,8 +3,10 @@
 Candidates are the study's cells (method label x budget) at the study data size nearest to the asked
 one on a log scale, with at most `max_params` trainable parameters. They are ranked by their mean
 *validation* score over seeds (so the choice does not peek at test scores); the expected score is
-the chosen cell's mean test score with its 95 % bootstrap interval over seeds. The runner-up is the
-next cell in that ranking.
+the chosen cell's mean test score with its 95 % bootstrap interval over seeds, so a runner-up may
+show a higher expected score than the recommendation. A data size outside the study's range by up
+to `EXTRAPOLATION_LIMIT` times is answered from the nearest size and said to be an extrapolation;
+further out it is refused: the study says nothing there.
 """
 
 from __future__ import annotations
@@ -14,16 +16,37 @@ from typing import Any
 
 from vlpeft.errors import UserError, did_you_mean
 
+EXTRAPOLATION_LIMIT = 10  # how far outside the study's data sizes advice is still given (as a factor)
 
-def advise(cells: list[dict[str, Any]], task: str, data_size: int, max_params: int | None = None) -> dict[str, Any]:
+
+def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
+           max_params: int | None = None) -> dict[str, Any]:
+    """`data_size`: examples you have, a count (2000) or a fraction of the task's training pool
+    (0.1, "10%")."""
+    from vlpeft.data.subsets import resolve_size
+
     tasks = sorted({c["task"] for c in cells})
     if task not in tasks:
         raise UserError(f"advise: the study has no finished runs of task {task!r}{did_you_mean(task, tasks)} "
                         f"(it has: {', '.join(tasks) or 'none'})")
-    if data_size <= 0:
-        raise UserError(f"advise: --data-size must be a positive number of examples, got {data_size}")
     mine = [c for c in cells if c["task"] == task]
+    if isinstance(data_size, str) and data_size.strip().lstrip("-").isdigit():
+        data_size = int(data_size)
+    if isinstance(data_size, int) and not isinstance(data_size, bool):
+        if data_size <= 0:
+            raise UserError(f"advise: --data-size must be a positive number of examples, got {data_size}")
+    else:  # a fraction of the task's training pool, which a count is not bounded by
+        pool = next((round(c["n_train"] / c["fraction"]) for c in mine if c.get("fraction")), None)
+        if pool is None:
+            raise UserError(f"advise: --data-size {data_size!r}: the study does not record {task}'s training pool; "
+                            f"give a count of examples")
+        data_size = resolve_size(data_size, pool, "advise: --data-size")
     sizes = sorted({c["n_train"] for c in mine})
+    factor = max(sizes[0] / data_size, data_size / sizes[-1])
+    if factor > EXTRAPOLATION_LIMIT:
+        raise UserError(f"advise: --data-size {data_size:,} is {factor:,.0f}x outside the sizes this study ran on {task} "
+                        f"({sizes[0]:,}-{sizes[-1]:,} examples); it says nothing that far out: run a study that "
+                        f"reaches it")
     nearest = min(sizes, key=lambda n: (abs(math.log(n) - math.log(data_size)), n))
     pool = [c for c in mine if c["n_train"] == nearest and c["method"] != "frozen"]
     if max_params is not None:
@@ -44,7 +67,8 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int, max_params: i
                                        "val": c["val"], "seeds": c["seeds"]}
 
     return {"task": task, "metric": mine[0]["metric"], "asked_size": data_size, "study_size": nearest,
-            "study_sizes": sizes, "max_params": max_params, "recommended": pick(ranked[0]),
+            "study_sizes": sizes, "extrapolation": factor if factor > 1 else None, "max_params": max_params,
+            "recommended": pick(ranked[0]),
             "runner_up": pick(ranked[1] if len(ranked) > 1 else None), "frozen": pick(frozen),
             "candidates": len(ranked)}
 
@@ -57,12 +81,17 @@ def advice_text(a: dict[str, Any]) -> str:
 
     lines = [f"task {a['task']}, {a['asked_size']:,} examples (study size used: {a['study_size']:,}"
              + (f", at most {a['max_params']:,} params" if a["max_params"] else "") + "):",
-             f"  recommended: {name(r)}: expected {a['metric']} {r['expected']:.4g} "
+             f"  recommended: {name(r)}: validation {r['val']:.4g}; expected test {a['metric']} {r['expected']:.4g} "
              f"[95% CI {r['ci'][0]:.4g}, {r['ci'][1]:.4g}] over {r['seeds']} seed(s)"]
     if u:
-        lines.append(f"  runner-up:   {name(u)}: expected {u['expected']:.4g} [{u['ci'][0]:.4g}, {u['ci'][1]:.4g}]")
+        lines.append(f"  runner-up:   {name(u)}: validation {u['val']:.4g}; expected test {u['expected']:.4g} "
+                     f"[{u['ci'][0]:.4g}, {u['ci'][1]:.4g}]")
+    lines.append("  (ranked by mean validation score: test scores are reported, never used to choose)")
     if a["frozen"]:
         lines.append(f"  (frozen model, no training: {a['frozen']['expected']:.4g})")
-    if a["study_size"] != a["asked_size"]:
+    if a.get("extrapolation"):
+        lines.append(f"  warning: {a['asked_size']:,} examples is {a['extrapolation']:.1f}x outside the study's sizes "
+                     f"({', '.join(map(str, a['study_sizes']))}): this extrapolates from {a['study_size']:,}")
+    elif a["study_size"] != a["asked_size"]:
         lines.append(f"  note: the study ran {', '.join(map(str, a['study_sizes']))} examples; the nearest was used")
     return "\n".join(lines)

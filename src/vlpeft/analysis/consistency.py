@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 MAX_TEXT_LEN = 40  # tokens per text, as in fine-tuning (FinetuneConfig.max_text_len's default)
 
@@ -26,6 +25,8 @@ def measure(model_path: str, tasks: list[tuple[str, dict]], n: int = 256, seed: 
             scene_seed: int | None = None) -> dict[str, dict]:
     """lm_loss and feature_distance per task (no zero_shot: that comes from the study's runs).
     `tasks`: (task name or task file, the task's data paths) pairs; results are keyed by task name."""
+    import torch
+
     import vlpeft
     from vlpeft.data.images import preprocess
     from vlpeft.data.scenes import generate_scenes

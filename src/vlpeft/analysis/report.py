@@ -93,33 +93,49 @@ def build(folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consisten
     tables = sections(context)
     write_if_changed(folder / "report.md", markdown(context, tables))
     write_if_changed(folder / "report.html", to_html(context, tables, folder))
-    return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts)}
+    return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts), "setup": context["setup"]}
 
 
 def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
+    """What the study is: from the store's meta and every row (finished or not), so a study with no
+    finished run yet still describes its grid; figures of finished runs (environment) where any."""
     ident = json.loads(meta.get("identity", "{}") or "{}")
     spec = json.loads(meta.get("spec", "{}") or "{}")
-    env, pretrain = {}, None
+    consistency = json.loads(meta.get("consistency", "{}") or "{}")
+    env, pretrain, length = {}, None, {}
     for r in rows:
-        if r["metrics"]:
-            env = json.loads(r["metrics"]).get("environment", {})
+        if r["metrics"]:  # a finished run records the settings in effect, defaults included
+            m = json.loads(r["metrics"])
+            env = m.get("environment", {})
+            length = {k: m["config"][k] for k in ("length_policy", "epochs", "min_steps", "steps")
+                      if k in m.get("config", {})}
             break
     model = ident.get("model")
     if model and (Path(model) / "pretrain.json").is_file():
         pre = json.loads((Path(model) / "pretrain.json").read_text())
         pretrain = {k: pre.get(k) for k in ("steps", "seed", "objectives", "train_seconds", "config", "data")}
     grid = defaultdict(set)
-    for r in runs:
+    for r in rows:
         grid[r["label"]].add(r["budget"] or "–")
+    relation = {r["task"]: r["relation"] for r in runs}
+    configs = [json.loads(r["config"]) for r in rows if r.get("config")]
+    status = defaultdict(int)
+    for r in rows:
+        status[r["status"]] += 1
     return {"name": meta.get("name"), "model": model, "checkpoints": ident.get("checkpoints"),
             "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec,
             "environment": env, "pretrain": pretrain,
-            "tasks": {r["task"]: r["relation"] for r in runs},
+            "tasks": {t: relation.get(t) or consistency.get(t, {}).get("relation") or "–"
+                      for t in sorted({r["task"] for r in rows})},
             "grid": {k: sorted(v, key=str) for k, v in grid.items()},
-            "sizes": sorted({r["n_train"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
-            "runs": len(rows), "done": sum(r["status"] == "done" for r in rows),
+            "sizes": sorted({r["n_train"] for r in runs}) or sorted({r["data_size"] for r in rows}, key=str),
+            "seeds": sorted({r["seed"] for r in rows}),
+            "runs": len(rows), "done": status.get("done", 0), "status": dict(status),
             "failed": [(r["id"], r["reason"]) for r in rows if r["status"] == "failed"],
-            "length_policy": next((r["length_policy"] for r in runs), None)}
+            "length": length or {k: v for k, v in ident.get("training", {}).items()
+                                 if k in ("length_policy", "epochs", "min_steps", "steps")},
+            "length_policy": length.get("length_policy")
+            or next((c.get("length_policy") for c in configs if c.get("length_policy")), None)}
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -133,19 +149,21 @@ def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
     t = s["training"]
     env = s["environment"]
     setup_rows = [
-        ["study", _fmt(s["name"])], ["model", f"{s['model']} (weights {json.dumps(s['checkpoints'])})"],
+        ["study", _fmt(s["name"])], ["model", f"{_fmt(s['model'])}" + (f" (weights {json.dumps(s['checkpoints'])})" if s["checkpoints"] else "")],
         ["pre-training", json.dumps({k: s["pretrain"][k] for k in ("steps", "seed", "objectives", "train_seconds")})
          if s["pretrain"] else "–"],
         ["tasks", ", ".join(f"{k} ({v})" for k, v in sorted(s["tasks"].items()))],
         ["methods × budgets", "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in s["grid"].items())],
         ["data sizes (examples)", ", ".join(map(str, s["sizes"]))], ["seeds", ", ".join(map(str, s["seeds"]))],
-        ["training-length policy", f"{s['length_policy']} — epochs {t.get('epochs', 5)}, min steps "
-                                   f"{t.get('min_steps', 300)}, steps {t.get('steps', 0)} (recipes/defaults.py); other settings {json.dumps(t)}"],
+        ["training-length policy", (f"{_fmt(s['length_policy'])} — " + ", ".join(
+            f"{k.replace('_', ' ')} {s['length'][k]}" for k in ("epochs", "min_steps", "steps") if k in s["length"])
+            + f"; other settings {json.dumps(t)}")],
         *([["per-task training", json.dumps(s["task_training"])]] if s["task_training"] else []),
-        ["runs", f"{s['done']} done of {s['runs']}, {len(s['failed'])} failed"],
-        ["hardware", f"{env.get('host')} {env.get('machine')}, device {env.get('device')}, {env.get('threads')} torch thread(s) per run"],
+        ["runs", f"{s['done']} done of {s['runs']}: " + ", ".join(f"{n} {k}" for k, n in sorted(s["status"].items()))],
+        ["hardware", f"{env.get('host')} {env.get('machine')}, device {env.get('device')}, {env.get('threads')} torch "
+                     f"thread(s) per run" if env else "– (no finished run yet)"],
         ["versions", json.dumps({"vlpeft": env.get("vlpeft"), "python": env.get("python"), **(env.get("versions") or {}),
-                                 "git": env.get("git_commit")})],
+                                 "git": env.get("git_commit")}) if env else "– (no finished run yet)"],
     ]
     out.append(("Setup", ["item", "value"], setup_rows, ""))
     head = ["task", "method"] + list(claims_mod.CLAIMS.values())

@@ -122,6 +122,10 @@ def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             raise UserError(f"{source}: tensor {k} has shape {tuple(v.shape)}, the config says {tuple(own[k].shape)}")
+    for k, v in state.items():  # a corrupt file decodes to nan/inf more often than not: say which tensor
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise UserError(f"{source}: tensor {k} holds {bad} non-finite values (nan or inf); the file is corrupt")
     state = {k: v.to(own[k].dtype) if k in own and v.dtype != own[k].dtype else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if m not in allowed_missing]
@@ -157,6 +161,30 @@ def _download(hub_id: str) -> Path:
         raise UserError(f"{hub_id}: not a local folder, and the hub download failed ({e.__class__.__name__})") from e
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_digest(path_or_hub_id: str | Path) -> str:
+    """Content digest of a local checkpoint's weight files (SHA-256 over *.safetensors then *.bin,
+    first 16 hex digits; the hub id itself for a remote one). Remembered per process for files of
+    the same size and modification time: a study worker asks once per cell."""
+    import hashlib
+
+    folder = Path(path_or_hub_id)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if not files:
+        return str(path_or_hub_id)
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
 def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
     """A small JSON-able description for result records."""
     n = sum(p.numel() for p in loaded.model.parameters())
@@ -164,4 +192,4 @@ def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
             "parameters": n, "preprocess": loaded.preprocess.to_dict()}
 
 
-__all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info"]
+__all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info", "weights_digest"]

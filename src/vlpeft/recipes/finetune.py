@@ -18,7 +18,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,69 +29,18 @@ import vlpeft
 from vlpeft.data.subsets import nested_subset, resolve_size, stratified_nested_subset
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
-from vlpeft.io import write_json
+from vlpeft.io import check_writable, write_json
 from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, make_config, save_peft
 from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import parse_budget, resolve
 from vlpeft.recipes import defaults
+from vlpeft.recipes.config import FinetuneConfig
 from vlpeft.recipes.optim import adamw
 from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
-from vlpeft.validate import SEED_MAX, check_bounds
-
-LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
-PRECISIONS = ("fp32", "bf16")
 
 
 class Diverged(RuntimeError):
     """The loss or the gradients stopped being finite: the run fails with the step and reason."""
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    model: str = field(metadata={"help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
-    task: str = field(metadata={"help": "built-in task name (vlpeft tasks) or a task file (YAML) of your own data"})
-    method: str = field(metadata={"help": "PEFT method (vlpeft.peft.REGISTRY)"})
-    budget: str | None = field(default=None, metadata={"help": "knob value (8, knob=8) or parameter target (params=50k)"})
-    method_options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
-    data_size: Any = field(default=1.0, metadata={"help": "training examples: fraction (0.1, '10%') or count (200)"})
-    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "training seed (initialisation, batch order)"})
-    subset_seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed of the nested data subsets (separate from seed)"})
-    lr: float | None = field(default=None, metadata={"min": 0, "help": "learning rate; default per method (recipes/defaults.py)"})
-    batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"min": 1, "help": "examples per step"})
-    length_policy: str = field(default=defaults.COMMON["length_policy"], metadata={"help": "epochs | steps | epochs_min_steps"})
-    epochs: int = field(default=defaults.COMMON["epochs"], metadata={"min": 1, "help": "passes over the training subset"})
-    min_steps: int = field(default=defaults.COMMON["min_steps"], metadata={"min": 0, "help": "floor on steps (epochs_min_steps)"})
-    steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
-    warmup_ratio: float = field(default=defaults.COMMON["warmup_ratio"], metadata={"min": 0, "below": 1, "help": "warm-up fraction of the steps"})
-    weight_decay: float = field(default=defaults.COMMON["weight_decay"], metadata={"min": 0, "help": "AdamW weight decay on matrices"})
-    label_smoothing: float = field(default=defaults.COMMON["label_smoothing"], metadata={"min": 0, "below": 1, "help": "LM loss label smoothing"})
-    grad_clip: float = field(default=defaults.COMMON["grad_clip"], metadata={"min": 0, "help": "gradient-norm clip (0 = off)"})
-    evals: int = field(default=5, metadata={"min": 1, "help": "validation evaluations over the run (model selection)"})
-    patience: int = field(default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0 = never)"})
-    val_limit: int = field(default=500, metadata={"min": 0, "help": "validation examples used for selection (0 = all)"})
-    test_limit: int = field(default=0, metadata={"min": 0, "help": "test examples scored (0 = all)"})
-    task_options: dict = field(default_factory=dict, metadata={"help": "options of the task's kind (caption: prompt, "
-                                                                       "num_beams, max_new_tokens; vqa: inference, "
-                                                                       "rank_k); defaults from the task"})
-    max_text_len: int = field(default=40, metadata={"min": 4, "help": "tokens kept per text, incl. specials"})
-    scene_seed: int | None = field(default=None, metadata={"min": 0, "max": SEED_MAX, "help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
-    paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
-                                                               "vqav2): key -> path"})
-    feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
-    feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
-    feature_cache_disk_mb: float = field(default=8192, metadata={"min": 0, "help": "stop adding to the on-disk feature cache past this size"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)"})
-    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads (0 = leave as is)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda"})
-
-    def __post_init__(self):
-        check_bounds(self, "finetune")
-        if self.length_policy not in LENGTH_POLICIES:
-            raise UserError(f"finetune: length_policy {self.length_policy!r} is not one of {', '.join(LENGTH_POLICIES)}")
-        if self.length_policy == "steps" and self.steps <= 0:
-            raise UserError("finetune: length_policy 'steps' needs steps > 0")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"finetune: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
@@ -153,18 +102,26 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
     data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
     n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
-    strata = data.train_strata()
-    if strata is not None:
-        chosen = stratified_nested_subset(range(len(data.train)), n, cfg.subset_seed, key=strata.__getitem__)
-        train = [data.train[i] for i in chosen]
-    else:
-        train = nested_subset(data.train, n, cfg.subset_seed)
-    val = nested_subset(data.val, min(cfg.val_limit or len(data.val), len(data.val)), 0)
-    test = data.test if not cfg.test_limit else nested_subset(data.test, min(cfg.test_limit, len(data.test)), 0)
+    train, val, test = select_examples(data, n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
     resolved, method_cfg = method_for_task(model.cfg, task, cfg.method, cfg.budget, cfg.method_options)
     if check_images:
         data.check_images([ex.image_id for ex in train + val + test])
     return Prepared(loaded, task, kind, data, options, train, val, test, method_cfg, resolved, scene_seed)
+
+
+def select_examples(data, n: int, subset_seed: int, val_limit: int, test_limit: int) -> tuple[list, list, list]:
+    """(train, val, test) of a run: n training examples (the nested subset of `subset_seed`, kept
+    stratified by the kind's stratum when it has one), the first `val_limit` validation and
+    `test_limit` test examples of a fixed draw (0 = all)."""
+    strata = data.train_strata()
+    if strata is not None:
+        chosen = stratified_nested_subset(range(len(data.train)), n, subset_seed, key=strata.__getitem__)
+        train = [data.train[i] for i in chosen]
+    else:
+        train = nested_subset(data.train, n, subset_seed)
+    val = nested_subset(data.val, min(val_limit or len(data.val), len(data.val)), 0)
+    test = data.test if not test_limit else nested_subset(data.test, min(test_limit, len(data.test)), 0)
+    return train, val, test
 
 
 def method_for_task(model_cfg, task, method: str, budget, options: dict):
@@ -241,12 +198,18 @@ def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> 
 
 def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
              log=print) -> dict[str, Any]:
-    """Train, select on validation, score the test split; write the run folder `out` (if given)."""
+    """Train, select on validation, score the test split; write the run folder `out` (if given).
+    Everything that can be checked is checked before the first step, `out` being writable included."""
     from tqdm import tqdm
 
+    from vlpeft.model.checkpoint import weights_digest
+
+    if out is not None:
+        check_writable(out, "run folder")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepare(cfg, loaded)
+    base_digest = weights_digest(cfg.model)
     device = _device(cfg.device)
     reset_peak_memory(device)
     model = prep.loaded.model.to(device)
@@ -304,10 +267,11 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     test = evaluate_split(prep, cfg, model, prep.test, encode)
     eval_seconds = time.time() - t0
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device)
+    metrics["base_model_digest"] = base_digest
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_peft(model, out, extra={"task": prep.task.name, "base_model": cfg.model})
+        save_peft(model, out, extra={"task": prep.task.name, "base_model": cfg.model, "base_model_digest": base_digest})
         write_json(out / "curve.json", curve)
         write_json(out / "metrics.json", metrics)  # last: marks the run complete
     return metrics
@@ -391,15 +355,22 @@ def environment(device) -> dict[str, Any]:
             "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None) -> dict[str, Any]:
-    """Re-score the saved PEFT weights of a run on its test split, with the run's own settings."""
+def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
+                 allow_other_base: bool = False) -> dict[str, Any]:
+    """Re-score the saved PEFT weights of a run on its test split, with the run's own settings. The
+    base checkpoint must be the one the run adapted (same weights digest) unless `allow_other_base`."""
     from vlpeft.io import read_json
+    from vlpeft.model.checkpoint import weights_digest
 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json", "run metrics")
     saved = metrics.get("config") or {}
     if task is not None and task not in (metrics.get("task"), metrics.get("task_ref")):
         raise UserError(f"{run_dir}: this run was trained on {metrics.get('task')!r}, not {task!r}")
+    trained_on, given = metrics.get("base_model_digest"), weights_digest(model_path)
+    if trained_on is not None and trained_on != given and not allow_other_base:
+        raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (weights {trained_on}), not {model_path} "
+                        f"(weights {given}); give that checkpoint, or --allow-other-base to score this one anyway")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path})
     prep = prepare(cfg)
@@ -408,7 +379,8 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None) 
     load_peft(model, run_dir)
     test = evaluate_split(prep, cfg, model, prep.test)
     return {"task": prep.task.name, "method": cfg.method, "metric": prep.kind.metric, "test_score": test["score"],
-            "recorded_test_score": metrics.get("test_score"), "secondary": test}
+            "recorded_test_score": metrics.get("test_score"), "secondary": test,
+            "same_base": trained_on is None or trained_on == given}
 
 
 __all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "Diverged"]

@@ -47,7 +47,7 @@ from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
 from vlpeft.model.vit import fold_stem_batchnorm
 from vlpeft.recipes.optim import adamw
-from vlpeft.validate import SEED_MAX, check_bounds
+from vlpeft.validate import SEED_MAX, check_values
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class PretrainConfig:
     threads: int = field(default=0, metadata={"min": 0, "help": "torch threads; 0 = all cores"})
 
     def __post_init__(self):
-        check_bounds(self, "pretrain")
+        check_values(self, "pretrain")
         for name in ("scenes", "steps", "batch_size", "vocab_size", "max_text_len"):
             if getattr(self, name) <= 0:
                 raise UserError(f"pretrain: {name} must be positive, got {getattr(self, name)}")
@@ -218,9 +218,13 @@ def text_losses(model: Blip, mlm_head: torch.nn.Module | None, tok: TextTokenize
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train and write the checkpoint folder `out`; returns the pre-training record (pretrain.json)."""
+    """Train and write the checkpoint folder `out`; returns the pre-training record (pretrain.json).
+    `out` is checked writable before any training."""
     from tqdm import tqdm
 
+    from vlpeft.io import check_writable
+
+    check_writable(out, "checkpoint folder")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import signal
 import socket
+import sys
 import time
 import traceback
 from collections import deque
@@ -28,6 +30,11 @@ _LOADED: dict[str, Any] = {}  # per process: model path -> LoadedModel (pristine
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
+    # Ctrl-C in a terminal reaches every process of the group: the driver alone handles it (and stops
+    # the workers), so a worker never prints a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -111,9 +118,27 @@ def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callab
                 inflight = {}
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = None
+    except BaseException:  # Ctrl-C or an error in a callback: stop the workers, not only their queue
+        if pool is not None:
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
+            _stop_workers(pool)
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate a process pool's workers (a cell in flight is lost: its row stays 'running' and is
+    run again on resume) and wait for them, so none outlives the driver."""
+    processes = list(getattr(pool, "_processes", {}).values())  # CPython's ProcessPoolExecutor
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=10)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None, on_start: Callable,

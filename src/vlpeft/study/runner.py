@@ -51,18 +51,9 @@ def file_digest(path: str) -> str:
 
 def checkpoint_hash(model: str) -> str:
     """Content hash of a local checkpoint's weights (the hub id itself for a remote one)."""
-    import hashlib
+    from vlpeft.model.checkpoint import weights_digest
 
-    folder = Path(model)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
-    if not files:
-        return model
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return weights_digest(model)
 
 
 def ensure_model(spec: StudySpec, log=print) -> None:
@@ -81,11 +72,11 @@ def ensure_model(spec: StudySpec, log=print) -> None:
 
 def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     """(cell, FinetuneConfig fields, training examples) for every cell, each checked: a task's missing
-    paths or bad options, an unreachable budget or a data size the task cannot give is a UserError
-    before anything runs."""
+    paths or bad options, an unreachable budget, a data size the task cannot give, or an image the
+    cells will use that does not decode is a UserError before anything runs."""
     import vlpeft
     from vlpeft.data.subsets import resolve_size
-    from vlpeft.recipes.finetune import FinetuneConfig, method_for_task
+    from vlpeft.recipes.finetune import FinetuneConfig, method_for_task, select_examples
     from vlpeft.tasks import cached_task, check_paths, get_task, task_options
 
     models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed)
@@ -127,6 +118,16 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         n = resolve_size(cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}")
         FinetuneConfig(**fields)  # types and ranges
         out.append((cell, fields, n))
+    for name, task in tasks.items():  # decode every image the cells will use, once (subsets are nested)
+        _, fields, n = max((c for c in out if c[0].task == name), key=lambda c: c[2])
+        cfg = FinetuneConfig(**fields)
+        seed = cfg.scene_seed if cfg.scene_seed is not None else model_of(cfg.model)[1]
+        data = cached_task(task.ref, scene_seed=seed, paths=cfg.paths)
+        used = select_examples(data, n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
+        try:
+            data.check_images([ex.image_id for split in used for ex in split])
+        except UserError as e:
+            raise UserError(f"{spec.source}: task {name}: {e}") from None
     return out
 
 
@@ -221,11 +222,23 @@ class Progress:
 
 def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) -> dict[str, Any]:
     """Run (or resume) the study into `out`; returns a summary {total, done, failed, ran, seconds}."""
-    from vlpeft.study import executors, export
+    from vlpeft.io import check_writable
+    from vlpeft.study import lock
 
     out = Path(out)
     t0 = time.time()
     cells = resolve_cells(spec)  # every input problem surfaces here, before any writing
+    check_writable(out, "study folder")
+    if spec.pretrain is not None and not (Path(spec.model) / "config.json").exists():
+        check_writable(spec.model, "checkpoint folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with lock.hold(out):  # one study process per folder
+        return _run_held(spec, out, cells, t0, quiet, log)
+
+
+def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
+    from vlpeft.study import executors, export
+
     ensure_model(spec, log=log)
     ident = study_fingerprint(spec)
     con = open_store(out, spec, ident)

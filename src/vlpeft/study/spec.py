@@ -309,7 +309,7 @@ def _task_paths(raw, tasks: list[str], task_files: dict, source: str) -> dict[st
 def _training(raw, where: str, model: str, task: str, base: dict | None = None) -> dict[str, Any]:
     """Validated FinetuneConfig fields shared by runs (cell-level keys are the grid's, not these);
     ranges are checked on `base` updated with them."""
-    from vlpeft.recipes.finetune import FinetuneConfig
+    from vlpeft.recipes.config import FinetuneConfig
 
     training = dict(_typed(raw or {}, "dict", where))
     cell_keys = {"model", "task", "method", "budget", "method_options", "data_size", "seed", "subset_seed", "lr",
@@ -345,18 +345,18 @@ def _expand_paths(paths, where: str) -> dict[str, str]:
 
 
 def _check_executor(ex: ExecutorSpec, where: str) -> None:
-    from vlpeft.validate import check_bounds
+    from vlpeft.validate import check_values
 
     _typed(ex.workers, "int", f"{where}.workers")
     _typed(ex.threads, "int", f"{where}.threads")
     _typed(ex.gpus, "number", f"{where}.gpus")
-    check_bounds(ex, where)
+    check_values(ex, where)
 
 
 def with_executor(spec: StudySpec, **changes) -> StudySpec:
     """The spec with executor settings overridden from the command line (None = keep); a bad value
     is a one-line error naming its flag."""
-    from vlpeft.validate import check_bounds
+    from vlpeft.validate import check_values
 
     changes = {k: v for k, v in changes.items() if v is not None}
     executor = dataclasses.replace(spec.executor, **changes)
@@ -364,7 +364,7 @@ def with_executor(spec: StudySpec, **changes) -> StudySpec:
         raise UserError(f"--executor {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
     for key, value in changes.items():
         try:
-            check_bounds(dataclasses.replace(ExecutorSpec(), **{key: value}), "")
+            check_values(dataclasses.replace(ExecutorSpec(), **{key: value}), "")
         except UserError as e:
             rule = str(e).split(" must ", 1)[1]  # ": threads must be an integer >= 1, got 0"
             raise UserError(f"--{key} {value}: must {rule}") from None
