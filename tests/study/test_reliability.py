@@ -14,7 +14,7 @@ TRAINING = {"length_policy": "steps", "steps": 6, "batch_size": 8, "evals": 2, "
 
 
 def spec_file(tmp_path, ckpt, name="spec.yaml", **changes):
-    d = {"name": "reliable", "model": str(ckpt), "tasks": ["easyvqa-vqa", "scenes-caption"],
+    d = {"name": "reliable", "model": str(ckpt), "tasks": ["easyvqa-vqa"],  # kills do not depend on the task
          "methods": {"lora": {"budgets": [1]}, "frozen": {}}, "data_sizes": [16, 32], "seeds": [0],
          "training": dict(TRAINING), "executor": {"kind": "local", "workers": 0, "threads": 1}}
     d.update(changes)
@@ -131,7 +131,7 @@ def _wait_for_running(out, proc, timeout=120):
 
 def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
-    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], training={**TRAINING, "steps": 40})
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], training={**TRAINING, "steps": 40})
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)]
     a, b = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
@@ -164,8 +164,8 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
     import time
 
     ckpt, _ = tiny_checkpoint
-    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], training={**TRAINING, "steps": 60},
-                     executor={"kind": "local", "workers": 2, "threads": 1})
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
+                     training={**TRAINING, "steps": 60}, executor={"kind": "local", "workers": 2, "threads": 1})
     out = tmp_path / "study"
     p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -183,10 +183,26 @@ def consistency_figure(points: list[dict[str, Any]], folder) -> list[str]:
 
 
 def all_figures(cells, consistency_points, folder: Path) -> dict[str, list[str]]:
+    """Every figure of the report into `folder`; group -> file names. Drawing them takes seconds, so
+    they are drawn only when their inputs (and this module) changed since the last time: a rebuild of
+    an unchanged study draws nothing (`.inputs.json` keeps the digest and the file list)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([cells, consistency_points], sort_keys=True, default=str).encode()
+                         + Path(__file__).read_bytes()).hexdigest()
+    record = folder / ".inputs.json"
+    try:
+        last = json.loads(record.read_text(encoding="utf-8"))
+        if last["key"] == key and all((folder / f).is_file() for files in last["files"].values() for f in files):
+            return last["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     out = {}
     for task in sorted({c["task"] for c in cells}):
         out[task] = score_vs_data(cells, task, folder) + score_vs_params(cells, task, folder) + \
             pareto(cells, task, folder) + heatmap(cells, task, folder)
     if consistency_points:
         out["study"] = consistency_figure(consistency_points, folder)
+    write_if_changed(record, json.dumps({"key": key, "files": out}, indent=1))
     return out

@@ -9,9 +9,10 @@ vlpeft format (written by `save_checkpoint`, atomically file by file):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -116,7 +117,7 @@ def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]
     loaded tensors as its parameters (cast to fp32 where stored otherwise), so loading holds one copy
     of the weights, not two, and skips the random initialisation. Allowed missing tensors get their
     defined values: a tied LM head shares the decoder's word embeddings; the ITC temperature is 0.07."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = Blip(cfg)
     own = model.state_dict()
     for k, v in state.items():
@@ -142,6 +143,23 @@ def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]
     if left:
         raise UserError(f"{source}: weights do not match the model config: missing {len(left)} tensors (e.g. {left[0]})")
     return model
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """torch.nn.init's functions as no-ops: a model built on the meta device to receive loaded tensors
+    needs no initial values, and drawing them on meta tensors goes through PyTorch's Python reference
+    ops, which load its compiler (2-3 s per process, every CLI command and study worker)."""
+    names = ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+             "xavier_uniform_", "zeros_", "ones_", "constant_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 def _need(path: Path) -> Path:

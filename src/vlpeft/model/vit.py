@@ -117,14 +117,21 @@ def init_stem(stem: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def small_normal(*shape: int, std: float) -> torch.Tensor:
+    """N(0, std^2) values of `shape`, drawn from torch's generator; on the meta device (a checkpoint
+    being loaded, see checkpoint._build) only the empty tensor."""
+    t = torch.empty(*shape)
+    return t if t.is_meta else torch.randn(*shape) * std
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = make_stem(cfg)
         # Why 0.02: the usual ViT truncated-normal scale; keeps early activations O(1) for LayerNorm.
-        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches + 1, cfg.width) * 0.02)
+        self.cls_token = nn.Parameter(small_normal(1, 1, cfg.width, std=0.02))
+        self.pos_embed = nn.Parameter(small_normal(1, cfg.num_patches + 1, cfg.width, std=0.02))
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         # PEFT hook: module with `.length` (P), `.deep` (bool) and `forward(layer) -> (P, D)` tokens;
