@@ -33,10 +33,10 @@ forward with the caption LM loss (label smoothing 0.1), zero_grad, backward, gra
 4. flops_fraction_of_peak (goal >= 0.35, on base): achieved FLOP/s of a full fine-tuning step /
    this machine's fp32 matmul FLOP/s (best of several square torch.mm, same threads, measured
    between the step timings). The step's FLOPs are counted analytically from the config: every
-   linear layer 2*in*out per token (the stem's convolutions 2*in*k*k*out per output pixel), attention QK^T and AV 2*2*L*S*d per head
-   and layer, the LM head; the ViT over all patches + [CLS], the decoder's self- and cross-attention
-   over the (padded) caption tokens; x3 for forward + backward. Norms, softmax, GELU, the optimiser
-   are not counted.
+   linear layer 2*in*out per token (the stem's convolutions 2*in*k*k*out per output pixel),
+   attention QK^T and AV 2*2*L*S*d per head and layer, the LM head; the ViT over all patches +
+   [CLS], the decoder's self- and cross-attention over the (padded) caption tokens; x3 for forward +
+   backward. Norms, softmax, GELU, the optimiser are not counted.
 5. lora_peak_mem_vs_full (goal <= 0.6): peak memory of a LoRA training run (with the feature cache,
    as a study runs it) / full fine-tuning's, each in a fresh subprocess that loads the checkpoint,
    trains a few steps and reports its peak: on CPU the process's peak RSS (so the Python + torch
@@ -173,7 +173,9 @@ def tiny_model(folder: str, tmp: Path):
         bos_id=tok.dec_id, enc_id=tok.enc_id))
     torch.manual_seed(0)
     model = Blip(cfg)
-    if cfg.vision.stem_batchnorm:  # as pretrain saves every checkpoint: the stem's BatchNorm folded into its convolutions
+    if (
+        cfg.vision.stem_batchnorm
+    ):  # as pretrain saves every checkpoint: the stem's BatchNorm folded into its convolutions
         model.cfg = dataclasses.replace(cfg, vision=fold_stem_batchnorm(model.vision))
     out = save_checkpoint(tmp / "tiny", model, tok, ImagePreprocess(image_size=cfg.vision.image_size),
                           pretrain={"seed": 0, "note": "random weights (benchmarks/bench.py)"})
@@ -199,7 +201,9 @@ def base_model(tiny, tmp: Path):
     torch.manual_seed(0)
     model = Blip(cfg).eval()
     pp = dataclasses.replace(tiny.preprocess, image_size=cfg.vision.image_size)
-    folder = save_checkpoint(tmp / "base", model, tiny.tokenizer, pp, pretrain=copy.deepcopy(tiny.pretrain) or {"seed": 0})
+    folder = save_checkpoint(
+        tmp / "base", model, tiny.tokenizer, pp, pretrain=copy.deepcopy(tiny.pretrain) or {"seed": 0}
+    )
     return LoadedModel(model, tiny.tokenizer, pp, str(folder), "vlpeft", copy.deepcopy(tiny.pretrain) or {"seed": 0})
 
 
@@ -232,11 +236,11 @@ def finetune_config(model_path: str, method: str, batch: int, data_size, scene_s
 
 def vlpeft_step(prep, cfg, model, batch, image_ids, encode):
     """finetune's training step (`finetune.train_step`) on a fixed batch. -> step(cached=encode is not None) -> loss."""
-    from vlpeft.recipes import defaults
+    from vlpeft.peft import get_method
     from vlpeft.recipes.finetune import train_step
-    from vlpeft.recipes.optim import adamw
+    from vlpeft.recipes.training import adamw
 
-    opt = adamw(model, cfg.weight_decay, defaults.METHOD_LR[cfg.method])
+    opt = adamw(model, cfg.weight_decay, get_method(cfg.method).default_lr)
 
     def step(cached: bool = encode is not None) -> float:
         return train_step(prep, cfg, model, opt, batch, encode(image_ids) if cached else None)
@@ -268,13 +272,12 @@ def prepared(loaded, model_path, method, s, scene_seed, threads, dev):
 # ---- figure 1 -------------------------------------------------------------------------------------
 
 def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[float, dict]:
-    import peft
     import transformers
 
+    import peft
     import vlpeft
     from vlpeft.model.tokenizer import save_tokenizer
-    from vlpeft.peft import count_params
-    from vlpeft.recipes.defaults import METHOD_LR
+    from vlpeft.peft import count_params, get_method
 
     # transformers' BLIP has only the patch stem, so both sides use it (the tiny preset's conv stem is
     # part of the ViT, which the cached headline figure does not run anyway).
@@ -300,7 +303,7 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     batch, image_ids = task_batch(prep, cfg, s["batch"], dev)
     labels = batch.ids.masked_fill(batch.target_mask == 0, -100)
     hf_params = [p for p in hf.parameters() if p.requires_grad]
-    hf_opt = torch.optim.AdamW(hf_params, lr=METHOD_LR["lora"], weight_decay=cfg.weight_decay, fused=True)
+    hf_opt = torch.optim.AdamW(hf_params, lr=get_method("lora").default_lr, weight_decay=cfg.weight_decay, fused=True)
 
     def hf_step() -> float:
         hf.train()
@@ -318,11 +321,18 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     loss_diff = abs(first["hf_peft"] - first["vlpeft_cached"])  # both before their first update
     assert loss_diff <= 1e-3 * max(1.0, abs(first["hf_peft"])), f"first losses differ: {first}"
     ms = {k: med(v) * 1e3 for k, v in times.items()}
-    detail = {"hf_peft_ms": sig(ms["hf_peft"]), "vlpeft_cached_ms": sig(ms["vlpeft_cached"]),
-              "vlpeft_uncached_ms": sig(ms["vlpeft_uncached"]),
-              "ratio_uncached": sig(ms["vlpeft_uncached"] / ms["hf_peft"]),
-              "trainable_params": n_vl, "first_loss": sig(first["hf_peft"], 6), "first_loss_abs_diff": sig(loss_diff, 3),
-              "batch": s["batch"], "text_len": int(batch.ids.shape[1]), "timed_steps": s["reps"]}
+    detail = {
+        "hf_peft_ms": sig(ms["hf_peft"]),
+        "vlpeft_cached_ms": sig(ms["vlpeft_cached"]),
+        "vlpeft_uncached_ms": sig(ms["vlpeft_uncached"]),
+        "ratio_uncached": sig(ms["vlpeft_uncached"] / ms["hf_peft"]),
+        "trainable_params": n_vl,
+        "first_loss": sig(first["hf_peft"], 6),
+        "first_loss_abs_diff": sig(loss_diff, 3),
+        "batch": s["batch"],
+        "text_len": int(batch.ids.shape[1]),
+        "timed_steps": s["reps"],
+    }
     return sig(ms["vlpeft_cached"] / ms["hf_peft"]), detail
 
 
@@ -346,7 +356,8 @@ def stem_flops(v) -> int:
 def step_flops(cfg, batch: int, text_len: int) -> dict[str, int]:
     """Analytic FLOPs of one full fine-tuning captioning step (see module doc), forward x3."""
     v, t = cfg.vision, cfg.text
-    lin = lambda i, o, n: 2 * i * o * n  # a linear layer over n tokens
+    def lin(i, o, n):
+        return 2 * i * o * n  # a linear layer over n tokens
     T = v.num_patches + 1
     vit = stem_flops(v) + v.depth * (
         4 * lin(v.width, v.width, T) + lin(v.width, v.mlp_width, T) + lin(v.mlp_width, v.width, T)
@@ -452,7 +463,9 @@ def memory_child(spec: dict) -> None:
         torch.set_num_threads(spec["threads"])
     dev = device()
     s = {"batch": spec["batch"], "data_size": spec["data_size"]}
-    prep, cfg, model, encode = prepared(None, spec["model"], spec["method"], s, spec["scene_seed"], spec["threads"], dev)
+    prep, cfg, model, encode = prepared(
+        None, spec["model"], spec["method"], s, spec["scene_seed"], spec["threads"], dev
+    )
     after_load = peak_rss_kib()
     batch, image_ids = task_batch(prep, cfg, spec["batch"], dev)
     step = vlpeft_step(prep, cfg, model, batch, image_ids, encode)
@@ -501,9 +514,16 @@ def run_config(name: str, tiny, tiny_path: str, tiny_kind: str, threads: int, tm
         pristine = base_model(tiny, tmp)
         path = pristine.source
     c = pristine.model.cfg
-    detail: dict = {"model": {"source": path if name == "tiny" else "random weights", "weights": tiny_kind if name == "tiny" else "random",
-                              "vision": f"{c.vision.image_size}px/{c.vision.patch_size} width {c.vision.width} depth {c.vision.depth} heads {c.vision.heads} mlp {c.vision.mlp_width}",
-                              "text": f"width {c.text.width} depth {c.text.depth} heads {c.text.heads} mlp {c.text.mlp_width} vocab {c.text.vocab_size}"}}
+    detail: dict = {
+        "model": {
+            "source": path if name == "tiny" else "random weights",
+            "weights": tiny_kind if name == "tiny" else "random",
+            "vision": f"{c.vision.image_size}px/{c.vision.patch_size} width {c.vision.width} depth {c.vision.depth} "
+            f"heads {c.vision.heads} mlp {c.vision.mlp_width}",
+            "text": f"width {c.text.width} depth {c.text.depth} heads {c.text.heads} mlp {c.text.mlp_width} "
+            f"vocab {c.text.vocab_size}",
+        }
+    }
     values: dict = {}
     seconds: dict = {}
 
@@ -575,7 +595,9 @@ def table(results: dict, details: dict) -> str:
         for fig in FIGURES:
             value = results[fig][config]
             op, goal = GOALS.get(fig, ("", None))
-            goal_txt = f"{op} {goal}" + (f" ({','.join(GOAL_CONFIGS[fig])})" if fig in GOAL_CONFIGS else "") if goal else "-"
+            goal_txt = (
+                f"{op} {goal}" + (f" ({','.join(GOAL_CONFIGS[fig])})" if fig in GOAL_CONFIGS else "") if goal else "-"
+            )
             if isinstance(value, dict):
                 lines.append(f"  {fig:<32} {'':>8}  {goal_txt:<14} -")
                 for m, r in value.items():
@@ -585,8 +607,10 @@ def table(results: dict, details: dict) -> str:
         d = details[config]
         f1, f4, f5 = d["lora_step_vs_hf_peft"], d["flops_fraction_of_peak"], d["lora_peak_mem_vs_full"]
         g = d["grid_cache_speedup"]
-        lines.append(f"  step ms: HF+peft {f1['hf_peft_ms']}, vlpeft LoRA cached {f1['vlpeft_cached_ms']} / uncached "
-                     f"{f1['vlpeft_uncached_ms']} (ratio uncached {f1['ratio_uncached']}); full FT {f4['full_step_ms']}")
+        lines.append(
+            f"  step ms: HF+peft {f1['hf_peft_ms']}, vlpeft LoRA cached {f1['vlpeft_cached_ms']} / uncached "
+            f"{f1['vlpeft_uncached_ms']} (ratio uncached {f1['ratio_uncached']}); full FT {f4['full_step_ms']}"
+        )
         lines.append(f"  grid: {g['uncached_s']} s uncached, {g['cached_s']} s cached, test scores identical: "
                      f"{g['test_scores_identical']}")
         lines.append(f"  FLOP/s: full step {f4['achieved_gflops']} GFLOP/s ({f4['step_flops'] / 1e9:.1f} GFLOP/step), "

@@ -64,7 +64,6 @@ def main() -> int:
     p.add_argument("--out", help="folder for smoke.json")
     args = p.parse_args()
     from bench import base_model, tiny_model
-
     from vlpeft.recipes.finetune import FinetuneConfig, evaluate_run, finetune
 
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")

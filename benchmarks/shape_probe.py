@@ -94,7 +94,10 @@ def main() -> int:
           f"{(~train).sum()} scored, chance {1 / len(names):.3f}")
     for name, f in feats.items():
         ok = probe(np.array(f), y, train, len(names)) == y[~train]
-        print(f"  {name:22s} {ok.mean():.3f}  (large {ok[large[~train]].mean():.3f}, small {ok[~large[~train]].mean():.3f})")
+        print(
+            f"  {name:22s} {ok.mean():.3f}  (large {ok[large[~train]].mean():.3f}, small "
+            f"{ok[~large[~train]].mean():.3f})"
+        )
     return 0
 
 

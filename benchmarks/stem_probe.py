@@ -3,13 +3,14 @@
     python benchmarks/stem_probe.py [--stems patch conv pool pool+bn] [--steps 300] [--threads 1]
 
 For each stem, the tiny preset's ViT (everything but the stem as in `runs/tiny`) is trained from
-scratch, initialised as `Blip` initialises it, as a classifier of single-object synthetic scenes (split "train", the scenes of the first
-24,000 with one object): a linear head on the [CLS] state predicts the shape (6-way) and the colour
+scratch, initialised as `Blip` initialises it, as a classifier of single-object synthetic scenes
+(split "train", the scenes of the first 24,000 with one object): a linear head on the [CLS] state
+predicts the shape (6-way) and the colour
 (8-way), loss = CE(shape) + CE(colour), batch 32, AdamW lr 1e-3 (betas 0.9 / 0.98, weight decay
 0.05), 50 warm-up steps and a cosine decay to 0.1x over `--steps`, gradient norm clipped at 1.
 Every 100 steps it prints the shape and colour accuracy on 600 held-out single-object scenes (split
 "val") and the time per step. Pre-training's signal for shape is far weaker than a label, so a stem
-that is slow here is slow in pre-training too (README, "How the stem got here").
+that is slow here is slow in pre-training too (docs/notes/2026-11-29-tiny-pretraining.md, "How the stem got here").
 """
 
 from __future__ import annotations

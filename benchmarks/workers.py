@@ -37,9 +37,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for workers, threads in SPLITS:
             path = Path(tmp) / f"spec-{workers}x{threads}.yaml"
-            path.write_text(yaml.safe_dump(dict(spec, executor={"kind": "local", "workers": workers, "threads": threads})))
+            path.write_text(
+                yaml.safe_dump(dict(spec, executor={"kind": "local", "workers": workers, "threads": threads}))
+            )
             t0 = time.perf_counter()
-            summary = run_study(load_spec(str(path)), Path(tmp) / f"study-{workers}x{threads}", quiet=True, log=lambda *a: None)
+            summary = run_study(
+                load_spec(str(path)), Path(tmp) / f"study-{workers}x{threads}", quiet=True, log=lambda *a: None
+            )
             results.append({"workers": workers, "threads": threads, "seconds": round(time.perf_counter() - t0, 1),
                             "runs": summary["ran"]})
     for r in results:

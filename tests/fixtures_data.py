@@ -139,8 +139,9 @@ def write_user_task(tmp_path, fmt, kind, name=None):
     write_user_images(root / "images")
     columns = {k: [r[k] for r in rows] for k in rows[0]}
     # encoded images inside the dataset, as the Hub's Parquet files and save_to_disk hold them
-    columns["image"] = [{"bytes": (root / "images" / f"{r['image_id']}.png").read_bytes(), "path": f"{r['image_id']}.png"}
-                        for r in rows]
+    columns["image"] = [
+        {"bytes": (root / "images" / f"{r['image_id']}.png").read_bytes(), "path": f"{r['image_id']}.png"} for r in rows
+    ]
     ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
     if fmt == "hf-disk":
         ds.save_to_disk(str(root / "saved"))

@@ -40,13 +40,15 @@ def world(tiny_checkpoint, tmp_path_factory):
     (root / "garbage.sqlite" / "results.sqlite").write_bytes(b"this is not a database" * 100)
     spec = {"name": "w", "model": str(root / "ckpt"), "tasks": ["easyvqa-vqa"], "methods": {"lora": {"budgets": [1]}},
             "data_sizes": [16], "seeds": [0], "executor": {"workers": 0},
-            "training": {"length_policy": "steps", "steps": 2, "batch_size": 8, "evals": 1, "val_limit": 8, "test_limit": 8}}
+            "training": {"length_policy": "steps", "steps": 2, "batch_size": 8, "evals": 1, "val_limit": 8,
+                         "test_limit": 8}}
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     assert main(["study", str(root / "spec.yaml"), "--out", str(root / "study"), "--quiet"]) == 0
     other = dict(spec, training=dict(spec["training"], steps=3))
     (root / "other.yaml").write_text(yaml.safe_dump(other))
     for name, change in {"typo.yaml": {"methdos": {}}, "type.yaml": {"seeds": "zero"},
-                         "empty-grid.yaml": {"data_sizes": []}, "budget.yaml": {"methods": {"lora": {"budgets": ["params=3"]}}},
+                         "empty-grid.yaml": {"data_sizes": []},
+                         "budget.yaml": {"methods": {"lora": {"budgets": ["params=3"]}}},
                          "range.yaml": {"data_sizes": [10**8]}, "task.yaml": {"tasks": ["easyvqa"]}}.items():
         d = dict(spec, **change)
         if "methdos" in change:
@@ -60,7 +62,8 @@ def world(tiny_checkpoint, tmp_path_factory):
     next((root / "coco" / "coco" / "val2014").iterdir()).unlink()  # an annotation now points at a missing image
     (root / "coco.yaml").write_text(yaml.safe_dump(dict(spec, tasks=["coco-caption"], paths=paths)))
     run = root / "run"
-    assert main(["finetune", "--model", str(root / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora", "--budget", "1",
+    assert main(["finetune", "--model", str(root / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora",
+                 "--budget", "1",
                  "--data-size", "16", "--length-policy", "steps", "--steps", "2", "--batch-size", "8",
                  "--val-limit", "8", "--test-limit", "8", "--out", str(run), "--quiet"]) == 0
     broken_run = root / "broken-run"
@@ -82,9 +85,11 @@ def world(tiny_checkpoint, tmp_path_factory):
     (nan / "model.safetensors").write_bytes(bytes(raw))
     text = (root / "spec.yaml").read_text()
     (root / "dup.yaml").write_text(text + "seeds: [1, 2]\n")  # `seeds` is in spec.yaml already
-    (root / "nan.yaml").write_text(yaml.safe_dump(dict(spec, training=dict(spec["training"], warmup_ratio=float("nan")))))
+    nan_training = dict(spec["training"], warmup_ratio=float("nan"))
+    (root / "nan.yaml").write_text(yaml.safe_dump(dict(spec, training=nan_training)))
     (root / "big-seed.yaml").write_text(yaml.safe_dump(dict(spec, seeds=[99999999999999999999])))
-    (root / "inf-lr.yaml").write_text(yaml.safe_dump(dict(spec, methods={"lora": {"budgets": [1], "lr": [float("inf")]}})))
+    inf_lr = {"lora": {"budgets": [1], "lr": [float("inf")]}}
+    (root / "inf-lr.yaml").write_text(yaml.safe_dump(dict(spec, methods=inf_lr)))
     leak = write_coco(root / "leak")
     data = json.loads(Path(leak["karpathy_json"]).read_text())
     data["images"].append(dict(data["images"][4], split="train"))  # a test image also under train
@@ -93,8 +98,16 @@ def world(tiny_checkpoint, tmp_path_factory):
     corrupt = write_coco(root / "corrupt")
     victim = root / "corrupt" / "coco" / "val2014" / "COCO_val2014_000000000004.jpg"  # the val split's image
     victim.write_bytes(victim.read_bytes()[:40])  # exists, does not decode
-    (root / "corrupt.yaml").write_text(yaml.safe_dump(dict(spec, tasks=["coco-caption"], paths=corrupt, data_sizes=[2])))
+    corrupt_spec = dict(spec, tasks=["coco-caption"], paths=corrupt, data_sizes=[2])
+    (root / "corrupt.yaml").write_text(yaml.safe_dump(corrupt_spec))
+    (root / "bert-ckpt").mkdir()
+    (root / "bert-ckpt" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     return root
+
+
+def ft(*args, task="easyvqa-vqa", method="lora", out="{w}/y"):
+    """A `vlpeft finetune` command line on the world's checkpoint, with `args` before --out."""
+    return ["finetune", "--model", "{w}/ckpt", "--task", task, "--method", method, *args, "--out", out]
 
 
 CASES = [  # (argv with {w} for the world folder, what the one line must say)
@@ -106,18 +119,25 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["caption", "--model", "{w}/empty-ckpt", "--scenes", "2"], "is empty"),
     (["caption", "--model", "{w}/foreign-ckpt", "--scenes", "2"], "widht"),
     (["caption", "--model", "{w}/ckpt", "{w}/truncated.png"], "truncated.png"),
+    (["caption", "--model", "{w}/bert-ckpt", "{w}/ok.png"], "not a BLIP checkpoint"),
+    (["caption", "--model", "{w}/ckpt", "{w}/missing.png"], "missing.png: image not found"),
     (["caption", "--model", "{w}/ckpt"], "give IMAGE files or --scenes"),
     (["methods", "--model", "{w}/ckpt", "--method", "lroa"], "lroa"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa", "--method", "lora", "--out", "{w}/y"], "easyvqa"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--budget", "params=3", "--out", "{w}/y"], "no rank reaches"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "0", "--out", "{w}/y"], "data_size"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "99999999", "--out", "{w}/y"], "data_size"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--data-size", "150%", "--out", "{w}/y"], "150%"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--options", "{bad", "--out", "{w}/y"], "--options: not valid JSON"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--options", '{"rnak": 2}', "--out", "{w}/y"], "did you mean"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--batch-size", "0", "--out", "{w}/y"], "batch_size"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--seed", "x", "--out", "{w}/y"], "invalid int value"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--out", "{w}/run"], "already holds a finished run"),
+    (ft(task="easyvqa"), "easyvqa"),
+    (ft("--budget", "params=3"), "no rank reaches"),
+    (ft("--data-size", "0"), "data_size"),
+    (ft("--data-size", "99999999"), "data_size"),
+    (ft("--data-size", "150%"), "150%"),
+    (ft("--data-size", "1.5"), "data_size"),
+    (ft(method="lorra"), 'did you mean "lora"'),
+    (ft("--budget", "0"), "positive"),
+    (ft("--budget", "4", method="full"), "no size knob"),
+    (ft(task="coco-caption"), "paths lacks 'karpathy_json'"),
+    (ft("--options", "{bad"), "--options: not valid JSON"),
+    (ft("--options", '{"rnak": 2}'), "did you mean"),
+    (ft("--batch-size", "0"), "batch_size"),
+    (ft("--seed", "x"), "invalid int value"),
+    (ft(out="{w}/run"), "already holds a finished run"),
     (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/nowhere"], "nowhere"),
     (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/broken-run"], "is empty"),
     (["evaluate", "--model", "{w}/ckpt", "--peft", "{w}/run", "--task", "scenes-vqa"], "trained on"),
@@ -141,20 +161,21 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["evaluate", "--model", "{w}/other-ckpt", "--peft", "{w}/run"], "this run adapted"),
     (["caption", "--model", "{w}/nan-ckpt", "--scenes", "1"], "non-finite values (nan or inf); the file is corrupt"),
     (["study", "{w}/dup.yaml", "--out", "{w}/s2"], "key 'seeds' is given twice (lines"),
-    (["study", "{w}/nan.yaml", "--out", "{w}/s2"], "nan.yaml: training.warmup_ratio must be a finite number >= 0 and < 1, got nan"),
+    (["study", "{w}/nan.yaml", "--out", "{w}/s2"],
+     "nan.yaml: training.warmup_ratio must be a finite number >= 0 and < 1, got nan"),
     (["study", "{w}/inf-lr.yaml", "--out", "{w}/s2"], "methods.lora.lr: learning rates must be finite"),
     (["study", "{w}/big-seed.yaml", "--out", "{w}/s2", "--dry-run"], "seeds must be an integer in [0, 4294967295]"),
     (["study", "{w}/leak.yaml", "--out", "{w}/s2", "--dry-run"], "in both the train and the test split"),
     (["study", "{w}/corrupt.yaml", "--out", "{w}/s2", "--dry-run"], "cannot read image"),
     (["study", "{w}/spec.yaml", "--out", "{w}/ok.png"], "study folder is a file, not a folder"),
     (["study", "{w}/spec.yaml", "--out", "{w}/s2", "--threads", "0"], "--threads 0: must be an integer >= 1"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--out", "{w}/ok.png/run"],
+    (ft(out="{w}/ok.png/run"),
      "ok.png is a file, not a folder"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--threads", "-1", "--out", "{w}/y"],
+    (ft("--threads", "-1"),
      "threads must be an integer >= 0, got -1"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--seed", "-1", "--out", "{w}/y"],
+    (ft("--seed", "-1"),
      "seed must be an integer >= 0 and <= 4294967295, got -1"),
-    (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--lr", "inf", "--out", "{w}/y"],
+    (ft("--lr", "inf"),
      "lr must be a finite number >= 0, got inf"),
     (["pretrain", "--out", "{w}/ok.png/ckpt", "--steps", "1"], "ok.png is a file, not a folder"),
     (["pretrain", "--out", "{w}/x", "--threads", "-1"], "threads must be an integer >= 0, got -1"),
@@ -210,7 +231,8 @@ def _can_mount_read_only(tmp_path) -> bool:
 
     probe = tmp_path / "probe"
     probe.mkdir()
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe}"],
+    remount = f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe}"
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", remount],
                        capture_output=True)
     return r.returncode == 0
 
@@ -233,7 +255,8 @@ def test_a_read_only_output_folder_is_refused_before_any_training(world, tmp_pat
             "pretrain": ["pretrain", "--out", str(ro / "ckpt")]}[command]
     cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "vlpeft.cli", *argv])
     t0 = time.time()
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && {cli}"],
+    remount = f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro}"
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"{remount} && {cli}"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()

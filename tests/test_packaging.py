@@ -86,14 +86,18 @@ def test_an_installed_wheel_finds_its_presets_from_another_folder(wheel, tmp_pat
     assert fresh_site in preset_dir.parents
 
     # --out is a relative folder: a dry run must not create it (nor pre-train runs/tiny): the cwd stays empty
-    listed = run([python, "-m", "vlpeft.cli", "study", "quick", "--dry-run", "--out", "runs/quick"], cwd=elsewhere, env=env)
+    listed = run(
+        [python, "-m", "vlpeft.cli", "study", "quick", "--dry-run", "--out", "runs/quick"], cwd=elsewhere, env=env
+    )
     assert listed.returncode == 0, listed.stdout + listed.stderr
     cells = [line.split()[0] for line in listed.stdout.splitlines() if line.endswith("training examples)")]
     assert cells == [c.id for c in expand(load_spec("quick"))]
     assert f"{len(cells)} cells" in listed.stdout.splitlines()
     assert list(elsewhere.iterdir()) == []
 
-    unknown = run([python, "-m", "vlpeft.cli", "study", "nosuch", "--dry-run", "--out", "runs/x"], cwd=elsewhere, env=env)
+    unknown = run(
+        [python, "-m", "vlpeft.cli", "study", "nosuch", "--dry-run", "--out", "runs/x"], cwd=elsewhere, env=env
+    )
     assert unknown.returncode == 2, unknown.stdout + unknown.stderr
     named = re.search(r"'nosuch' is neither a YAML file nor a preset.*\(presets: ([^)]*)\)", unknown.stderr)
     assert named, unknown.stderr

@@ -14,9 +14,9 @@ from vlpeft.errors import UserError
 
 
 def cmd_pretrain(args) -> int:
+    from vlpeft.io import write_json
     from vlpeft.model.checkpoint import load_model
     from vlpeft.recipes.pretrain import PretrainConfig, evaluate_pretrained, pretrain
-    from vlpeft.io import write_json
 
     out = Path(args.out)
     if (out / "config.json").exists() and args.if_missing:
@@ -27,7 +27,12 @@ def cmd_pretrain(args) -> int:
         raise UserError(f"{out}: already holds a checkpoint (use --force to replace it)")
     given = {k: getattr(args, k) for k in ("steps", "scenes", "batch_size") if getattr(args, k) is not None}
     cfg = PretrainConfig(preset=args.preset, seed=args.seed, threads=args.threads, **given)
-    record = pretrain(cfg, out, progress=not args.quiet)
+    from vlpeft.recipes.training import Diverged
+
+    try:
+        record = pretrain(cfg, out, progress=not args.quiet)
+    except Diverged as e:
+        raise UserError(f"pre-training diverged: {e}") from e
     print(f"pre-trained {cfg.preset} for {cfg.steps} steps in {record['train_seconds']:.0f} s -> {out}")
     if args.no_eval:
         return 0
@@ -103,17 +108,17 @@ def cmd_methods(args) -> int:
     table = {}
     for name in names:
         spec = get_method(name)
-        table[name] = {"knob": spec.knob, "summary": spec.summary, "default_placement": default_placement(name),
-                       "ladder": ladder(cfg, name)}
+        table[name] = {"knob": spec.knob, "summary": spec.summary, "default_lr": spec.default_lr,
+                       "default_placement": default_placement(name), "ladder": ladder(cfg, name)}
     if args.json:
         print(json.dumps({"model": str(args.model), "methods": table}, indent=1))
         return 0
-    print(f"{'method':8} {'knob':12} {'value':>6} {'params':>12} {'% backbone':>11}  placement")
+    print(f"{'method':8} {'knob':12} {'value':>6} {'params':>12} {'% backbone':>11} {'lr':>7}  placement")
     for name, row in table.items():
         for r in row["ladder"]:
             value = "-" if r["value"] is None else r["value"]
-            print(f"{name:8} {row['knob'] or '-':12} {value:>6} {r['budget']:>12,} {r['percent_of_backbone']:>10.3f}%  "
-                  f"{'+'.join(row['default_placement'])}")
+            print(f"{name:8} {row['knob'] or '-':12} {value:>6} {r['budget']:>12,} {r['percent_of_backbone']:>10.3f}% "
+                  f"{row['default_lr']:>7g}  {'+'.join(row['default_placement'])}")
     return 0
 
 
@@ -144,7 +149,8 @@ def _task_options(values: list[str] | None) -> dict:
 
 
 def cmd_finetune(args) -> int:
-    from vlpeft.recipes.finetune import Diverged, FinetuneConfig, finetune
+    from vlpeft.recipes.finetune import FinetuneConfig, finetune
+    from vlpeft.recipes.training import Diverged
 
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.force:
@@ -155,9 +161,8 @@ def cmd_finetune(args) -> int:
         raise UserError(f"--options: not valid JSON ({e.msg})") from e
     if not isinstance(options, dict):
         raise UserError("--options: expected a JSON object of method config fields")
-    given = {k: getattr(args, k) for k in FINETUNE_FLAGS if getattr(args, k) is not None}
-    cfg = FinetuneConfig(model=args.model, task=args.task, method=args.method, budget=args.budget,
-                         method_options=options, data_size=args.data_size,
+    given = {k: getattr(args, k) for k in scalar_fields(FinetuneConfig) if getattr(args, k) is not None}
+    cfg = FinetuneConfig(method_options=options, data_size=args.data_size,
                          paths=_pairs(args.data, "--data", "KEY=PATH"),
                          task_options=_task_options(args.task_option), **given)
     try:
@@ -175,7 +180,10 @@ def cmd_evaluate(args) -> int:
 
     r = evaluate_run(args.model, args.peft, args.task, allow_other_base=args.allow_other_base)
     other = "" if r["same_base"] else " on another base checkpoint than the run adapted"
-    print(f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g}{other} (recorded {r['recorded_test_score']:.6g})")
+    print(
+        f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g}{other} (recorded "
+        f"{r['recorded_test_score']:.6g})"
+    )
     return 0
 
 
@@ -189,7 +197,10 @@ def cmd_tasks(args) -> int:
         print(f"{t.name:16} {t.kind:8} {t.relation:26} {t.description}")
         if t.paths:
             print(f"{'':16} {'':8} {'':26} files (--data KEY=PATH): {', '.join(t.paths + t.optional_paths)}")
-    print("\nor your own data: a task file (YAML) given as --task my-task.yaml; check it with `vlpeft tasks check my-task.yaml`")
+    print(
+        "\nor your own data: a task file (YAML) given as --task my-task.yaml; check it with `vlpeft tasks check "
+        "my-task.yaml`"
+    )
     print("kinds: " + "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values()))
     return 0
 
@@ -257,27 +268,43 @@ def cmd_advise(args) -> int:
     return 0
 
 
-# FinetuneConfig fields offered as `vlpeft finetune` flags; type, choices and help come from the fields.
-FINETUNE_FLAGS = ("seed", "subset_seed", "lr", "batch_size", "length_policy", "epochs", "min_steps", "steps",
-                  "warmup_ratio", "weight_decay", "label_smoothing", "grad_clip", "evals", "patience", "val_limit",
-                  "test_limit", "max_text_len", "scene_seed", "precision", "threads", "device")
+SCALARS = (str, int, float, bool)
+
+
+def scalar_fields(cls) -> tuple[str, ...]:
+    """The fields of config dataclass `cls` whose type (X or X | None) is a str, int, float or bool: each
+    becomes a --flag. The others (dicts, data sizes) have flags of their own, parsed by hand."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if _scalar(hints[f.name]) is not None)
+
+
+def _scalar(hint):
+    import typing
+
+    kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
+    return kind if kind in SCALARS else None
 
 
 def config_flags(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) -> None:
     """One --flag per field of the config dataclass `cls` named in `names`: its type from the type
-    hint, its choices and help from the field's metadata, the default shown (None: not given)."""
+    hint, its choices and help from the field's metadata, required when the field has no default, the
+    default shown (None: not given, the config's default applies)."""
     import dataclasses
     import typing
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in names:
-        f, hint = fields[name], hints[name]
-        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
-        default = f.default if f.default is not dataclasses.MISSING else None
+        f, kind = fields[name], _scalar(hints[name])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if f.default is dataclasses.MISSING else f.default
         shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=f.metadata.get("choices"),
-                            help=f.metadata.get("help", "").replace("%", "%%") + shown)
+        how = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        parser.add_argument(f"--{name.replace('_', '-')}", required=required, choices=f.metadata.get("choices"),
+                            default=None, help=f.metadata.get("help", "").replace("%", "%%") + shown, **how)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,18 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_caption)
 
     s = sub.add_parser("finetune", help="fine-tune one cell: model x task x method x budget x data size x seed")
-    s.add_argument("--model", required=True, help="checkpoint folder or hub id")
-    s.add_argument("--task", required=True, help="a built-in task (see `vlpeft tasks`) or a task file of your own data (YAML)")
     s.add_argument("--data", action="append", metavar="KEY=PATH", help="a data file of a task that takes paths "
                    "(coco-caption: karpathy_json, image_root; vqav2: train_questions, ...); repeatable")
     s.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="an option of the task's kind "
                    "(caption: prompt, num_beams, max_new_tokens; vqa: inference, rank_k); repeatable")
-    s.add_argument("--method", required=True, help="prompt, prefix, adapter, lora, mam, full, frozen, bitfit, ia3")
-    s.add_argument("--budget", help="knob value (8) or parameter target (params=50k)")
     s.add_argument("--options", help='other method config fields as JSON, e.g. \'{"placement": ["text_decoder"]}\'')
     s.add_argument("--data-size", default="1.0", help="fraction (0.1, 10%%) or count (200) of training examples")
     s.add_argument("--out", required=True, help="run folder to write")
-    config_flags(s, FinetuneConfig, FINETUNE_FLAGS)
+    config_flags(s, FinetuneConfig, scalar_fields(FinetuneConfig))
     s.add_argument("--force", action="store_true", help="replace a finished run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_finetune)
@@ -340,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tasks", help="list the built-in tasks; `tasks check TASK` reads one and says what it holds")
     s.set_defaults(func=cmd_tasks)
     tsub = s.add_subparsers(dest="tasks_command", parser_class=_Parser)
-    c = tsub.add_parser("check", help="load a task (built-in name or task file), decode its images, print what was read")
+    c = tsub.add_parser(
+        "check", help="load a task (built-in name or task file), decode its images, print what was read"
+    )
     c.add_argument("task", help="built-in task name or task file (YAML)")
     c.add_argument("--data", action="append", metavar="KEY=PATH", help="data files of coco-caption / vqav2; repeatable")
     c.add_argument("--model", help="checkpoint whose pre-training seed the scenes tasks use")
@@ -350,9 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_tasks)
 
     s = sub.add_parser("study", help="run (or resume) a whole study grid: the main job")
-    s.add_argument("spec", nargs="?", default="quick", help="a preset (quick, full, paper-blip: shipped in vlpeft/configs/) or a YAML file "
-                   "(default: quick)")
-    s.add_argument("--out", help="study folder (results.sqlite, results.csv, report.md, runs/); not needed with --dry-run")
+    s.add_argument(
+        "spec",
+        nargs="?",
+        default="quick",
+        help="a preset (quick, full, paper-blip: shipped in vlpeft/configs/) or a YAML file (default: quick)",
+    )
+    s.add_argument(
+        "--out", help="study folder (results.sqlite, results.csv, report.md, runs/); not needed with --dry-run"
+    )
     s.add_argument("--executor", choices=["local", "ray"], help="override the spec's executor")
     s.add_argument("--workers", type=int, help="local worker processes (0 = in this process)")
     s.add_argument("--threads", type=int, help="torch threads per run")
@@ -364,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="rebuild a study's report (report.html, report.md, figures/) from results.sqlite")
     s.add_argument("dir", help="study folder")
-    s.add_argument("--delta", type=float, default=0.05, help="equivalence margin, as a fraction of the task's best score (default 0.05)")
+    s.add_argument(
+        "--delta",
+        type=float,
+        default=0.05,
+        help="equivalence margin, as a fraction of the task's best score (default 0.05)",
+    )
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("advise", help="recommend a method and budget from a study's results")

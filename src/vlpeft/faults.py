@@ -18,10 +18,13 @@ _seen: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
+    assert name in POINTS, name
     spec = os.environ.get("VLPEFT_CRASH")
     if not spec:
         return
     point, _, nth = spec.partition(":")
+    if point not in POINTS:  # a misspelt point would never fire, and a kill test would pass without a kill
+        raise RuntimeError(f"VLPEFT_CRASH={spec!r}: no crash point {point!r} (points: {', '.join(POINTS)})")
     if point != name:
         return
     _seen[name] = _seen.get(name, 0) + 1

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-
 # Errors of the file system rather than of the program: reported as one line naming the file.
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 

@@ -1,8 +1,12 @@
-"""Building a validated config dataclass from a JSON/YAML mapping: unknown keys get a did-you-mean,
-values are checked against the field's type hint, and `metadata={"choices": (...)}` restricts a
-field to a set of values. Every problem is a one-line UserError naming where the value came from.
+"""The one config system: a validated config dataclass from a JSON/YAML mapping.
 
-Used by the PEFT method configs (`peft.make_config`) and the task kinds' options (`tasks.base`).
+`from_mapping(cls, data, where)` builds any frozen config dataclass of vlpeft (the model config,
+every PEFT method config, the study spec's parts, the task kinds' options, task files): unknown keys
+get a did-you-mean, required keys are checked, each value is checked against its field's type hint
+(`typing.get_type_hints`; nested dataclasses are built the same way), and the rules written in the
+field's metadata are checked by `check_values`: "choices", and for numbers "min" / "max" /
+"below" (a float must also be finite). The same metadata gives the CLI its flags (help text,
+choices). Every problem is a one-line UserError naming where the value came from.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from vlpeft.errors import UserError, did_you_mean
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` checked against the type hint `hint` (int, float, bool, str, tuple[str, ...], dict,
-    `X | None`); ints are accepted for floats, a comma-separated string for a tuple of names."""
+    """`value` checked against the type hint `hint`: int, float (ints accepted; YAML 1.1 reads 1e-3
+    as a string, which is read back as a number), bool, str, dict, `X | None`, a nested config
+    dataclass (built from a mapping by `from_mapping`), `tuple[str, ...]` (a list, or a
+    comma-separated string of names) and other tuples (a list, each item checked)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -26,12 +32,18 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if len(options) == 1:
             return coerce(value, options[0], where)
         return value
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_mapping(hint, value, where, what="keys")
     if origin is tuple:
-        if isinstance(value, str):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        item = args[0] if args else Any
+        if item is str and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        if item is str and not all(isinstance(v, str) for v in value):
             raise UserError(f"{where} must be a list of names, got {value!r}")
-        return tuple(value)
+        return tuple(v if item is Any else coerce(v, item, f"{where}[{k}]") for k, v in enumerate(value))
     if hint is bool:
         if not isinstance(value, bool):
             raise UserError(f"{where} must be true or false, got {value!r}")
@@ -41,6 +53,11 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             raise UserError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be a number, got {value!r}")
         return float(value)
@@ -48,37 +65,44 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         raise UserError(f"{where} must be a string, got {value!r}")
     if (hint is dict or origin is dict) and not isinstance(value, dict):
         raise UserError(f"{where} must be a mapping, got {value!r}")
+    if (hint is list or origin is list) and not isinstance(value, list):
+        raise UserError(f"{where} must be a list, got {value!r}")
     return value
 
 
-def from_mapping(cls: type, data: Any, where: str, what: str = "options") -> Any:
-    """An instance of the frozen dataclass `cls` from the mapping `data` (missing keys take the
-    field defaults). A ValueError or UserError raised by `cls.__post_init__` is re-raised as a
-    UserError prefixed with `where`."""
+def check_keys(cls: type, data: Any, where: str, what: str = "keys", skip: tuple[str, ...] = ()) -> dict:
+    """`data` as a dict after checking its keys against the fields of `cls` (less `skip`): an
+    unknown key (with a did-you-mean) or a missing required one is a UserError."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{where}: {what} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for key, value in data.items():
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+    one = what[:-1] if what.endswith("s") else what
+    for key in data:
         if key not in fields:
-            raise UserError(f"{where}: unknown {what[:-1] if what.endswith('s') else what} {key!r}"
-                            f"{did_you_mean(str(key), fields)}; {what}: {', '.join(fields) or 'none'}")
-        value = coerce(value, hints[key], f"{where}: {key}")
-        choices = fields[key].metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise UserError(f"{where}: {key} {value!r} is not one of {', '.join(map(str, choices))}"
-                            f"{did_you_mean(str(value), choices)}")
-        kw[key] = value
+            raise UserError(f"{where}: unknown {one} {key!r}{did_you_mean(str(key), fields)}; "
+                            f"{what}: {', '.join(fields) or 'none'}")
     for name, f in fields.items():
-        if name not in kw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"{where}: missing required key {name!r} ({f.metadata.get('help', '')})")
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            help_ = f.metadata.get("help")
+            raise UserError(f"{where}: missing required {one} {name!r}" + (f" ({help_})" if help_ else ""))
+    return dict(data)
+
+
+def from_mapping(cls: type, data: Any, where: str, what: str = "options") -> Any:
+    """An instance of the frozen dataclass `cls` from the mapping `data` (missing keys take the
+    field defaults), every value checked (see the module doc). A ValueError or UserError raised by
+    `cls.__post_init__` is re-raised as a UserError prefixed with `where`."""
+    data = check_keys(cls, data, where, what)
+    hints = typing.get_type_hints(cls)
+    kw = {key: coerce(value, hints[key], f"{where}: {key}") for key, value in data.items()}
     try:
-        return cls(**kw)
+        obj = cls(**kw)
     except (ValueError, UserError) as e:
-        raise UserError(f"{where}: {e}") from None
+        raise UserError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    check_values(obj, where)
+    return obj
 
 
 def help_text(cls: type) -> str:

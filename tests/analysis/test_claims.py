@@ -45,7 +45,8 @@ def test_planted_flat_data_curve_is_judged_flat():
 
 
 def test_planted_interior_peak_is_judged_non_monotonic():
-    peak = lambda n, p: 60 - 4 * (np.log2(p / 4_000)) ** 2  # best at the middle budget
+    def peak(n, p):
+        return 60 - 4 * (np.log2(p / 4_000)) ** 2  # best at the middle budget
     v, row = verdicts(table(peak, noise=0.5))
     assert v["param_nonmonotonic"] == "holds"
     assert row["param_nonmonotonic"]["best_params"] == 4_000
@@ -95,9 +96,15 @@ def test_baseline_check_flags_the_cells_that_learned_nothing():
     checks = {c["label"]: c for c in baseline_check(runs, delta=0.05)}
     assert set(checks) == {"lora", "full"}  # the frozen model is the baseline, not a cell to judge
     assert checks["full"]["cells"] == 2 and checks["full"]["flagged"] == []
-    assert checks["full"]["headroom"] == pytest.approx(60 - 40.2, abs=0.2)  # many deltas: flagged cells are undertrained
+    assert checks["full"]["headroom"] == pytest.approx(
+        60 - 40.2, abs=0.2
+    )  # many deltas: flagged cells are undertrained
     # the majority answer (40.2) beats the frozen model (36): 40.5 is within delta = 5 % of 60 of it
     assert [f["size"] for f in checks["lora"]["flagged"]] == ["100", "400"]
-    assert checks["lora"]["flagged"][0]["baseline"] == 40.2 and checks["lora"]["flagged"][0]["margin"] == pytest.approx(3.0, abs=0.05)
+    assert checks["lora"]["flagged"][0]["baseline"] == 40.2 and checks["lora"]["flagged"][0]["margin"] == pytest.approx(
+        3.0, abs=0.05
+    )
     # without a majority answer (captioning) the frozen model's score is the baseline
-    assert baseline_check([{**r, "majority": None} for r in runs if r["label"] != "full"], delta=0.05)[0]["flagged"] == []
+    assert (
+        baseline_check([{**r, "majority": None} for r in runs if r["label"] != "full"], delta=0.05)[0]["flagged"] == []
+    )

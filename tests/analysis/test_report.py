@@ -1,7 +1,9 @@
 """The report and the advice, from a study store alone; the HTML checked in headless Chromium."""
 
 import hashlib
+import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,28 +28,66 @@ def fake_study(folder: Path, seed=0):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     con = store.connect(folder / "results.sqlite")
-    store.set_meta(con, {"name": "fake", "identity": json.dumps({"model": "none", "training": {"length_policy": "steps"}}),
-                         "consistency": json.dumps({"scenes-caption": {"lm_loss": 1.1, "feature_distance": 0.0},
-                                                    "easyvqa-vqa": {"lm_loss": 4.0, "feature_distance": 0.9}})})
+    store.set_meta(
+        con,
+        {
+            "name": "fake",
+            "identity": json.dumps({"model": "none", "training": {"length_policy": "steps"}}),
+            "consistency": json.dumps(
+                {
+                    "scenes-caption": {"lm_loss": 1.1, "feature_distance": 0.0},
+                    "easyvqa-vqa": {"lm_loss": 4.0, "feature_distance": 0.9},
+                }
+            ),
+        },
+    )
     for task, base, metric, relation in (("scenes-caption", 2.5, "cider_d", "same data, same task"),
                                          ("easyvqa-vqa", 40.0, "vqa_accuracy", "new data, new task")):
         for label, (knob, budgets) in METHODS.items():
             for budget, params in budgets.items():
                 for n in (100, 400, 1600):
                     for s in range(3):
-                        gain = 0 if label == "frozen" else (0.1 if task == "scenes-caption" else 5.0) * np.log10(n) * (1 + np.log10(1 + params) / 10)
+                        gain = (
+                            0
+                            if label == "frozen"
+                            else (0.1 if task == "scenes-caption" else 5.0)
+                            * np.log10(n)
+                            * (1 + np.log10(1 + params) / 10)
+                        )
                         y = base + gain + rng.normal(0, 0.05 * base / 10)
-                        cell = Cell(id=f"{task}.{label}.{'b' + str(budget) + '.' if budget else ''}n{n}.s{s}", task=task,
-                                    label=label, method=label, budget=None if budget is None else str(budget),
-                                    data_size=n, seed=s, lr=None)
+                        cell = Cell(
+                            id=f"{task}.{label}.{'b' + str(budget) + '.' if budget else ''}n{n}.s{s}",
+                            task=task,
+                            label=label,
+                            method=label,
+                            budget=None if budget is None else str(budget),
+                            data_size=n,
+                            seed=s,
+                            lr=None,
+                        )
                         store.add_cells(con, [(cell, {"task": task})])
-                        metrics = {"status": "done", "task": task, "method": label, "knob": knob, "knob_value": budget,
-                                   "data_size": n, "data_fraction": n / 4000, "seed": s, "metric": metric, "test_score": y,
-                                   "best_val_score": y + rng.normal(0, 0.01), "budget_params": params,
-                                   "trainable_params": params, "params": {"backbone": 2_556_000,
-                                   "budget_percent_of_backbone": 100 * params / 2_556_000},
-                                   "lr": 1e-3, "task_relation": relation, "length_policy": "steps", "train_seconds": 1.0,
-                                   "secondary": {}, "environment": {"host": "h", "versions": {"torch": "x"}}}
+                        metrics = {
+                            "status": "done",
+                            "task": task,
+                            "method": label,
+                            "knob": knob,
+                            "knob_value": budget,
+                            "data_size": n,
+                            "data_fraction": n / 4000,
+                            "seed": s,
+                            "metric": metric,
+                            "test_score": y,
+                            "best_val_score": y + rng.normal(0, 0.01),
+                            "budget_params": params,
+                            "trainable_params": params,
+                            "params": {"backbone": 2_556_000, "budget_percent_of_backbone": 100 * params / 2_556_000},
+                            "lr": 1e-3,
+                            "task_relation": relation,
+                            "length_policy": "steps",
+                            "train_seconds": 1.0,
+                            "secondary": {},
+                            "environment": {"host": "h", "versions": {"torch": "x"}},
+                        }
                         store.mark_running(con, cell.id)
                         store.finish(con, cell.id, {"status": "done", "metrics": metrics, "started": 1.0, "ended": 2.0})
     con.close()
@@ -63,10 +103,19 @@ def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
     folder = fake_study(tmp_path / "s")
     out = report.build(folder)
     md = (folder / "report.md").read_text()
-    for section in ("## Setup", "## Verdicts", "## Consistency with pre-training", "## Figures", "## Advice",
-                    "## Every cell", "## Every run"):
-        assert section in md
-    assert "| easyvqa-vqa | lora | holds (ρ=" in md  # the planted data-size trend on the new task
+    order = ["## What this study found", "## Compared with Tian et al.", "## Embedding composition vs layer",
+             "## Verdict matrix", "## Statistics behind each verdict", "## Setup", "## Figures", "## Advice",
+             "## Did the runs learn?", "## Consistency with pre-training", "## Every cell", "## Every run"]
+    assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)
+    # the planted data-size trend on the new task: a sentence, a symbol, and the statistics behind it
+    assert "On easyvqa-vqa (new data, new task): performance rose with data size for 2 of 2 methods (adapter, lora)." \
+        in md
+    assert "| easyvqa-vqa | lora | ✓ | ✓ | ✗ | – |" in md and "| easyvqa-vqa | lora | holds (ρ=" in md
+    # the planted trends rise on both tasks: as the paper expects on the new task, not on the consistent one
+    assert "| easyvqa-vqa | new data, new task | performance rises with data size and with trainable parameters |" in md
+    assert md.split("| easyvqa-vqa | new data, new task |")[1].split("\n")[0].endswith("| agrees |")
+    assert md.split("| scenes-caption | same data, same task |")[1].split("\n")[0].endswith("| differs |")
+    assert "lora: 2, 8; adapter: 4, 16" in md  # budgets in numeric order
     html = (folder / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 9
     assert not any(s in html for s in ("src='http", 'src="http', "<link"))  # self-contained
@@ -98,14 +147,25 @@ def test_cli_report_and_advise(tmp_path):
                         "--data-size", "400", "--max-params", "20000"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "recommended:" in r.stdout and "runner-up:" in r.stdout and "95% CI" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "report", str(tmp_path / "nothing")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlpeft.cli", "report", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "no results.sqlite here" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "report", str(folder), "--delta", "5"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlpeft.cli", "report", str(folder), "--delta", "5"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "--delta 5.0: must be a fraction" in r.stderr
 
 
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 @pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (scripts/setup installs it)")
@@ -119,6 +179,11 @@ def test_report_html_renders_in_headless_chromium_without_errors(tmp_path):
     dom = subprocess.run([_chromium(), *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page],
                          capture_output=True, text=True, timeout=120)
     assert 'data-images="9/9"' in dom.stdout, dom.stderr[-2000:]
+    page_text = dom.stdout
+    assert page_text.index("What this study found") < page_text.index("<table")  # findings first, in words
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page_text, re.S)
+    assert len(cells) > 100 and not [c for c in cells if _json_object(html.unescape(c))]
+    assert page_text.count("class=\"v-holds\"") >= 6  # the verdict matrix's coloured cells
     assert 'data-errors="0"' in dom.stdout
     assert "Uncaught" not in dom.stderr
     shot = tmp_path / "report.png"
@@ -134,8 +199,13 @@ def test_a_study_with_no_finished_run_reports_its_grid_and_no_nulls(tmp_path, ca
     folder = tmp_path / "s"
     folder.mkdir()
     con = store.connect(folder / "results.sqlite")
-    store.set_meta(con, {"name": "unfinished", "identity": json.dumps({"model": "none", "training": {"length_policy": "steps",
-                                                                                                      "steps": 40}})})
+    store.set_meta(
+        con,
+        {
+            "name": "unfinished",
+            "identity": json.dumps({"model": "none", "training": {"length_policy": "steps", "steps": 40}}),
+        },
+    )
     cells = [Cell(id=f"easyvqa-vqa.lora.b{b}.n16.s{s}", task="easyvqa-vqa", label="lora", method="lora", budget=str(b),
                   data_size=16, seed=s, lr=None) for b in (1, 2) for s in (0, 1)]
     store.add_cells(con, [(c, {"task": c.task, "length_policy": "steps"}) for c in cells])
@@ -146,10 +216,11 @@ def test_a_study_with_no_finished_run_reports_its_grid_and_no_nulls(tmp_path, ca
     out = capsys.readouterr().out
     assert "4 runs (2 pending, 2 running); 0 cells with finished runs" in out
     md = (folder / "report.md").read_text()
-    setup = md.split("## Verdicts")[0]
-    assert "None" not in setup and "null" not in setup
+    setup = md.split("## Setup")[1].split("\n## ")[0]
+    assert "None" not in md and "null" not in md and "No PEFT method has finished runs yet" in md
     assert "| runs | 0 done of 4: 2 pending, 2 running |" in setup and "easyvqa-vqa" in setup and "lora: 1, 2" in setup
-    assert "| training-length policy | steps — steps 40;" in setup and "no finished run yet" in setup
+    assert "| training length | steps: equal optimiser steps (compute-matched): 40 steps at every data size |" \
+        in setup and "no finished run yet" in setup
 
 
 def test_advice_takes_fractions_says_what_it_ranks_on_and_refuses_far_extrapolation(tmp_path):
@@ -161,8 +232,12 @@ def test_advice_takes_fractions_says_what_it_ranks_on_and_refuses_far_extrapolat
     text = advice_text(advise(cells, "easyvqa-vqa", 1600))
     assert "ranked by mean validation score" in text and "validation " in text.splitlines()[1]
     far = advise(cells, "easyvqa-vqa", 5000)  # 3.1x the largest size: answered, flagged
-    assert far["extrapolation"] == pytest.approx(5000 / 1600) and "warning: 5,000 examples is 3.1x outside" in advice_text(far)
-    with pytest.raises(UserError, match=r"--data-size 10,000,000 is 6,250x outside the sizes this study ran on easyvqa-vqa"):
+    assert far["extrapolation"] == pytest.approx(
+        5000 / 1600
+    ) and "warning: 5,000 examples is 3.1x outside" in advice_text(far)
+    with pytest.raises(
+        UserError, match=r"--data-size 10,000,000 is 6,250x outside the sizes this study ran on easyvqa-vqa"
+    ):
         advise(cells, "easyvqa-vqa", 10_000_000)
     with pytest.raises(UserError, match=r"--data-size must be a positive number of examples, got 0"):
         advise(cells, "easyvqa-vqa", 0)

@@ -37,7 +37,9 @@ def write_karpathy(path):
             "filename": filename(cocoid, folder),
             "imgid": k,
             "split": split,
-            "sentences": [{"raw": c, "tokens": c.lower().split(), "imgid": k, "sentid": 10 * k + j} for j, c in enumerate(caps)],
+            "sentences": [
+                {"raw": c, "tokens": c.lower().split(), "imgid": k, "sentid": 10 * k + j} for j, c in enumerate(caps)
+            ],
             "cocoid": cocoid,
         }
         for k, (cocoid, folder, split, caps) in enumerate(IMAGES)
@@ -55,7 +57,11 @@ def write_lavis(tmp_path, split):
             for c in caps
         ]
     else:  # one entry per image, captions in a list, no image_id
-        entries = [{"image": f"{folder}/{filename(cocoid, folder)}", "caption": caps} for cocoid, folder, s, caps in IMAGES if s == split]
+        entries = [
+            {"image": f"{folder}/{filename(cocoid, folder)}", "caption": caps}
+            for cocoid, folder, s, caps in IMAGES
+            if s == split
+        ]
     path = tmp_path / f"coco_karpathy_{split}.json"
     path.write_text(json.dumps(entries))
     return path

@@ -58,7 +58,11 @@ def test_same_across_processes():
     )
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         for seed in ("1", "2")
     }
@@ -73,7 +77,10 @@ def test_scene_i_does_not_depend_on_n():
 
 
 def test_splits_are_disjoint_and_deterministic():
-    digests = {split: [scene_digest(s) for s in generate_scenes(150, seed=0, split=split)] for split in ("train", "val", "test")}
+    digests = {
+        split: [scene_digest(s) for s in generate_scenes(150, seed=0, split=split)]
+        for split in ("train", "val", "test")
+    }
     assert all(len(set(d)) == 150 for d in digests.values())
     assert not set(digests["train"]) & set(digests["val"])
     assert not set(digests["train"]) & set(digests["test"])
@@ -110,7 +117,9 @@ def test_rendered_pixels_show_each_object_and_a_dark_background(scenes):
             assert np.abs(image[o.y, o.x] - np.array(o.rgb)).max() <= 15, (s.scene_id, o)
         free = np.ones(image.shape[:2], bool)
         for o in s.objects:
-            free[max(0, o.y - o.radius - 1) : o.y + o.radius + 2, max(0, o.x - o.radius - 1) : o.x + o.radius + 2] = False
+            free[max(0, o.y - o.radius - 1) : o.y + o.radius + 2, max(0, o.x - o.radius - 1) : o.x + o.radius + 2] = (
+                False
+            )
         background = image[free]  # (P, 3)
         assert np.abs(background - np.array(s.background)).max() <= 12 // 2 + 3 * 5 + 1
     backgrounds = {s.background for s in scenes}
@@ -189,7 +198,10 @@ def test_captions_are_distinct_and_parse_back_to_the_objects(scenes):
 
 
 def test_caption_parser_on_other_phrasings():
-    assert caption_objects("Two grey rectangles and a large brown circle.") == {("gray", "rectangle"), ("brown", "circle")}
+    assert caption_objects("Two grey rectangles and a large brown circle.") == {
+        ("gray", "rectangle"),
+        ("brown", "circle"),
+    }
     assert caption_objects("a teal triangle in the image") == {("teal", "triangle")}
     assert caption_objects("a circle next to a red shape") == frozenset()
     assert caption_objects("a red small star, three tiny white crosses") == {("red", "star"), ("white", "cross")}
@@ -212,7 +224,12 @@ def test_palette_is_not_easy_vqas(scenes):
     missing_colors = set(EASY_VQA_COLORS) - set(SCENE_COLORS)
     missing_shapes = set(EASY_VQA_SHAPES) - set(SCENE_SHAPES)
     assert {"teal", "brown", "gray", "black"} <= missing_colors and "rectangle" in missing_shapes
-    words = {w for s in scenes for t in s.captions + tuple(q.question + " " + q.answer for q in s.qa) for w in re.findall(r"\w+", t)}
+    words = {
+        w
+        for s in scenes
+        for t in s.captions + tuple(q.question + " " + q.answer for q in s.qa)
+        for w in re.findall(r"\w+", t)
+    }
     assert not words & (missing_colors | missing_shapes)
 
 

@@ -50,7 +50,8 @@ def within_quota(subset, items, key):
 
 def test_stratified_subsets_are_nested_and_within_one_of_the_share_at_every_size():
     items = skewed_items()
-    key = lambda item: item[1]
+    def key(item):
+        return item[1]
     previous: set = set()
     for n in range(len(items) + 1):
         subset = stratified_nested_subset(items, n, seed=5, key=key)
@@ -77,7 +78,8 @@ def test_stratified_order_stays_within_quota_on_random_distributions(seed):
 
 def test_stratified_subset_deterministic_and_seeded():
     items = skewed_items()
-    key = lambda item: item[1]
+    def key(item):
+        return item[1]
     assert stratified_nested_subset(items, 50, 1, key) == stratified_nested_subset(items, 50, 1, key)
     assert stratified_nested_subset(items, 50, 1, key) != stratified_nested_subset(items, 50, 2, key)
 

@@ -38,7 +38,9 @@ def write_annotations(path, skip=()):
             "question_type": "what color is the" if "color" in q else "what is this",
             "answer_type": "other",
             "multiple_choice_answer": ANSWERS[qid][0],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(ANSWERS[qid])],
+            "answers": [
+                {"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(ANSWERS[qid])
+            ],
         }
         for i, qid, q in QUESTIONS
         if qid not in skip
@@ -55,7 +57,9 @@ def write_images(folder, subset="val2014", ids=(458752, 262146)):
 
 def test_loads_all_ten_answers(tmp_path):
     write_images(tmp_path / "coco" / "val2014")  # images under image_root/<subset>/
-    examples = load_vqav2(write_questions(tmp_path / "q.json"), tmp_path / "coco", write_annotations(tmp_path / "a.json"))
+    examples = load_vqav2(
+        write_questions(tmp_path / "q.json"), tmp_path / "coco", write_annotations(tmp_path / "a.json")
+    )
     assert [e.question_id for e in examples] == ["458752000", "458752001", "262146000"]
     first = examples[0]
     assert first.answers == tuple(ANSWERS[458752000]) and len(first.answers) == 10
@@ -98,13 +102,17 @@ def test_missing_image(tmp_path):
     "which,content,match",
     [
         ("questions", "", "is empty"),
-        ("questions", "{\"questions\": [", "not valid JSON"),
-        ("questions", "{\"data_subtype\": \"val2014\", \"questions\": []}", "'questions' is empty"),
-        ("questions", "{\"data_subtype\": \"val2014\"}", "expected key 'questions'"),
-        ("questions", "{\"questions\": [{\"image_id\": 1, \"question\": \"q?\", \"question_id\": 2}]}", "no 'data_subtype'"),
-        ("questions", "{\"data_subtype\": \"val2014\", \"questions\": [{\"image_id\": 1}]}", r"questions\[0\] lacks key 'question'"),
+        ("questions", '{"questions": [', "not valid JSON"),
+        ("questions", '{"data_subtype": "val2014", "questions": []}', "'questions' is empty"),
+        ("questions", '{"data_subtype": "val2014"}', "expected key 'questions'"),
+        ("questions", '{"questions": [{"image_id": 1, "question": "q?", "question_id": 2}]}', "no 'data_subtype'"),
+        (
+            "questions",
+            '{"data_subtype": "val2014", "questions": [{"image_id": 1}]}',
+            r"questions\[0\] lacks key 'question'",
+        ),
         ("annotations", "", "is empty"),
-        ("annotations", "{\"annotations\": []}", "'annotations' is empty"),
+        ("annotations", '{"annotations": []}', "'annotations' is empty"),
         ("annotations", "nope", "not valid JSON"),
     ],
 )

@@ -221,7 +221,7 @@ def test_config_validation_and_round_trip():
 
     with pytest.raises(UserError, match="did you mean"):
         BlipConfig.from_dict({**cfg.to_dict(), "embed_dimm": 3})
-    with pytest.raises(UserError, match="must be int"):
+    with pytest.raises(UserError, match="vision: width must be an integer, got .wide."):
         BlipConfig.from_dict({**cfg.to_dict(), "vision": {**cfg.to_dict()["vision"], "width": "wide"}})
 
 

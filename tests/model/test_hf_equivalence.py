@@ -6,9 +6,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from vlpeft.model.blip import Blip
-from vlpeft.model.generate import generate
-from vlpeft.model.hf import config_from_hf, convert_state_dict, read_hf_weights
+from vlpeft.model.blip import Blip  # noqa: E402  (after importorskip)
+from vlpeft.model.generate import generate  # noqa: E402  (after importorskip)
+from vlpeft.model.hf import config_from_hf, convert_state_dict, read_hf_weights  # noqa: E402  (after importorskip)
 
 CONFIGS = {
     "narrow": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

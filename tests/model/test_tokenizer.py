@@ -37,7 +37,15 @@ def tok():
 
 
 def test_special_ids_are_fixed(tok):
-    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.dec_id, tok.enc_id) == (0, 1, 2, 3, 4, 5, 6)
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.dec_id, tok.enc_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    )
     assert [tok.tokenizer.id_to_token(i) for i in range(7)] == list(SPECIAL_TOKENS)
     assert tok.vocab_size == tok.tokenizer.get_vocab_size() <= 200
 
@@ -100,7 +108,11 @@ def test_same_texts_same_tokenizer_in_other_processes(tmp_path):
     )
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": s}
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": s},
         ).stdout
         for s in ("0", "1")
     }
@@ -145,7 +157,9 @@ def test_tokenizer_json_with_bert_post_processor_and_padding(tmp_path):
     """Real BLIP checkpoints ship bert-base-uncased's tokenizer.json, which adds [CLS]/[SEP] itself."""
     _write_bert_vocab(tmp_path / "vocab.txt")
     raw: Tokenizer = load_tokenizer(tmp_path / "vocab.txt").tokenizer
-    raw.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 5), ("[SEP]", 6)])
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 5), ("[SEP]", 6)]
+    )
     raw.enable_padding(length=16)
     raw.save(str(tmp_path / "tokenizer.json"))
     tok = load_tokenizer(tmp_path)  # tokenizer.json preferred over vocab.txt

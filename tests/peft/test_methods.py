@@ -20,9 +20,13 @@ SIZED = {"prompt": {"n_tokens": 3}, "prefix": {"length": 3}, "adapter": {"bottle
 
 
 def cfg() -> BlipConfig:
-    return BlipConfig(vision=VisionConfig(image_size=16, patch_size=8, width=DV, depth=DEPTH_V, heads=2, mlp_width=MLP_V),
-                      text=TextConfig(vocab_size=V, width=D, depth=DEPTH_T, heads=4, mlp_width=MLP_T, max_positions=32,
-                                      cross_width=DV), embed_dim=16)
+    return BlipConfig(
+        vision=VisionConfig(image_size=16, patch_size=8, width=DV, depth=DEPTH_V, heads=2, mlp_width=MLP_V),
+        text=TextConfig(
+            vocab_size=V, width=D, depth=DEPTH_T, heads=4, mlp_width=MLP_T, max_positions=32, cross_width=DV
+        ),
+        embed_dim=16,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,9 @@ def loss_fn(m, px, q, a):
 
 def outputs(m, px, q, a):
     img = m.encode_image(px)
-    return torch.cat([m.decoder_logits(a, None, img).flatten(), m.decoder_logits(a, None, m.encode_text(q, None, img)).flatten()])
+    return torch.cat(
+        [m.decoder_logits(a, None, img).flatten(), m.decoder_logits(a, None, m.encode_text(q, None, img)).flatten()]
+    )
 
 
 def applied(base, method, placement, **extra):
@@ -132,8 +138,10 @@ def expected(method, placement):
         return sum(3 * t["width"] for t in towers)
     if method == "prefix":  # E (P x D) + MLP D->D->(L*2*D), self-attention only
         P = 3
-        return sum(P * t["width"] + (t["width"] * t["width"] + t["width"]) + (t["width"] + 1) * t["depth"] * 2 * t["width"]
-                   for t in towers)
+        return sum(
+            P * t["width"] + (t["width"] * t["width"] + t["width"]) + (t["width"] + 1) * t["depth"] * 2 * t["width"]
+            for t in towers
+        )
     if method == "mam":  # prefix with h = round(800 D / 768) + parallel adapter after the MLP
         P, r = 3, 4
         total = 0
@@ -248,3 +256,23 @@ def test_bad_method_configs_are_one_line_user_errors(base, method, overrides, ne
         m = copy.deepcopy(base)
         apply_peft(m, method, make_config(method, overrides) if method in REGISTRY else overrides)
     assert "\n" not in str(e.value)
+
+
+def test_every_registered_method_has_a_test_row_and_a_default_learning_rate():
+    """Adding a method is one file, one registry line and one row of SIZED: a method missing its row or
+    its learning rate fails here (a fine-tuning run without `lr` takes `default_lr`)."""
+    assert set(SIZED) == set(REGISTRY)
+    for spec in REGISTRY.values():
+        assert isinstance(spec.default_lr, float) and 0 <= spec.default_lr < 1, spec.name
+        assert (spec.default_lr == 0) == (spec.name == "frozen"), spec.name  # only a method that trains nothing has 0
+
+
+@pytest.mark.parametrize("lr", [None, -1e-3, 1.0, float("nan"), True])
+def test_register_refuses_a_method_without_a_usable_learning_rate(lr):
+    from vlpeft.peft.base import MethodSpec, register
+    from vlpeft.peft.lora import LoraConfig
+
+    with pytest.raises(ValueError, match="default_lr must be a learning rate"):
+        register(MethodSpec("lora-no-lr", LoraConfig, lambda m, c: None, default_lr=lr, knob="rank", ladder=(1,),
+                            summary="-"))
+    assert "lora-no-lr" not in REGISTRY

@@ -48,11 +48,33 @@ def test_same_seed_same_scores_and_data_size_is_counted(tiny_checkpoint, tmp_pat
     assert a["data_size"] == 40 and a["data_fraction"] == pytest.approx(40 / a["train_pool"])
 
 
+# Golden values: the session fixture checkpoint, fp32 on the CPU, measured at commit 6d745f9 and unchanged since.
+# A loss may move by float rounding across CPUs and thread counts (1e-4 relative); a CIDEr-D score only by a
+# decoded token changing, which these tolerances do not allow. A change of numerics that stays deterministic
+# (an init, a schedule, a data order, a scoring rule) moves them far more and fails here.
+GOLDEN = {
+    ("scenes-caption", "lora", "8"): (3.5297563870747886, 3.4794981479644775, 0.17999975404479585),
+    ("easyvqa-vqa", "lora", "4"): (4.504757086435954, 4.470966815948486, 0.0),
+    ("scenes-caption", "prefix", "4"): (3.536463181177775, 3.4880236784617105, 0.26176986019874815),
+}
+
+
+@pytest.mark.parametrize("task,method,budget", list(GOLDEN))
+def test_a_six_step_run_gives_its_golden_losses_and_score(task, method, budget, tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    m = run(ckpt, tmp_path / "run", task=task, method=method, budget=budget, data_size=64)
+    losses = [row["loss"] for row in json.loads((tmp_path / "run" / "curve.json").read_text())]
+    first, last, score = GOLDEN[task, method, budget]
+    assert len(losses) == 2 and m["steps"] == 6
+    assert losses[0] == pytest.approx(first, rel=1e-4) and losses[-1] == pytest.approx(last, rel=1e-4)
+    assert m["test_score"] == pytest.approx(score, abs=1e-6)
+
+
 def test_bf16_autocast_trains_close_to_fp32(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     run(ckpt, tmp_path / "fp32", data_size=40, seed=3)
     bf16 = run(ckpt, tmp_path / "bf16", data_size=40, seed=3, precision="bf16")
-    assert bf16["config"]["precision"] == "bf16" and 0 <= bf16["test_score"] <= 100
+    assert bf16["config"]["precision"] == "bf16"
     # Not bit-equal (matmuls round to 8 mantissa bits), but the same training to within rounding.
     loss = {p: json.loads((tmp_path / p / "curve.json").read_text())[0]["loss"] for p in ("fp32", "bf16")}
     assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.02)
@@ -70,7 +92,8 @@ def test_frozen_trains_nothing_and_budget_target_resolves(tiny_checkpoint, tmp_p
 
 
 def test_training_length_policies():
-    cfg = lambda **kw: FinetuneConfig(model="m", task="easyvqa-vqa", method="lora", batch_size=10, **kw)
+    def cfg(**kw):
+        return FinetuneConfig(model="m", task="easyvqa-vqa", method="lora", batch_size=10, **kw)
     assert train_steps(cfg(length_policy="epochs", epochs=3), 95) == 30
     assert train_steps(cfg(length_policy="steps", steps=7), 95) == 7
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=50), 95) == 50
@@ -81,31 +104,10 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "vlpeft.cli", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--task", "easyvqa-vqaa", "--method", "lora"], 'did you mean "easyvqa-vqa"'),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--data-size", "0"], "data_size"),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--data-size", "999999"], "data_size"),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--data-size", "1.5"], "data_size"),
-    (["--task", "easyvqa-vqa", "--method", "lorra"], 'did you mean "lora"'),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--budget", "0"], "positive"),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--budget", "params=5"], "no rank reaches"),
-    (["--task", "easyvqa-vqa", "--method", "full", "--budget", "4"], "no size knob"),
-    (["--task", "easyvqa-vqa", "--method", "lora", "--options", "{bad json"], "--options"),
-    (["--task", "coco-caption", "--method", "lora"], "karpathy_json"),
-])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(extra, needle, tiny_checkpoint, tmp_path):
-    ckpt, _ = tiny_checkpoint
-    r = cli("finetune", "--model", ckpt, "--out", tmp_path / "run", "--steps", "2", "--length-policy", "steps", *extra)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
-    assert not (tmp_path / "run").exists()
-
-
 def test_peak_memory_is_measured_per_run():
     import torch
 
-    from vlpeft.recipes.finetune import peak_memory_mb, reset_peak_memory
+    from vlpeft.recipes.record import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     big = torch.ones(64 * 2**20)  # 256 MiB
@@ -121,7 +123,10 @@ def test_peak_memory_is_measured_per_run():
 
 from fixtures_data import USER_FORMATS, write_coco, write_task_file, write_user_task, write_vqav2  # noqa: E402
 
-USER_CASES = [(f, k) for f in USER_FORMATS for k in ("caption", "vqa")] + [("coco-karpathy", "caption"), ("vqav2", "vqa")]
+USER_CASES = [(f, k) for f in USER_FORMATS for k in ("caption", "vqa")] + [
+    ("coco-karpathy", "caption"),
+    ("vqav2", "vqa"),
+]
 
 
 def official_task_file(tmp_path, fmt):
@@ -130,7 +135,9 @@ def official_task_file(tmp_path, fmt):
         return write_task_file(tmp_path / "t.yaml", name="mine-coco", kind="caption", format=fmt,
                                path=paths["karpathy_json"], image_root=paths["image_root"])
     write_vqav2(tmp_path / "v")
-    return write_task_file(tmp_path / "t.yaml", name="mine-vqav2", kind="vqa", format=fmt, path="v", image_root="v/images")
+    return write_task_file(
+        tmp_path / "t.yaml", name="mine-vqav2", kind="vqa", format=fmt, path="v", image_root="v/images"
+    )
 
 
 @pytest.mark.parametrize("fmt,kind", USER_CASES, ids=[f"{f}-{k}" for f, k in USER_CASES])
@@ -168,7 +175,9 @@ def test_each_task_kind_fine_tunes_and_evaluates_on_cuda(task, tiny_checkpoint, 
     ckpt, _ = tiny_checkpoint
     m = run(ckpt, tmp_path / "run", task=task, data_size=64, device="cuda", precision="bf16")
     assert m["environment"]["device"].startswith("cuda") and m["steps_done"] == FAST["steps"]
-    cpu = evaluate_run(str(ckpt), tmp_path / "run", task)  # the same weights re-scored: the device is part of the config
+    cpu = evaluate_run(
+        str(ckpt), tmp_path / "run", task
+    )  # the same weights re-scored: the device is part of the config
     assert cpu["test_score"] == pytest.approx(m["test_score"])
 
 
@@ -191,7 +200,9 @@ def test_a_run_is_re_scored_only_on_the_checkpoint_it_adapted(tiny_checkpoint, t
     key = sorted(state)[0]
     state[key] = state[key] * 1.5
     save_file(state, str(other / "model.safetensors"))
-    with pytest.raises(UserError, match=r"this run adapted .* \(weights [0-9a-f]{16}\), not .*other \(weights [0-9a-f]{16}\)"):
+    with pytest.raises(
+        UserError, match=r"this run adapted .* \(weights [0-9a-f]{16}\), not .*other \(weights [0-9a-f]{16}\)"
+    ):
         evaluate_run(str(other), tmp_path / "run")
     anyway = evaluate_run(str(other), tmp_path / "run", allow_other_base=True)
     assert anyway["same_base"] is False

@@ -58,8 +58,11 @@ def test_text_lm_teaches_the_decoder_words_captions_never_use(tmp_path):
 
     first = {}
     for weight in (0.0, 0.5):
-        pretrain(PretrainConfig(scenes=32, steps=60, batch_size=8, warmup=5, text_lm_weight=weight), tmp_path / str(weight),
-                 progress=False)
+        pretrain(
+            PretrainConfig(scenes=32, steps=60, batch_size=8, warmup=5, text_lm_weight=weight),
+            tmp_path / str(weight),
+            progress=False,
+        )
         loaded = load_model(tmp_path / str(weight))
         tok = loaded.tokenizer
         ids, _ = tok.encode_batch(["yes no"], max_len=8)
@@ -122,7 +125,9 @@ def test_the_curriculum_draws_single_object_scenes_first(tmp_path, monkeypatch):
         return real(model, tok, pixels, captions, object_sets, *args)
 
     monkeypatch.setattr(recipe, "pretraining_losses", spy)
-    cfg = recipe.PretrainConfig(scenes=64, steps=8, batch_size=8, warmup=2, text_sentences=64, single_object_fraction=0.5)
+    cfg = recipe.PretrainConfig(
+        scenes=64, steps=8, batch_size=8, warmup=2, text_sentences=64, single_object_fraction=0.5
+    )
     record = recipe.pretrain(cfg, tmp_path / "m", progress=False)
     assert len(sizes) == 8
     assert all(n == 1 for step in sizes[:4] for n in step)

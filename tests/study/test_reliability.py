@@ -75,7 +75,9 @@ def test_ray_driver_killed_then_resumed(tiny_checkpoint, tmp_path, reference):
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert table(tmp_path / "study") == reference
     finally:  # the killed driver's local Ray instance has no owner left
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120
+        )
 
 
 def test_a_diverging_run_fails_alone_and_the_exit_code_says_so(tiny_checkpoint, tmp_path):

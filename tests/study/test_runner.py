@@ -48,6 +48,9 @@ def scores(folder):
 
 
 def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tmp_path):
+    from vlpeft.recipes import features
+
+    features.clear()  # image states already in this process's memory (earlier tests) are not written to disk
     ckpt, _ = tiny_checkpoint
     out = tmp_path / "study"
     summary = run_study(load_spec(str(write_spec(tmp_path, ckpt))), out, quiet=True)
@@ -63,7 +66,7 @@ def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tm
     csv = (out / "results.csv").read_text().splitlines()
     assert len(csv) == 13 and "m.test_score" in csv[0] and "config.data_size" in csv[0]
     report = (out / "report.md").read_text()
-    assert "## Verdicts" in report and "| scenes-caption | lora |" in report
+    assert "## Verdict matrix" in report and "| scenes-caption | lora |" in report
     assert (out / "report.html").is_file() and (out / "figures" / "easyvqa-vqa-data.png").is_file()
     meta = sqlite3.connect(out / "results.sqlite").execute("SELECT value FROM meta WHERE key='consistency'").fetchone()
     assert set(json.loads(meta[0])) == {"scenes-caption", "easyvqa-vqa"}
@@ -162,7 +165,9 @@ def test_killed_worker_fails_its_cell_the_study_goes_on_and_a_rerun_completes(ti
                 running = [r for r in rows(out) if r["status"] == "running"]
             except sqlite3.OperationalError:
                 continue
-            workers = [c for c in _children(driver.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+            workers = [
+                c for c in _children(driver.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
+            ]
             if running and workers:
                 time.sleep(1.0)  # let the worker get into training
                 victim = workers[0]
@@ -195,9 +200,14 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkp
 
 
 def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
-    for argv, message in ([["study", "quik", "--out", str(tmp_path / "x")], "did you mean \"quick\""],
-                          [["study", "quick", "--out", str(tmp_path / "x"), "--workers", "-1"], "--workers -1: must be an integer >= 0"],
-                          [["study", "quick", "--out", str(tmp_path / "x"), "--address", "1.2.3.4:6379"], "--address needs --executor ray"]):
+    for argv, message in (
+        [["study", "quik", "--out", str(tmp_path / "x")], 'did you mean "quick"'],
+        [["study", "quick", "--out", str(tmp_path / "x"), "--workers", "-1"], "--workers -1: must be an integer >= 0"],
+        [
+            ["study", "quick", "--out", str(tmp_path / "x"), "--address", "1.2.3.4:6379"],
+            "--address needs --executor ray",
+        ],
+    ):
         r = subprocess.run([sys.executable, "-m", "vlpeft.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -211,10 +221,17 @@ def test_a_study_over_coco_caption_and_vqav2_from_one_paths_block_runs(tiny_chec
     coco = write_coco(tmp_path / "coco")
     vqa, _ = write_vqav2(tmp_path / "vqa")
     vqa_images = vqa.pop("image_root")
-    spec = write_spec(tmp_path, ckpt, tasks=["coco-caption", "vqav2"], methods={"lora": {"budgets": [1]}},
-                      data_sizes=[2], paths={**coco, **vqa},  # image_root is COCO's; VQAv2 gets its own below
-                      task_paths={"vqav2": {"image_root": vqa_images}},
-                      training={**TRAINING, "batch_size": 2}, task_training={"coco-caption": {"task_options": {"num_beams": 2}}})
+    spec = write_spec(
+        tmp_path,
+        ckpt,
+        tasks=["coco-caption", "vqav2"],
+        methods={"lora": {"budgets": [1]}},
+        data_sizes=[2],
+        paths={**coco, **vqa},  # image_root is COCO's; VQAv2 gets its own below
+        task_paths={"vqav2": {"image_root": vqa_images}},
+        training={**TRAINING, "batch_size": 2},
+        task_training={"coco-caption": {"task_options": {"num_beams": 2}}},
+    )
     s = load_spec(str(spec))
     assert s.task_paths_of("coco-caption") == coco and s.task_paths_of("vqav2") == {**vqa, "image_root": vqa_images}
     summary = run_study(s, tmp_path / "study", quiet=True)

@@ -41,35 +41,44 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
     assert ids == [c.id for c in expand(spec())]
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"tasks": ["scenes-captoin"]}, "unknown task 'scenes-captoin' (did you mean \"scenes-caption\"?)"),
-    ({"methods": {"lroa": {}}}, "unknown method 'lroa' (did you mean \"lora\"?)"),
-    ({"methods": {"lora": {"budget": [2]}}}, "methods.lora: unknown key 'budget' (did you mean \"budgets\"?)"),
-    ({"methods": {"frozen": {"budgets": [2]}}}, "frozen has no size knob"),
-    ({"methods": {"lora": {"budgets": [0]}}}, "must be positive"),
-    ({"methods": {"lora": {"options": {"rnak": 2}}}}, "has no option 'rnak'"),
-    ({"methods": {}}, "methods is empty"),
-    ({"tasks": []}, "tasks is empty"),
-    ({"data_sizes": []}, "data_sizes is empty"),
-    ({"data_sizes": [0]}, "data_sizes 0"),
-    ({"data_sizes": ["150%"]}, "percentage must be in"),
-    ({"seeds": ["a"]}, "seeds must be an integer"),
-    ({"name": None}, "missing required key 'name'"),
-    ({"taks": ["x"]}, "unknown key 'taks' (did you mean \"tasks\"?)"),
-    ({"training": {"epoch": 3}}, "training: unknown or grid-level key 'epoch' (did you mean \"epochs\"?)"),
-    ({"training": {"epochs": "3"}}, "training.epochs must be an integer"),
-    ({"training": {"seed": 3}}, "grid-level key 'seed'"),
-    ({"task_training": {"easyvqa": {"steps": 9}}}, "task_training: 'easyvqa' is not one of the spec's tasks"),
-    ({"task_training": {"easyvqa-vqa": {"step": 9}}}, "task_training.easyvqa-vqa: unknown or grid-level key 'step'"),
-    ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
-    ({"executor": {"kind": "slurm"}}, "executor.kind 'slurm' is not one of local, ray"),
-    ({"executor": {"wrokers": 2}}, "did you mean \"workers\""),
-    ({"pretrain": "huge"}, "unknown preset 'huge'"),
-    ({"tasks": ["mine.yaml"]}, "mine.yaml: task file not found"),
-    ({"tasks": ["scenes-caption", "scenes-caption"]}, "tasks lists the task 'scenes-caption' twice"),
-    ({"task_paths": {"vqav3": {"image_root": "x"}}}, "task_paths: 'vqav3' is not one of the spec's tasks"),
-    ({"paths": {"image_root": "$NO_SUCH_VARIABLE/x"}}, "paths.image_root: environment variable NO_SUCH_VARIABLE is not set"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tasks": ["scenes-captoin"]}, "unknown task 'scenes-captoin' (did you mean \"scenes-caption\"?)"),
+        ({"methods": {"lroa": {}}}, "unknown method 'lroa' (did you mean \"lora\"?)"),
+        ({"methods": {"lora": {"budget": [2]}}}, "methods.lora: unknown key 'budget' (did you mean \"budgets\"?)"),
+        ({"methods": {"frozen": {"budgets": [2]}}}, "frozen has no size knob"),
+        ({"methods": {"lora": {"budgets": [0]}}}, "must be positive"),
+        ({"methods": {"lora": {"options": {"rnak": 2}}}}, "lora: unknown option 'rnak' (did you mean \"rank\"?)"),
+        ({"methods": {}}, "methods is empty"),
+        ({"tasks": []}, "tasks is empty"),
+        ({"data_sizes": []}, "data_sizes is empty"),
+        ({"data_sizes": [0]}, "data_sizes 0"),
+        ({"data_sizes": ["150%"]}, "percentage must be in"),
+        ({"seeds": ["a"]}, "seeds must be an integer"),
+        ({"name": None}, "missing required key 'name'"),
+        ({"taks": ["x"]}, "unknown key 'taks' (did you mean \"tasks\"?)"),
+        ({"training": {"epoch": 3}}, "training: unknown or grid-level key 'epoch' (did you mean \"epochs\"?)"),
+        ({"training": {"epochs": "3"}}, "training.epochs must be an integer"),
+        ({"training": {"seed": 3}}, "grid-level key 'seed'"),
+        ({"task_training": {"easyvqa": {"steps": 9}}}, "task_training: 'easyvqa' is not one of the spec's tasks"),
+        (
+            {"task_training": {"easyvqa-vqa": {"step": 9}}},
+            "task_training.easyvqa-vqa: unknown or grid-level key 'step'",
+        ),
+        ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
+        ({"executor": {"kind": "slurm"}}, "executor: kind 'slurm' is not one of local, ray"),
+        ({"executor": {"wrokers": 2}}, 'did you mean "workers"'),
+        ({"pretrain": "huge"}, "unknown preset 'huge'"),
+        ({"tasks": ["mine.yaml"]}, "mine.yaml: task file not found"),
+        ({"tasks": ["scenes-caption", "scenes-caption"]}, "tasks lists the task 'scenes-caption' twice"),
+        ({"task_paths": {"vqav3": {"image_root": "x"}}}, "task_paths: 'vqav3' is not one of the spec's tasks"),
+        (
+            {"paths": {"image_root": "$NO_SUCH_VARIABLE/x"}},
+            "paths.image_root: environment variable NO_SUCH_VARIABLE is not set",
+        ),
+    ],
+)
 def test_bad_specs_are_one_line_errors_naming_the_key(changes, message):
     with pytest.raises(UserError) as e:
         spec(**changes)
@@ -108,7 +117,7 @@ def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
-    assert len(expand(s)) > 0
+    assert len(expand(s)) == {"quick": 144, "full": 2232, "paper-blip": 660}[preset]  # the grid as documented
 
 
 def test_quick_and_full_presets_cover_what_the_study_needs():
@@ -150,7 +159,9 @@ def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, mon
     assert len(cells) == 2 * (5 * 4 + 2) * 5 * 3
     for task in s.tasks:
         fields = next(c for c in cells if c.task == task).finetune_fields(s)
-        assert fields["model"] == ("Salesforce/blip-vqa-base" if task == "vqav2" else "Salesforce/blip-image-captioning-base")
+        assert fields["model"] == (
+            "Salesforce/blip-vqa-base" if task == "vqav2" else "Salesforce/blip-image-captioning-base"
+        )
         FinetuneConfig(**fields)
         data = load_task(task, paths=fields["paths"])
         assert data.train and data.val and data.test

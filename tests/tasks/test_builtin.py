@@ -8,14 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from fixtures_data import write_coco, write_jpg, write_vqav2  # noqa: E402  (tests/ is on sys.path)
 from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.data.scenes import generate_scene
 from vlpeft.errors import UserError
 from vlpeft.tasks import KINDS, TASKS, load_task, register_kind, register_task
-from vlpeft.tasks.splits import image_ids
 from vlpeft.tasks.metrics import normalize_vqa_answer
-
-from fixtures_data import write_coco, write_jpg, write_vqav2  # noqa: E402  (tests/ is on sys.path)
+from vlpeft.tasks.splits import image_ids
 
 BUILT_IN = ["scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"]
 

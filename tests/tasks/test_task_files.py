@@ -8,13 +8,20 @@ import shutil
 import numpy as np
 import pytest
 
+from fixtures_data import (
+    USER_COLOURS,
+    USER_FORMATS,
+    user_rows,
+    write_coco,
+    write_task_file,
+    write_user_images,
+    write_user_task,
+    write_vqav2,
+)
 from vlpeft.cli import main
 from vlpeft.errors import UserError
 from vlpeft.tasks import get_task, load_task
 from vlpeft.tasks.splits import image_ids
-
-from fixtures_data import (USER_COLOURS, USER_FORMATS, user_rows, write_coco, write_task_file, write_user_images,
-                           write_user_task, write_vqav2)
 
 
 def content(data):
@@ -57,16 +64,24 @@ def test_carved_splits_are_disjoint_by_image_recorded_and_identical_across_rerun
     assert a.details["split_seed"] == 0 and "seed 0" in a.details["splits"]["val"]
     spec = json.loads(json.dumps(a.details))  # JSON-able record
     assert spec["task_file_sha1"] and spec["source"].startswith("jsonl ")
-    other = write_task_file(task_file.parent / "other.yaml", name="other", kind="vqa", format="jsonl", path="data.jsonl",
-                            splits={"val": 0.25, "test": 0.25, "seed": 3})
+    other = write_task_file(
+        task_file.parent / "other.yaml",
+        name="other",
+        kind="vqa",
+        format="jsonl",
+        path="data.jsonl",
+        splits={"val": 0.25, "test": 0.25, "seed": 3},
+    )
     c = load_task(str(other))
     assert (len(image_ids(c.val)), len(image_ids(c.test))) == (3, 3) and image_ids(c.test) != test
 
 
 def test_splits_given_in_the_data_are_kept_and_a_missing_one_is_carved_from_train(tmp_path):
     write_user_images(tmp_path / "images")
-    rows = [{"image": f"images/{i}.png", "caption": f"{c} thing", "split": "test" if i in ("im10", "im11") else "training"}
-            for i, (c, _) in USER_COLOURS.items()]
+    rows = [
+        {"image": f"images/{i}.png", "caption": f"{c} thing", "split": "test" if i in ("im10", "im11") else "training"}
+        for i, (c, _) in USER_COLOURS.items()
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = load_task(str(write_task_file(tmp_path / "t.yaml", name="given", kind="caption", format="jsonl",
                                          path="d.jsonl")))
@@ -91,7 +106,11 @@ def test_fields_are_remapped_and_image_root_is_honoured(tmp_path):
 
 def test_imagefolder_split_folders_give_the_splits(tmp_path):
     root = tmp_path / "folder"
-    for split, ids in {"train": ["im00", "im01", "im02", "im03"], "validation": ["im04"], "test": ["im05", "im06"]}.items():
+    for split, ids in {
+        "train": ["im00", "im01", "im02", "im03"],
+        "validation": ["im04"],
+        "test": ["im05", "im06"],
+    }.items():
         write_user_images(root / split)
         for image_id in USER_COLOURS:
             if image_id not in ids:
@@ -100,8 +119,15 @@ def test_imagefolder_split_folders_give_the_splits(tmp_path):
             f"{i}.png,a {USER_COLOURS[i][0]} one\n" for i in ids))
     data = load_task(str(write_task_file(tmp_path / "t.yaml", name="folders", kind="caption", format="imagefolder",
                                          path="folder")))
-    assert [e.image_id for e in data.val] == ["im04.png"] and [e.image_id for e in data.test] == ["im05.png", "im06.png"]
-    assert data.details["splits"] == {"train": "given in the data", "val": "given in the data", "test": "given in the data"}
+    assert [e.image_id for e in data.val] == ["im04.png"] and [e.image_id for e in data.test] == [
+        "im05.png",
+        "im06.png",
+    ]
+    assert data.details["splits"] == {
+        "train": "given in the data",
+        "val": "given in the data",
+        "test": "given in the data",
+    }
 
 
 def test_coco_karpathy_and_vqav2_task_files_equal_the_built_in_tasks(tmp_path):
@@ -123,7 +149,10 @@ def test_tasks_check_prints_what_was_read(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "task mine-csv-vqa: vqa (vqa_accuracy), source csv" in out
     assert "train         20       10  1-3" in out and "test           2        1" in out
-    assert "every image decoded; height 10-10 px, width 12-23 px" in out and "candidate answers: 14 (most frequent: no, dark, yes" in out
+    assert (
+        "every image decoded; height 10-10 px, width 12-23 px" in out
+        and "candidate answers: 14 (most frequent: no, dark, yes" in out
+    )
     assert main(["tasks", "check", str(task_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["splits"]["val"]["images"] == 1 and report["images_checked"] == 12
@@ -137,7 +166,9 @@ def test_tasks_check_prints_what_was_read(tmp_path, capsys):
 def jsonl_task(root, rows, kind="caption", **keys):
     write_user_images(root / "images")
     (root / "d.jsonl").write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return write_task_file(root / "t.yaml", **{"name": "bad", "kind": kind, "format": "jsonl", "path": "d.jsonl", **keys})
+    return write_task_file(
+        root / "t.yaml", **{"name": "bad", "kind": kind, "format": "jsonl", "path": "d.jsonl", **keys}
+    )
 
 
 def caption_rows(n=12, **change):
@@ -161,29 +192,51 @@ def corrupt(root):
 
 
 BAD = {  # name -> (build(root) -> task file, what the one line says)
-    "missing image": (lambda r: jsonl_task(r, caption_rows(r3={"image": "images/nope.png", "caption": "x"})),
-                      "nope.png: image not found (named at {d}: line 4"),
+    "missing image": (
+        lambda r: jsonl_task(r, caption_rows(r3={"image": "images/nope.png", "caption": "x"})),
+        "nope.png: image not found (named at {d}: line 4",
+    ),
     "undecodable image": (corrupt, "im04.png: cannot read image"),
-    "empty caption": (lambda r: jsonl_task(r, caption_rows(r2={"image": "images/im02.png", "caption": "  "})),
-                      "{d}: line 3: empty caption"),
-    "no answer": (lambda r: jsonl_task(r, vqa_rows(r5={"answers": []}), kind="vqa"), "{d}: line 6: the question has no answer"),
-    "duplicate id": (lambda r: jsonl_task(r, vqa_rows(r7={"question_id": "im00-c"}), kind="vqa"),
-                     "{d}: line 8: question id 'im00-c' appears twice (also at {d}: line 1)"),
-    "image in two splits": (lambda r: jsonl_task(r, [dict(x, split="train") for x in caption_rows()] +
-                                                 [{"image": "images/im01.png", "caption": "again", "split": "test"}]),
-                            "{d}: line 13: image 'images/im01.png' is in split test here but in train"),
-    "missing field": (lambda r: jsonl_task(r, caption_rows(r1={"image": "images/im01.png", "text": "x"})),
-                      "{d}: line 2: no field 'caption'"),
+    "empty caption": (
+        lambda r: jsonl_task(r, caption_rows(r2={"image": "images/im02.png", "caption": "  "})),
+        "{d}: line 3: empty caption",
+    ),
+    "no answer": (
+        lambda r: jsonl_task(r, vqa_rows(r5={"answers": []}), kind="vqa"),
+        "{d}: line 6: the question has no answer",
+    ),
+    "duplicate id": (
+        lambda r: jsonl_task(r, vqa_rows(r7={"question_id": "im00-c"}), kind="vqa"),
+        "{d}: line 8: question id 'im00-c' appears twice (also at {d}: line 1)",
+    ),
+    "image in two splits": (
+        lambda r: jsonl_task(
+            r,
+            [dict(x, split="train") for x in caption_rows()]
+            + [{"image": "images/im01.png", "caption": "again", "split": "test"}],
+        ),
+        "{d}: line 13: image 'images/im01.png' is in split test here but in train",
+    ),
+    "missing field": (
+        lambda r: jsonl_task(r, caption_rows(r1={"image": "images/im01.png", "text": "x"})),
+        "{d}: line 2: no field 'caption'",
+    ),
     "unknown format": (lambda r: jsonl_task(r, caption_rows(), format="tsv"), "format 'tsv' is not one of"),
-    "invalid json": (lambda r: jsonl_task(r, caption_rows(r1='{"image": "images/im01.png", caption}')),
-                     "{d}: line 2: not valid JSON"),
+    "invalid json": (
+        lambda r: jsonl_task(r, caption_rows(r1='{"image": "images/im01.png", caption}')),
+        "{d}: line 2: not valid JSON",
+    ),
     "unknown key": (lambda r: jsonl_task(r, caption_rows(), patth="x"), "unknown key 'patth'"),
     "built-in name": (lambda r: jsonl_task(r, caption_rows(), name="scenes-caption"), "is a built-in task"),
     "bad fraction": (lambda r: jsonl_task(r, caption_rows(), splits={"val": 1.5}), "splits.val must be a fraction"),
-    "unknown option": (lambda r: jsonl_task(r, caption_rows(), options={"beams": 3}),
-                       "unknown option 'beams' (did you mean \"num_beams\"?)"),
-    "unknown split": (lambda r: jsonl_task(r, [dict(x, split="holdout") for x in caption_rows()]),
-                      "{d}: line 1: unknown split 'holdout'"),
+    "unknown option": (
+        lambda r: jsonl_task(r, caption_rows(), options={"beams": 3}),
+        "unknown option 'beams' (did you mean \"num_beams\"?)",
+    ),
+    "unknown split": (
+        lambda r: jsonl_task(r, [dict(x, split="holdout") for x in caption_rows()]),
+        "{d}: line 1: unknown split 'holdout'",
+    ),
     "too few images": (lambda r: jsonl_task(r, caption_rows(n=2)), "2 images cannot be split into train and val, test"),
     "no task file": (lambda r: r / "absent.yaml", "absent.yaml: task file not found"),
 }

@@ -44,9 +44,11 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
     sizes = sorted({c["n_train"] for c in mine})
     factor = max(sizes[0] / data_size, data_size / sizes[-1])
     if factor > EXTRAPOLATION_LIMIT:
-        raise UserError(f"advise: --data-size {data_size:,} is {factor:,.0f}x outside the sizes this study ran on {task} "
-                        f"({sizes[0]:,}-{sizes[-1]:,} examples); it says nothing that far out: run a study that "
-                        f"reaches it")
+        raise UserError(
+            f"advise: --data-size {data_size:,} is {factor:,.0f}x outside the sizes this study ran on {task} "
+            f"({sizes[0]:,}-{sizes[-1]:,} examples); it says nothing that far out: run a study that "
+            f"reaches it"
+        )
     nearest = min(sizes, key=lambda n: (abs(math.log(n) - math.log(data_size)), n))
     pool = [c for c in mine if c["n_train"] == nearest and c["method"] != "frozen"]
     if max_params is not None:
@@ -77,7 +79,11 @@ def advice_text(a: dict[str, Any]) -> str:
     r, u = a["recommended"], a["runner_up"]
 
     def name(c):
-        return f"{c['label']}" + (f" {c['knob']}={c['knob_value']}" if c["knob"] else "") + f" ({c['params']:,} params, {c['percent']:.2f}% of backbone)"
+        return (
+            f"{c['label']}"
+            + (f" {c['knob']}={c['knob_value']}" if c["knob"] else "")
+            + f" ({c['params']:,} params, {c['percent']:.2f}% of backbone)"
+        )
 
     lines = [f"task {a['task']}, {a['asked_size']:,} examples (study size used: {a['study_size']:,}"
              + (f", at most {a['max_params']:,} params" if a["max_params"] else "") + "):",

@@ -111,9 +111,14 @@ def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha
                "delta": margin, "delta_fraction": delta}
         row["data_trend"] = {"verdict": _verdict_trend(t_data, eq, alpha), "rho": t_data.rho,
                              "p": t_data.p_value, "slope": t_data.slope, "n": t_data.n}
-        row["data_flat"] = {"verdict": {"equivalent": "holds", "different": "does not hold"}.get(eq.verdict, "inconclusive")
-                            if not np.isnan(eq.delta) else "untestable",
-                            "effect": eq.delta, "ci90": eq.ci90, "margin": margin}
+        row["data_flat"] = {
+            "verdict": {"equivalent": "holds", "different": "does not hold"}.get(eq.verdict, "inconclusive")
+            if not np.isnan(eq.delta)
+            else "untestable",
+            "effect": eq.delta,
+            "ci90": eq.ci90,
+            "margin": margin,
+        }
         params = [r["params"] for r in rs]
         if len(set(params)) >= 2 and min(params) > 0:
             sizes = [r["size"] for r in rs]
@@ -122,9 +127,17 @@ def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha
             row["param_trend"] = {"verdict": _verdict_trend(t_par, None, alpha), "rho": t_par.rho,
                                   "p": t_par.p_value, "slope": t_par.slope, "n": t_par.n}
             row["param_nonmonotonic"] = {
-                "verdict": {"peaked": "holds", "monotone": "does not hold", "untestable": "untestable"}.get(peak.verdict, "inconclusive"),
-                "best_params": peak.best_x, "interior": peak.interior, "gain_low": peak.gain_over_low,
-                "gain_high": peak.gain_over_high, "p_low": peak.p_low, "p_high": peak.p_high, "levels": peak.levels}
+                "verdict": {"peaked": "holds", "monotone": "does not hold", "untestable": "untestable"}.get(
+                    peak.verdict, "inconclusive"
+                ),
+                "best_params": peak.best_x,
+                "interior": peak.interior,
+                "gain_low": peak.gain_over_low,
+                "gain_high": peak.gain_over_high,
+                "p_low": peak.p_low,
+                "p_high": peak.p_high,
+                "levels": peak.levels,
+            }
         else:
             why = "one budget" if len(set(params)) < 2 else "no trainable parameters"
             row["param_trend"] = {"verdict": "untestable", "why": why}

@@ -38,7 +38,9 @@ def _save(fig, folder: Path, name: str) -> list[str]:
     out = []
     for ext in ("png", "svg"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else {"Software": None})
+        fig.savefig(
+            buf, format=ext, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else {"Software": None}
+        )
         write_if_changed(folder / f"{name}.{ext}", buf.getvalue())
         out.append(f"{name}.{ext}")
     _plt().close(fig)
@@ -69,7 +71,9 @@ def score_vs_data(cells, task, folder) -> list[str]:
         color = COLORS.get(line[0]["method"])
         ax.plot(x, y, marker="o", label=label, color=color)
         ax.fill_between(x, [c["ci"][0] for c in line], [c["ci"][1] for c in line], alpha=0.15, color=color)
-    _log_axes(ax, "training examples (log)", cells_metric(cells, task), f"{task}: score vs data size (best budget per method)")
+    _log_axes(
+        ax, "training examples (log)", cells_metric(cells, task), f"{task}: score vs data size (best budget per method)"
+    )
     return _save(fig, folder, f"{task}-data")
 
 

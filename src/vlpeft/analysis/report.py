@@ -1,11 +1,12 @@
 """The study report: report.md and one self-contained report.html (figures embedded), rebuilt from
 results.sqlite (plus the consistency measures stored beside the results by the study).
 
-Sections: setup (model, pre-training recipe, tasks, grid, training-length policy, hardware,
-versions), the verdict table of the four claims and its summary, whether the runs learned at all
-(cells no better than the frozen model or the majority answer), consistency with pre-training,
-advice, the figures, every cell and every run (sortable in the HTML). Files are written atomically
-and only when changed.
+Sections, in reading order: what the study found (one sentence per task and claim), the comparison
+with Tian et al., embedding vs layer composition (`findings.py`), the verdict matrix (a symbol and a
+colour per verdict) and the statistics behind it, the setup in words, the figures per task with a
+caption each, the advice, whether the runs learned at all (cells no better than the frozen model or
+the majority answer), consistency with pre-training, every cell and every run (sortable in the
+HTML). No table cell holds JSON. Files are written atomically and only when changed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from vlpeft.analysis import advise as advise_mod
 from vlpeft.analysis import claims as claims_mod
 from vlpeft.analysis import consistency as cons
-from vlpeft.analysis import figures
+from vlpeft.analysis import figures, findings
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.errors import UserError
 from vlpeft.io import write_if_changed
@@ -45,7 +46,8 @@ def verdict_cell(claim: str, d: dict) -> str:
     if claim == "param_nonmonotonic" and "levels" in d:
         if v == "untestable":
             return f"untestable ({d['levels']} budgets; needs ≥ 3)"
-        return f"{v} (best at {d['best_params']:,.0f} params; gains {d['gain_low']:+.3g} / {d['gain_high']:+.3g}, p {d['p_low']:.3f} / {d['p_high']:.3f})"
+        return (f"{v} (best at {d['best_params']:,.0f} params; gains {d['gain_low']:+.3g} / {d['gain_high']:+.3g}, "
+                f"p {d['p_low']:.3f} / {d['p_high']:.3f})")
     return f"{v}" + (f" ({d['why']})" if d.get("why") else "")
 
 
@@ -65,7 +67,9 @@ def sensitivity(rows: list[dict], cells: list[dict]) -> dict[str, dict[str, floa
     return out
 
 
-def build(folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consistency: dict | None = None) -> dict[str, Any]:
+def build(
+    folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consistency: dict | None = None
+) -> dict[str, Any]:
     """Write report.md, report.html and figures/ into the study folder; returns the verdict rows."""
     folder = Path(folder)
     meta, rows = read_store(folder)
@@ -90,10 +94,16 @@ def build(folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consisten
     context = {"meta": meta, "rows": rows, "runs": runs, "cells": cells, "verdicts": verdicts, "zero_shot": zs,
                "sensitivity": sens, "consistency": consistency, "figures": figs, "advice": advice, "delta": delta,
                "setup": setup(meta, rows, runs)}
-    tables = sections(context)
-    write_if_changed(folder / "report.md", markdown(context, tables))
-    write_if_changed(folder / "report.html", to_html(context, tables, folder))
+    secs = sections(context)
+    write_if_changed(folder / "report.md", markdown(context, secs))
+    write_if_changed(folder / "report.html", to_html(context, secs, folder))
     return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts), "setup": context["setup"]}
+
+
+def _budget_order(b) -> tuple:
+    """Knob values in numeric order (2 before 16), then parameter targets and '–'."""
+    s = str(b)
+    return (0, int(s), s) if s.isdigit() else (1, 0, s)
 
 
 def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
@@ -127,114 +137,221 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
             "environment": env, "pretrain": pretrain,
             "tasks": {t: relation.get(t) or consistency.get(t, {}).get("relation") or "–"
                       for t in sorted({r["task"] for r in rows})},
-            "grid": {k: sorted(v, key=str) for k, v in grid.items()},
+            "grid": {k: sorted(v, key=_budget_order) for k, v in grid.items()},
             "sizes": sorted({r["n_train"] for r in runs}) or sorted({r["data_size"] for r in rows}, key=str),
             "seeds": sorted({r["seed"] for r in rows}),
             "runs": len(rows), "done": status.get("done", 0), "status": dict(status),
             "failed": [(r["id"], r["reason"]) for r in rows if r["status"] == "failed"],
             "length": length or {k: v for k, v in ident.get("training", {}).items()
                                  if k in ("length_policy", "epochs", "min_steps", "steps")},
-            "length_policy": length.get("length_policy")
+            "length_policy": length.get("length_policy") or ident.get("training", {}).get("length_policy")
             or next((c.get("length_policy") for c in configs if c.get("length_policy")), None)}
 
 
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+def _table(header: list[str], body: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(_text(c) for c in r) + " |" for r in body]
 
 
-def sections(ctx) -> list[tuple[str, list[str], list[list[str]], str]]:
-    """(title, header, rows, note) of each table, shared by the Markdown and the HTML."""
-    s = ctx["setup"]
-    out = []
-    t = s["training"]
-    env = s["environment"]
-    setup_rows = [
-        ["study", _fmt(s["name"])], ["model", f"{_fmt(s['model'])}" + (f" (weights {json.dumps(s['checkpoints'])})" if s["checkpoints"] else "")],
-        ["pre-training", json.dumps({k: s["pretrain"][k] for k in ("steps", "seed", "objectives", "train_seconds")})
-         if s["pretrain"] else "–"],
-        ["tasks", ", ".join(f"{k} ({v})" for k, v in sorted(s["tasks"].items()))],
+def _text(cell) -> str:
+    """A table cell is a string, or (text, css class, tooltip) for the verdict matrix."""
+    return cell[0] if isinstance(cell, tuple) else str(cell)
+
+
+def _pairs(d: dict) -> str:
+    """{'batch_size': 32, 'val_limit': 200} -> 'batch size 32, val limit 200' (never JSON)."""
+    def value(v):
+        if isinstance(v, dict):
+            return "(" + _pairs(v) + ")"
+        if isinstance(v, (list, tuple)):
+            return "/".join(map(str, v))
+        return _fmt(v)
+    return ", ".join(f"{k.replace('_', ' ')} {value(v)}" for k, v in sorted(d.items())) or "–"
+
+
+LENGTH_WORDS = {
+    "epochs": "equal epochs: {epochs} passes over every data subset (more data, more steps)",
+    "steps": "equal optimiser steps (compute-matched): {steps} steps at every data size",
+    "epochs_min_steps": "{epochs} epochs, at least {min_steps} optimiser steps",
+}
+
+
+def length_text(policy: str | None, length: dict) -> str:
+    if policy is None:
+        return "–"
+    values = {"epochs": "?", "steps": "?", "min_steps": "?", **length}
+    return f"{policy}: " + LENGTH_WORDS.get(policy, "{}").format(**values)
+
+
+def setup_rows(s: dict) -> list[list[str]]:
+    """The setup as readable rows: words and numbers, no JSON."""
+    env, pre = s["environment"], s["pretrain"]
+    other = {k: v for k, v in s["training"].items() if k not in ("length_policy", "epochs", "min_steps", "steps")}
+    versions = {"vlpeft": env.get("vlpeft"), "python": env.get("python"), **(env.get("versions") or {})}
+    rows = [
+        ["study", _fmt(s["name"])],
+        ["model", _fmt(s["model"])],
+        *([["per-task checkpoints", "; ".join(f"{k}: {v}" for k, v in sorted(s["checkpoints"].items()))]]
+          if s["checkpoints"] else []),
+        ["pre-training", f"{pre['steps']:,} steps in {_fmt(pre.get('train_seconds'))} s, seed {_fmt(pre.get('seed'))}; "
+                         f"objectives {', '.join(pre.get('objectives') or []) or '–'}" if pre else "–"],
+        ["tasks (relation to pre-training)", "; ".join(f"{k} ({v})" for k, v in sorted(s["tasks"].items()))],
         ["methods × budgets", "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in s["grid"].items())],
-        ["data sizes (examples)", ", ".join(map(str, s["sizes"]))], ["seeds", ", ".join(map(str, s["seeds"]))],
-        ["training-length policy", (f"{_fmt(s['length_policy'])} — " + ", ".join(
-            f"{k.replace('_', ' ')} {s['length'][k]}" for k in ("epochs", "min_steps", "steps") if k in s["length"])
-            + f"; other settings {json.dumps(t)}")],
-        *([["per-task training", json.dumps(s["task_training"])]] if s["task_training"] else []),
+        ["data sizes (examples)", ", ".join(f"{n:,}" if isinstance(n, int) else str(n) for n in s["sizes"])],
+        ["seeds", ", ".join(map(str, s["seeds"]))],
+        ["training length", length_text(s["length_policy"], s["length"])],
+        ["other training settings", _pairs(other)],
+        *([["per-task training", "; ".join(f"{k}: {_pairs(v)}" for k, v in sorted(s["task_training"].items()))]]
+          if s["task_training"] else []),
         ["runs", f"{s['done']} done of {s['runs']}: " + ", ".join(f"{n} {k}" for k, n in sorted(s["status"].items()))],
-        ["hardware", f"{env.get('host')} {env.get('machine')}, device {env.get('device')}, {env.get('threads')} torch "
-                     f"thread(s) per run" if env else "– (no finished run yet)"],
-        ["versions", json.dumps({"vlpeft": env.get("vlpeft"), "python": env.get("python"), **(env.get("versions") or {}),
-                                 "git": env.get("git_commit")}) if env else "– (no finished run yet)"],
+        ["hardware", f"{_fmt(env.get('host'))} {_fmt(env.get('machine'))}, device {_fmt(env.get('device'))}, "
+                     f"{_fmt(env.get('threads'))} torch thread(s) per run" if env else "– (no finished run yet)"],
+        ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v) + (f"; git {env['git_commit']}"
+                                                                              if env.get("git_commit") else "")
+         if env else "– (no finished run yet)"],
     ]
-    out.append(("Setup", ["item", "value"], setup_rows, ""))
-    head = ["task", "method"] + list(claims_mod.CLAIMS.values())
-    body = [[v["task"], v["label"]] + [verdict_cell(c, v[c]) for c in claims_mod.CLAIMS] for v in ctx["verdicts"]]
-    out.append(("Verdicts: the four claims, per task and method", head, body,
-                f"Permutation and bootstrap tests at α = {claims_mod.stats.ALPHA}; δ = {ctx['delta']:.0%} of the task's best "
-                "cell mean. Slopes are score change per tenfold more data (or parameters), inside each budget (or data size)."))
-    summ = claims_mod.summary(ctx["verdicts"])
-    body = [[task] + [", ".join(f"{n} {v}" for v, n in sorted(summ[task][c].items())) for c in claims_mod.CLAIMS]
-            for task in sorted(summ)]
-    out.append(("Summary: verdicts counted over methods", ["task"] + list(claims_mod.CLAIMS.values()), body, ""))
-    checks = claims_mod.baseline_check(ctx["runs"], ctx["delta"])
-    body = [[c["task"], c["label"], f"{len(c['flagged'])} of {c['cells']}", f"{c['headroom']:.3g} (δ {c['margin']:.3g})",
-             ", ".join(f"{_fmt(f['budget'])}/{f['size']} ({f['mean']:.3g})" for f in c["flagged"]) or "–"]
-            for c in checks]
-    out.append(("Did the runs learn? Cells no better than the baseline",
-                ["task", "method", "cells flagged", "headroom: task best − baseline", "flagged (budget/examples: mean)"], body,
-                "Baseline: the better of the frozen model's score at that data size and the majority answer (VQA); a cell "
-                "is flagged when its mean is below baseline + δ. Where the headroom is many δ, flagged cells learned nothing "
-                "measurable (train longer: `task_training.TASK.min_steps`), and the claims about that method describe undertrained "
-                "runs, not the method; where it is about δ, the frozen model already does about as well as fine-tuning."))
-    cons_rows = []
-    for task in sorted(ctx["sensitivity"]):
-        m = ctx["consistency"].get(task, {})
-        sens = ctx["sensitivity"][task]
-        cons_rows.append([task, ctx["setup"]["tasks"].get(task, ""), _fmt(ctx["zero_shot"].get(task)),
-                          _fmt(m.get("lm_loss")), _fmt(m.get("feature_distance")), _fmt(sens["data_sensitivity"]),
-                          _fmt(sens["param_sensitivity"])])
-    out.append(("Consistency with pre-training", ["task", "relation", "zero-shot / best", "LM loss of the checkpoint",
-                                                   "image-feature distance", "data-size sensitivity", "parameter sensitivity"],
-                cons_rows, "Zero-shot: the frozen model's score over the best fine-tuned score. LM loss: the pre-trained "
-                           "model's loss on the task's targets. Distance: ITC image features of the task vs the pre-training "
-                           "scenes, in units of the pre-training spread. Sensitivities: mean slope per tenfold, as a share of the best score."))
+    return rows
+
+
+SHORT = {"data_trend": "rises with data", "param_trend": "rises with parameters", "data_flat": "data does not matter",
+         "param_nonmonotonic": "parameters non-monotonic"}
+
+
+def matrix_cell(claim: str, d: dict) -> tuple[str, str, str]:
+    v = d["verdict"]
+    return (findings.SYMBOLS[v], "v-" + v.replace(" ", "-"), f"{v}: {verdict_cell(claim, d)}")
+
+
+CAPTIONS = {
+    "data": "Score against training examples (log scale), each method at its best budget: a rising line means "
+            "data size matters for that method; a flat one, that it does not.",
+    "params": "Score against trainable parameters (log scale), one panel per data size: a peak inside the range is "
+              "a non-monotonic effect of parameter size; a steady rise, that more parameters pay.",
+    "pareto": "Score against trainable parameters at the largest data size: methods on the upper-left front give "
+              "the most score per parameter.",
+    "heatmap": "Mean score of each method's best budget at each data size: read a row left to right for the effect "
+               "of data.",
+    "consistency": "Each task by its consistency with pre-training (zero-shot over best fine-tuned score) against "
+                   "its gain per tenfold data (left) and parameters (right): the paper expects consistent tasks "
+                   "(to the right) to gain little from data.",
+}
+
+
+def caption(name: str) -> str:
+    stem = name.rsplit(".", 1)[0]
+    return CAPTIONS.get(stem.rsplit("-", 1)[-1], "")
+
+
+def sections(ctx) -> list[dict[str, Any]]:
+    """The report's sections in order, shared by the Markdown and the HTML. Each is a dict: title,
+    kind ('text': bullets; 'table': head, body, note; 'figures'), and `collapsed` (HTML: folded)."""
+    s, verdicts, cells = ctx["setup"], ctx["verdicts"], ctx["cells"]
+    relations = s["tasks"]
+    out: list[dict[str, Any]] = []
+    sentences = findings.task_sentences(verdicts, relations)
+    out.append({"title": "What this study found", "kind": "text", "items": sentences or [
+        "No PEFT method has finished runs yet: nothing to report. The setup below describes the grid."]})
+    comparison = findings.paper_comparison(verdicts, relations)
+    out.append({"title": "Compared with Tian et al. (2024)", "kind": "table",
+                "head": ["task", "relation", "Tian et al. expect", "this study: methods holding", "agreement"],
+                "body": [[r["task"], r["relation"], r["paper"], findings.found_text(r), r["agreement"]]
+                         for r in comparison],
+                "note": "Tian et al. (arXiv 2403.08433): performance rises with data size and trainable parameters "
+                        "only when the downstream data and task are not consistent with pre-training; on a consistent "
+                        "task, data size no longer matters and the effect of parameter size is not monotonic. "
+                        "'agrees': each expected claim holds for most of the five PEFT methods; 'differs': most "
+                        "refute one, or show its opposite; 'not shown': neither."})
+    out.append({"title": "Embedding composition vs layer composition", "kind": "text",
+                "items": [findings.group_sentence(g) for g in findings.groups(verdicts, cells)] or [
+                    "Needs a task with finished runs of both groups: prompt or prefix tuning, and an adapter, LoRA "
+                    "or MAM."]})
+    out.append({"title": "Verdict matrix", "kind": "table", "head": ["task", "method"] + list(SHORT.values()),
+                "body": [[v["task"], v["label"]] + [matrix_cell(c, v[c]) for c in claims_mod.CLAIMS]
+                         for v in verdicts],
+                "note": "✓ holds · ✗ does not hold · ? inconclusive · – untestable. The claims: "
+                        + "; ".join(f"{SHORT[c]} = “{t}”" for c, t in claims_mod.CLAIMS.items())
+                        + ". Each verdict's statistics are in the next table (and in the HTML, on hover)."})
+    out.append({"title": "Statistics behind each verdict", "kind": "table", "collapsed": True,
+                "head": ["task", "method"] + list(claims_mod.CLAIMS.values()),
+                "body": [[v["task"], v["label"]] + [verdict_cell(c, v[c]) for c in claims_mod.CLAIMS]
+                         for v in verdicts],
+                "note": f"Permutation and bootstrap tests at α = {claims_mod.stats.ALPHA}; δ = {ctx['delta']:.0%} of "
+                        "the task's best cell mean. Slopes are score change per tenfold more data (or parameters), "
+                        "inside each budget (or data size)."})
+    out.append({"title": "Setup", "kind": "table", "head": ["item", "value"], "body": setup_rows(s), "note": ""})
+    out.append({"title": "Figures", "kind": "figures"})
     adv = []
     for a in ctx["advice"]:
         r, u = a["recommended"], a["runner_up"]
-        adv.append([a["task"], str(a["study_size"]), f"{r['label']} {r['budget'] or ''}".strip(),
+        adv.append([a["task"], f"{a['study_size']:,}", f"{r['label']} {r['budget'] or ''}".strip(),
                     f"{r['expected']:.3g} [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]", f"{r['params']:,}",
                     f"{u['label']} {u['budget'] or ''} ({u['expected']:.3g})".strip() if u else "–"])
-    out.append(("Advice (ranked on validation, expected test score with 95% CI)",
-                ["task", "examples", "recommended", "expected score", "params", "runner-up"], adv,
-                "`vlpeft advise DIR --task T --data-size N [--max-params P]` answers for other sizes and caps."))
-    cells = [[c["task"], c["label"], _fmt(c["budget"]), str(c["n_train"]), f"{c['mean']:.4g}",
-              f"[{c['ci'][0]:.4g}, {c['ci'][1]:.4g}]", str(c["seeds"]), f"{c['params']:,}", f"{c['percent']:.3f}",
-              _fmt(c["relative_to_full"])] for c in ctx["cells"]]
-    out.append(("Every cell (mean over seeds)", ["task", "method", "budget", "examples", "mean", "95% CI", "seeds",
-                                                 "params", "% backbone", "÷ full"], cells, ""))
-    runs = [[r["id"], r["task"], r["label"], _fmt(r["budget"]), str(r["n_train"]), str(r["seed"]), _fmt(r["lr"]),
-             f"{r['test']:.4g}", f"{r['val']:.4g}", f"{r['params']:,}", _fmt(r["seconds"])] for r in ctx["runs"]]
-    out.append(("Every run", ["id", "task", "method", "budget", "examples", "seed", "lr", "test", "val", "params", "train s"],
-                runs, ""))
+    out.append({"title": "Advice (ranked on validation, expected test score with 95% CI)", "kind": "table",
+                "head": ["task", "examples", "recommended", "expected score", "params", "runner-up"], "body": adv,
+                "note": "`vlpeft advise DIR --task T --data-size N [--max-params P]` answers for other sizes and "
+                        "caps."})
+    checks = claims_mod.baseline_check(ctx["runs"], ctx["delta"])
+    out.append({"title": "Did the runs learn? Cells no better than the baseline", "kind": "table",
+                "head": ["task", "method", "cells flagged", "headroom: task best − baseline",
+                         "flagged (budget/examples: mean)"],
+                "body": [[c["task"], c["label"], f"{len(c['flagged'])} of {c['cells']}",
+                          f"{c['headroom']:.3g} (δ {c['margin']:.3g})",
+                          ", ".join(f"{_fmt(f['budget'])}/{f['size']} ({f['mean']:.3g})" for f in c["flagged"]) or "–"]
+                         for c in checks],
+                "note": "Baseline: the better of the frozen model's score at that data size and the majority answer "
+                        "(VQA); a cell is flagged when its mean is below baseline + δ. Where the headroom is many δ, "
+                        "flagged cells learned nothing measurable (train longer: `task_training.TASK.min_steps`), and "
+                        "the claims about that method describe undertrained runs, not the method; where it is about "
+                        "δ, the frozen model already does about as well as fine-tuning."})
+    cons_rows = []
+    for task in sorted(ctx["sensitivity"]):
+        m, sens = ctx["consistency"].get(task, {}), ctx["sensitivity"][task]
+        cons_rows.append([task, relations.get(task, ""), _fmt(ctx["zero_shot"].get(task)), _fmt(m.get("lm_loss")),
+                          _fmt(m.get("feature_distance")), _fmt(sens["data_sensitivity"]),
+                          _fmt(sens["param_sensitivity"])])
+    out.append({"title": "Consistency with pre-training", "kind": "table",
+                "head": ["task", "relation", "zero-shot / best", "LM loss of the checkpoint", "image-feature distance",
+                         "data-size sensitivity", "parameter sensitivity"], "body": cons_rows,
+                "note": "Zero-shot: the frozen model's score over the best fine-tuned score. LM loss: the pre-trained "
+                        "model's loss on the task's targets. Distance: ITC image features of the task vs the "
+                        "pre-training scenes, in units of the pre-training spread. Sensitivities: mean slope per "
+                        "tenfold, as a share of the best score."})
+    out.append({"title": "Every cell (mean over seeds)", "kind": "table",
+                "head": ["task", "method", "budget", "examples", "mean", "95% CI", "seeds", "params", "% backbone",
+                         "÷ full"],
+                "body": [[c["task"], c["label"], _fmt(c["budget"]), str(c["n_train"]), f"{c['mean']:.4g}",
+                          f"[{c['ci'][0]:.4g}, {c['ci'][1]:.4g}]", str(c["seeds"]), f"{c['params']:,}",
+                          f"{c['percent']:.3f}", _fmt(c["relative_to_full"])] for c in cells], "note": ""})
+    out.append({"title": "Every run", "kind": "table",
+                "head": ["id", "task", "method", "budget", "examples", "seed", "lr", "test", "val", "params",
+                         "train s"],
+                "body": [[r["id"], r["task"], r["label"], _fmt(r["budget"]), str(r["n_train"]), str(r["seed"]),
+                          _fmt(r["lr"]), f"{r['test']:.4g}", f"{r['val']:.4g}", f"{r['params']:,}",
+                          _fmt(r["seconds"])] for r in ctx["runs"]], "note": ""})
     if s["failed"]:
-        out.append(("Failed runs", ["id", "reason"], [[i, r or ""] for i, r in s["failed"]], ""))
+        out.append({"title": "Failed runs", "kind": "table", "head": ["id", "reason"],
+                    "body": [[i, r or ""] for i, r in s["failed"]], "note": ""})
     return out
 
 
-BEFORE_FIGURES = 6  # setup, verdicts, summary, did the runs learn, consistency, advice; then figures, cells, runs
+def _figure_groups(ctx) -> list[tuple[str, list[str]]]:
+    """(heading, PNG files) per task, then the study-wide figures."""
+    return [(group, [f for f in files if f.endswith(".png")]) for group, files in ctx["figures"].items()]
 
 
-def markdown(ctx, tables) -> str:
+def markdown(ctx, secs) -> str:
     lines = [f"# Study report: {ctx['setup']['name']}", ""]
-    for title, head, body, note in tables[:BEFORE_FIGURES]:
-        lines += [f"## {title}", ""] + _table(head, body) + ([""] + [note] if note else []) + [""]
-    lines += ["## Figures", ""]
-    for group, files in ctx["figures"].items():
-        for f in files:
-            if f.endswith(".png"):
-                lines.append(f"![{f}](figures/{f})")
-        lines.append("")
-    for title, head, body, note in tables[BEFORE_FIGURES:]:
-        lines += [f"## {title}", ""] + _table(head, body) + [""]
+    for sec in secs:
+        lines += [f"## {sec['title']}", ""]
+        if sec["kind"] == "text":
+            lines += [f"- {item}" for item in sec["items"]] + [""]
+        elif sec["kind"] == "figures":
+            for group, files in _figure_groups(ctx):
+                lines += [f"### {group}", ""]
+                for f in files:
+                    lines += [f"![{f}](figures/{f})", "", f"*{caption(f)}*", ""]
+        else:
+            lines += _table(sec["head"], sec["body"]) + ([""] + [sec["note"]] if sec["note"] else []) + [""]
     return "\n".join(lines)
 
 
@@ -242,7 +359,8 @@ SCRIPT = """
 window.__errors = [];
 window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e)); });
 function sortTable(th) {
-  var table = th.closest('table'), body = table.tBodies[0], idx = Array.prototype.indexOf.call(th.parentNode.children, th);
+  var table = th.closest('table'), body = table.tBodies[0];
+  var idx = Array.prototype.indexOf.call(th.parentNode.children, th);
   var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
   var rows = Array.prototype.slice.call(body.rows);
   rows.sort(function (a, b) {
@@ -261,38 +379,51 @@ window.addEventListener('load', function () {
 });
 """
 
-STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;font-size:12px}
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px;line-height:1.4}
+table{border-collapse:collapse;margin:1em 0;font-size:12px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee;cursor:pointer}
-img{max-width:100%;margin:0.5em 0;border:1px solid #ddd}.note{color:#555;font-size:12px}"""
+img{max-width:100%;margin:0.5em 0;border:1px solid #ddd}.note,figcaption{color:#555;font-size:12px}
+td.v-holds{background:#d4edda;color:#155724;text-align:center}
+td.v-does-not-hold{background:#f8d7da;color:#721c24;text-align:center}
+td.v-inconclusive{background:#fff3cd;color:#856404;text-align:center}
+td.v-untestable{background:#eee;color:#777;text-align:center}
+figure{margin:0 0 1.5em 0}summary{cursor:pointer;font-weight:bold}"""
 
 
-def to_html(ctx, tables, folder: Path) -> str:
+def to_html(ctx, secs, folder: Path) -> str:
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlpeft study {esc(str(ctx['setup']['name']))}</title>"
-             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
-             f"<h1>Study report: {esc(str(ctx['setup']['name']))}</h1>"]
+    name = esc(str(ctx["setup"]["name"]))
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlpeft study {name}</title>"
+             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>", f"<h1>Study report: {name}</h1>"]
 
-    def table(title, head, body, note):
-        parts.append(f"<h2>{esc(title)}</h2>")
-        if note:
-            parts.append(f"<p class='note'>{esc(note)}</p>")
-        parts.append("<table><thead><tr>" + "".join(f"<th onclick='sortTable(this)'>{esc(h)}</th>" for h in head)
-                     + "</tr></thead><tbody>")
-        for r in body:
-            parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>")
-        parts.append("</tbody></table>")
+    def td(cell) -> str:
+        if isinstance(cell, tuple):
+            text, cls, tip = cell
+            return f"<td class='{esc(cls)}' title='{esc(tip)}'>{esc(text)}</td>"
+        return f"<td>{esc(str(cell))}</td>"
 
-    for sec in tables[:BEFORE_FIGURES]:
-        table(*sec)
-    parts.append("<h2>Figures</h2>")
-    for group, files in ctx["figures"].items():
-        parts.append(f"<h3>{esc(group)}</h3>")
-        for f in files:
-            if f.endswith(".png"):
-                data = base64.b64encode((folder / "figures" / f).read_bytes()).decode()
-                parts.append(f"<img alt='{esc(f)}' src='data:image/png;base64,{data}'>")
-    for sec in tables[BEFORE_FIGURES:]:
-        table(*sec)
+    for sec in secs:
+        if sec["kind"] == "figures":
+            parts.append(f"<h2>{esc(sec['title'])}</h2>")
+            for group, files in _figure_groups(ctx):
+                parts.append(f"<h3>{esc(group)}</h3>")
+                for f in files:
+                    data = base64.b64encode((folder / "figures" / f).read_bytes()).decode()
+                    parts.append(f"<figure><img alt='{esc(f)}' src='data:image/png;base64,{data}'>"
+                                 f"<figcaption>{esc(caption(f))}</figcaption></figure>")
+            continue
+        folded = sec.get("collapsed")
+        parts.append(f"<details><summary>{esc(sec['title'])}</summary>" if folded else f"<h2>{esc(sec['title'])}</h2>")
+        if sec["kind"] == "text":
+            parts.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in sec["items"]) + "</ul>")
+        else:
+            if sec["note"]:
+                parts.append(f"<p class='note'>{esc(sec['note'])}</p>")
+            parts.append("<table><thead><tr>" + "".join(f"<th onclick='sortTable(this)'>{esc(h)}</th>"
+                                                        for h in sec["head"]) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(td(c) for c in r) + "</tr>" for r in sec["body"]]
+            parts.append("</tbody></table>")
+        if folded:
+            parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
-

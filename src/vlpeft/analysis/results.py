@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,38 +17,28 @@ from typing import Any
 import numpy as np
 
 from vlpeft.analysis.stats import bootstrap_ci
-from vlpeft.errors import UserError
+from vlpeft.runrecord import RunRecord
+from vlpeft.study import store
 
 
 def read_store(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """(meta, rows) of a study folder's store, read-only."""
-    path = Path(folder) / "results.sqlite"
-    if not path.is_file():
-        raise UserError(f"{folder}: no results.sqlite here (not a study folder)")
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        con.row_factory = sqlite3.Row
-        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        rows = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY rowid")]
-        con.close()
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: not a vlpeft results store ({e})") from None
-    return meta, rows
+    """(meta, rows) of a study folder's store, read-only (through the store's API)."""
+    return store.read(folder)
 
 
 def run_record(row: dict[str, Any]) -> dict[str, Any]:
-    m = json.loads(row["metrics"])
-    params = m.get("params", {})
+    """One finished run as the analysis uses it: the row's grid coordinates and its RunRecord."""
+    m = RunRecord.from_dict(json.loads(row["metrics"]), f"run {row['id']}")
     return {
         "id": row["id"], "task": row["task"], "label": row["label"], "method": row["method"],
-        "budget": row["budget"], "knob": m.get("knob"), "knob_value": m.get("knob_value"),
-        "size": row["data_size"], "n_train": m["data_size"], "fraction": m.get("data_fraction"),
-        "seed": row["seed"], "lr": m.get("lr"), "metric": m["metric"], "test": float(m["test_score"]),
-        "val": float(m["best_val_score"]), "params": int(m.get("budget_params", 0)),
-        "trainable": int(m.get("trainable_params", 0)), "backbone": int(params.get("backbone", 0)) or None,
-        "percent": float(params.get("budget_percent_of_backbone", 0.0)), "seconds": m.get("train_seconds"),
-        "relation": m.get("task_relation"), "length_policy": m.get("length_policy"),
-        "majority": (m.get("secondary") or {}).get("majority_baseline"), "steps": m.get("steps"),
+        "budget": row["budget"], "knob": m.knob, "knob_value": m.knob_value,
+        "size": row["data_size"], "n_train": m.data_size, "fraction": m.data_fraction,
+        "seed": row["seed"], "lr": m.lr, "metric": m.metric, "test": float(m.test_score),
+        "val": float(m.best_val_score), "params": int(m.budget_params),
+        "trainable": int(m.trainable_params), "backbone": int(m.params.get("backbone", 0)) or None,
+        "percent": float(m.params.get("budget_percent_of_backbone", 0.0)), "seconds": m.train_seconds,
+        "relation": m.task_relation, "length_policy": m.length_policy,
+        "majority": m.majority_baseline, "steps": m.steps,
     }
 
 

@@ -86,7 +86,9 @@ def trend(x: Sequence[float], y: Sequence[float], strata: Sequence, permutations
     return Trend(float(observed), float(p), float(num / den) if den > 0 else 0.0, int(weights.sum()), len(groups))
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, boots: int = BOOTSTRAPS, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, boots: int = BOOTSTRAPS, seed: int = 0
+) -> tuple[float, float]:
     v = np.asarray(values, float)
     if len(v) == 0:
         return (float("nan"), float("nan"))
@@ -125,12 +127,12 @@ def equivalence(x: Sequence[float], y: Sequence[float], strata: Sequence, margin
     lo_x, hi_x = x.min(), x.max()
     lo = [y[[i for i, k in enumerate(keys) if k == g and x[i] == lo_x]] for g in dict.fromkeys(keys)]
     hi = [y[[i for i, k in enumerate(keys) if k == g and x[i] == hi_x]] for g in dict.fromkeys(keys)]
-    pairs = [(h, l) for h, l in zip(hi, lo) if len(h) >= 2 and len(l) >= 2]  # a variance needs >= 2 seeds
+    pairs = [(h, w) for h, w in zip(hi, lo) if len(h) >= 2 and len(w) >= 2]  # a variance needs >= 2 seeds
     if not pairs or lo_x == hi_x:
         return Equivalence(float("nan"), (float("nan"),) * 2, (float("nan"),) * 2, margin, "inconclusive")
     rng = np.random.default_rng(seed)
-    dist = _stratified_boot_diff([h for h, _ in pairs], [l for _, l in pairs], boots, rng)
-    delta = float(np.concatenate([h for h, _ in pairs]).mean() - np.concatenate([l for _, l in pairs]).mean())
+    dist = _stratified_boot_diff([h for h, _ in pairs], [w for _, w in pairs], boots, rng)
+    delta = float(np.concatenate([h for h, _ in pairs]).mean() - np.concatenate([w for _, w in pairs]).mean())
     ci90 = tuple(float(q) for q in np.quantile(dist, [alpha, 1 - alpha]))
     ci95 = tuple(float(q) for q in np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
     if -margin < ci90[0] and ci90[1] < margin:

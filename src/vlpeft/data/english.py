@@ -44,14 +44,20 @@ sits stands walks runs rides holds eats plays flies lies wears parked
 
 
 # Word classes for `general_sentences` (all in BASIC_ENGLISH).
-_COLORS = "red green blue yellow orange purple pink white black gray grey brown teal cyan magenta violet indigo turquoise beige tan maroon navy olive silver gold".split()
-_SHAPES = "circle square triangle rectangle diamond star cross oval ellipse hexagon pentagon octagon heart arrow line dot ring cube sphere cone cylinder".split()
-_THINGS = ("man woman person boy girl child baby player dog cat horse bird cow sheep elephant bear giraffe zebra car bus "
-           "train truck bike bicycle motorcycle plane airplane boat table chair bed couch sofa bench desk window door wall "
-           "tree field road street house building pizza cake sandwich plate bowl cup glass bottle banana apple phone "
-           "computer laptop keyboard screen television clock sign umbrella kite frisbee ball shirt hat bag box").split()
+_COLORS = ("red green blue yellow orange purple pink white black gray grey brown teal cyan magenta violet indigo "
+           "turquoise beige tan maroon navy olive silver gold").split()
+_SHAPES = ("circle square triangle rectangle diamond star cross oval ellipse hexagon pentagon octagon heart arrow line "
+           "dot ring cube sphere cone cylinder").split()
+_THINGS = (
+    "man woman person boy girl child baby player dog cat horse bird cow sheep elephant bear giraffe zebra car bus "
+    "train truck bike bicycle motorcycle plane airplane boat table chair bed couch sofa bench desk window door wall "
+    "tree field road street house building pizza cake sandwich plate bowl cup glass bottle banana apple phone "
+    "computer laptop keyboard screen television clock sign umbrella kite frisbee ball shirt hat bag box"
+).split()
 _PLACES = "room kitchen bathroom park city beach field street road sky water snow grass".split()
-_SIZES = "big small large little tiny huge long short tall wide narrow thick thin round flat dark light bright pale".split()
+_SIZES = (
+    "big small large little tiny huge long short tall wide narrow thick thin round flat dark light bright pale".split()
+)
 _PREPS = ["in", "on", "near", "behind", "beside", "under", "above", "below", "inside", "outside", "next to",
           "in front of", "on top of", "to the left of", "to the right of"]
 _VERBS = "sitting standing walking running riding holding eating playing flying lying looking wearing".split()
@@ -72,7 +78,11 @@ def general_sentences(n: int, seed: int = 0) -> list[str]:
     pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
 
     def thing():
-        return f"{pick(['a', 'the', 'this', 'that'])} {pick(_SIZES + _COLORS + [''])} {pick(_THINGS + _SHAPES)}".replace("  ", " ")
+        return (
+            f"{pick(['a', 'the', 'this', 'that'])} {pick(_SIZES + _COLORS + [''])} {pick(_THINGS + _SHAPES)}".replace(
+                "  ", " "
+            )
+        )
 
     templates = [
         lambda: f"{thing()} is {pick(_PREPS)} {thing()}",
@@ -85,7 +95,13 @@ def general_sentences(n: int, seed: int = 0) -> list[str]:
         lambda: f"no , it is not a {pick(_SHAPES)}",
         lambda: f"there are {pick(_NUMBERS)} {pick(_THINGS)}s {pick(_PREPS)} the {pick(_PLACES)}",
         lambda: f"{pick(['yes', 'no'])} , there {pick(['is', 'was'])} {thing()} {pick(_PREPS)} the {pick(_PLACES)}",
-        lambda: f"the {pick(_SHAPES)} {pick(['has', 'shows', 'contains'])} {pick(_COLORS)} and {pick(_COLORS)} {pick(['lines', 'dots', 'colors'])}",
-        lambda: f"which {pick(['color', 'shape', 'kind', 'size'])} {pick(['does', 'is', 'was'])} {thing()} {pick(['have', 'show', 'contain'])}",
+        lambda: (
+            f"the {pick(_SHAPES)} {pick(['has', 'shows', 'contains'])} {pick(_COLORS)} and {pick(_COLORS)} "
+            f"{pick(['lines', 'dots', 'colors'])}"
+        ),
+        lambda: (
+            f"which {pick(['color', 'shape', 'kind', 'size'])} {pick(['does', 'is', 'was'])} {thing()} "
+            f"{pick(['have', 'show', 'contain'])}"
+        ),
     ]
     return [templates[int(rng.integers(len(templates)))]().strip() for _ in range(n)]

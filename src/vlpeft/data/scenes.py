@@ -81,7 +81,7 @@ class QA:
 
 @dataclass(frozen=True)
 class Scene:
-    """A synthetic scene. The image is rendered on access from the fields (about 0.4 ms)."""
+    """A synthetic scene. The image is rendered on access from the fields."""
 
     scene_id: str
     split: str
@@ -97,9 +97,6 @@ class Scene:
     def image(self) -> np.ndarray:
         """uint8 array (64, 64, 3)."""
         return render_scene(self)
-
-    def pil_image(self) -> Image.Image:
-        return Image.fromarray(self.image)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,7 +105,9 @@ def _load_transformers(folder: Path, meta: dict) -> LoadedModel:
     pp = read_json(pp_file, "image preprocessor config") if pp_file.exists() else {}
     size = pp.get("size", cfg.vision.image_size)
     size = size.get("height", cfg.vision.image_size) if isinstance(size, dict) else int(size)
-    preprocess = ImagePreprocess(image_size=size, **{k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp})
+    preprocess = ImagePreprocess(
+        image_size=size, **{k: tuple(pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp}
+    )
     state = convert_state_dict(read_hf_weights(folder), cfg)
     # transformers' retrieval model has no contrastive temperature: BLIP's initial 0.07 (see _build).
     model = _build(cfg, state, folder, allowed_missing={"temp", "lm_head.out.weight"} if cfg.tie_lm_head else {"temp"})
@@ -141,7 +143,9 @@ def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]
         model.temp = torch.nn.Parameter(torch.tensor(0.07))
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
-        raise UserError(f"{source}: weights do not match the model config: missing {len(left)} tensors (e.g. {left[0]})")
+        raise UserError(
+            f"{source}: weights do not match the model config: missing {len(left)} tensors (e.g. {left[0]})"
+        )
     return model
 
 
@@ -149,7 +153,7 @@ def _build(cfg: BlipConfig, state: dict, source: Path, allowed_missing: set[str]
 def _no_init() -> Iterator[None]:
     """torch.nn.init's functions as no-ops: a model built on the meta device to receive loaded tensors
     needs no initial values, and drawing them on meta tensors goes through PyTorch's Python reference
-    ops, which load its compiler (2-3 s per process, every CLI command and study worker)."""
+    ops, which load its compiler (seconds per process: every CLI command and study worker)."""
     names = ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
              "xavier_uniform_", "zeros_", "ones_", "constant_")
     saved = {n: getattr(torch.nn.init, n) for n in names}

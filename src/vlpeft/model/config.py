@@ -12,7 +12,6 @@ from typing import Any
 
 from vlpeft.errors import UserError, did_you_mean
 
-
 STEMS = ("patch", "conv", "pool")
 
 
@@ -55,7 +54,9 @@ class TextConfig:
     heads: int = field(default=4, metadata={"help": "attention heads; must divide width"})
     mlp_width: int = field(default=512, metadata={"help": "MLP hidden size"})
     max_positions: int = field(default=64, metadata={"help": "learned position embeddings (max tokens)"})
-    cross_width: int = field(default=128, metadata={"help": "width of the states cross-attention reads (= vision width)"})
+    cross_width: int = field(
+        default=128, metadata={"help": "width of the states cross-attention reads (= vision width)"}
+    )
     ln_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon"})
     dropout: float = field(default=0.0, metadata={"help": "hidden and attention dropout"})
     pad_id: int = field(default=0, metadata={"help": "padding token id"})
@@ -90,33 +91,12 @@ class BlipConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "config") -> "BlipConfig":
-        """Build from a dict, rejecting unknown keys and wrong types with a one-line UserError."""
+        """Build from a dict (JSON), rejecting unknown keys and wrong types with a one-line UserError."""
+        from vlpeft.validate import from_mapping
+
         if not isinstance(d, dict):
             raise UserError(f"{source}: model config must be a JSON object")
-        kw = _checked(BlipConfig, d, source, skip=("vision", "text"))
-        kw["vision"] = VisionConfig(**_checked(VisionConfig, d.get("vision", {}), f"{source} (vision)"))
-        kw["text"] = TextConfig(**_checked(TextConfig, d.get("text", {}), f"{source} (text)"))
-        try:
-            return BlipConfig(**kw)
-        except ValueError as e:
-            raise UserError(f"{source}: {e}") from e
-
-
-def _checked(cls, d: dict, source: str, skip=()) -> dict:
-    if not isinstance(d, dict):
-        raise UserError(f"{source}: expected an object")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for k, v in d.items():
-        if k in skip:
-            continue
-        if k not in fields:
-            raise UserError(f"{source}: unknown key {k!r}{did_you_mean(k, fields)}")
-        want = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(fields[k].type))
-        if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
-            raise UserError(f"{source}: {k} must be {fields[k].type}, got {v!r}")
-        out[k] = v
-    return out
+        return from_mapping(BlipConfig, d, source, what="keys")
 
 
 def validate(cfg: BlipConfig) -> None:

@@ -56,7 +56,8 @@ def _beam(model, context, context_mask, ids, max_new_tokens, K, length_penalty) 
     a finished hypothesis is scored sum_logp / length**length_penalty."""
     sep, pad = model.cfg.text.sep_id, model.cfg.text.pad_id
     B, dev = ids.shape[0], ids.device
-    rep = lambda t: None if t is None else t.repeat_interleave(K, 0)
+    def rep(t):
+        return None if t is None else t.repeat_interleave(K, 0)
     context, context_mask, ids = rep(context), rep(context_mask), rep(ids)  # (B*K, ...)
     scores = torch.zeros(B, K, device=dev)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
@@ -66,7 +67,9 @@ def _beam(model, context, context_mask, ids, max_new_tokens, K, length_penalty) 
     step_in, step_mask = ids, torch.ones_like(ids)
     stopped_early = False
     for t in range(max_new_tokens):
-        logp = model.decoder_logits(step_in, step_mask, context, context_mask, cache=cache)[:, -1].float().log_softmax(-1)
+        logp = (
+            model.decoder_logits(step_in, step_mask, context, context_mask, cache=cache)[:, -1].float().log_softmax(-1)
+        )
         V = logp.shape[-1]
         cand = (scores.view(B * K, 1) + logp).view(B, K * V)  # (B, K*V)
         top, idx = cand.topk(2 * K, dim=-1)  # (B, 2K): room for K live beams after removing finished ones

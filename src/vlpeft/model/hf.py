@@ -1,15 +1,38 @@
 """Load transformers-format BLIP checkpoints (`BlipForConditionalGeneration`, `BlipForQuestionAnswering`,
-`BlipForImageTextRetrieval`) into vlpeft's `Blip`.
+`BlipForImageTextRetrieval`) into vlpeft's `Blip`, and name vlpeft's parts the way transformers does.
 
-Only names change: transformers' fused vision `qkv` projection is split into q/k/v (rows are laid out
-[q; k; v], each D rows); everything else maps one to one. Tests build transformers' own classes
-from small random configs and check logits and greedy captions agree.
+Two name spaces, one map between them:
+- vlpeft names: `Blip`'s parameter and module names, e.g. `text_decoder.blocks.0.self_attn.q.weight`;
+- transformers names: those of the BLIP classes above, e.g.
+  `text_decoder.bert.encoder.layer.0.attention.self.query.weight`.
+`RULES` lists the pairs once; `from_hf` (loading a checkpoint: `convert_state_dict`) and `to_hf`
+(exporting LoRA to Hugging Face peft: `vlpeft.peft.export`) both read it. A rule names a module or a
+tensor and covers every name below it (`.weight`, `.bias`), so module paths map as well as tensors;
+`{i}` stands for a block number.
+
+Special cases, and why:
+- fused qkv: transformers' vision attention has one projection `qkv` (3D x D, rows [q; k; v]) where
+  vlpeft has three. Three rules share its name; `from_hf` returns the three vlpeft names in row order
+  and `convert_state_dict` splits the rows into equal blocks in that order.
+- text towers: one set of block rules serves both. The text encoder (VQA, retrieval) is a BERT
+  (BlipTextModel) at `text_encoder.`; the decoder (captioning, VQA) is a BERT with an LM head
+  (BlipTextLMHeadModel), so its BERT sits under `text_decoder.bert.` and its head under
+  `text_decoder.cls.predictions.`.
+- tied LM head: the output matrix is the decoder's word embeddings; transformers saves it once (as the
+  embeddings), so `convert_state_dict` fills `lm_head.out.weight` from them when it is absent.
+  The head's bias is one Parameter under two names (`HF_ALIASES`).
+- ITC/ITM heads (`vision_proj`, `text_proj`, `itm_head`) keep their names.
+- `HF_DROPPED`: transformers tensors vlpeft does not use; `VLPEFT_ONLY`: vlpeft tensors transformers lacks.
+
+Tests build transformers' own classes from small random configs and check the map both ways
+(tests/model/test_hf_names.py), and that logits and greedy captions agree (test_hf_equivalence.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -24,46 +47,125 @@ ARCHITECTURES = {
     "BlipForImageTextRetrieval": dict(text_encoder=True, text_decoder=False, itc_itm=True),
 }
 
-# (transformers suffix regex, vlpeft suffix) inside one text tower
-_TEXT_RULES = [
-    (r"embeddings\.word_embeddings\.", "embed.tokens."),
-    (r"embeddings\.position_embeddings\.", "embed.positions."),
-    (r"embeddings\.LayerNorm\.", "embed.norm."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.query\.", r"blocks.\1.self_attn.q."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.key\.", r"blocks.\1.self_attn.k."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.value\.", r"blocks.\1.self_attn.v."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.self_attn.o."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"blocks.\1.self_norm."),
-    (r"encoder\.layer\.(\d+)\.crossattention\.self\.query\.", r"blocks.\1.cross_attn.q."),
-    (r"encoder\.layer\.(\d+)\.crossattention\.self\.key\.", r"blocks.\1.cross_attn.k."),
-    (r"encoder\.layer\.(\d+)\.crossattention\.self\.value\.", r"blocks.\1.cross_attn.v."),
-    (r"encoder\.layer\.(\d+)\.crossattention\.output\.dense\.", r"blocks.\1.cross_attn.o."),
-    (r"encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\.", r"blocks.\1.cross_norm."),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"blocks.\1.mlp_norm."),
-]
+# (vlpeft name, transformers name) inside the ViT: vlpeft `vision.` = transformers `vision_model.`
 _VISION_RULES = [
-    (r"embeddings\.patch_embedding\.", "patch_embed."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.o."),
-    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
-    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"blocks.\1.mlp.fc1."),
-    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"blocks.\1.mlp.fc2."),
-    (r"post_layernorm\.", "norm."),
+    ("cls_token", "embeddings.class_embedding"),
+    ("pos_embed", "embeddings.position_embedding"),
+    ("patch_embed", "embeddings.patch_embedding"),
+    ("blocks.{i}.norm1", "encoder.layers.{i}.layer_norm1"),
+    ("blocks.{i}.attn.q", "encoder.layers.{i}.self_attn.qkv"),  # fused qkv: rows [q; k; v], in this order
+    ("blocks.{i}.attn.k", "encoder.layers.{i}.self_attn.qkv"),
+    ("blocks.{i}.attn.v", "encoder.layers.{i}.self_attn.qkv"),
+    ("blocks.{i}.attn.o", "encoder.layers.{i}.self_attn.projection"),
+    ("blocks.{i}.norm2", "encoder.layers.{i}.layer_norm2"),
+    ("blocks.{i}.mlp.fc1", "encoder.layers.{i}.mlp.fc1"),
+    ("blocks.{i}.mlp.fc2", "encoder.layers.{i}.mlp.fc2"),
+    ("norm", "post_layernorm"),
 ]
-# Keys transformers may store that vlpeft does not use (pooler of an unused BertModel, buffers).
-_IGNORED = re.compile(r"(\.pooler\.|position_ids$|^logit_scale$|^text_model\.|^visual_projection|^text_projection)")
+# (vlpeft name, transformers name) inside one BERT-style text tower, encoder or decoder
+_TEXT_RULES = [
+    ("embed.tokens", "embeddings.word_embeddings"),
+    ("embed.positions", "embeddings.position_embeddings"),
+    ("embed.norm", "embeddings.LayerNorm"),
+    ("blocks.{i}.self_attn.q", "encoder.layer.{i}.attention.self.query"),
+    ("blocks.{i}.self_attn.k", "encoder.layer.{i}.attention.self.key"),
+    ("blocks.{i}.self_attn.v", "encoder.layer.{i}.attention.self.value"),
+    ("blocks.{i}.self_attn.o", "encoder.layer.{i}.attention.output.dense"),
+    ("blocks.{i}.self_norm", "encoder.layer.{i}.attention.output.LayerNorm"),
+    ("blocks.{i}.cross_attn.q", "encoder.layer.{i}.crossattention.self.query"),
+    ("blocks.{i}.cross_attn.k", "encoder.layer.{i}.crossattention.self.key"),
+    ("blocks.{i}.cross_attn.v", "encoder.layer.{i}.crossattention.self.value"),
+    ("blocks.{i}.cross_attn.o", "encoder.layer.{i}.crossattention.output.dense"),
+    ("blocks.{i}.cross_norm", "encoder.layer.{i}.crossattention.output.LayerNorm"),
+    ("blocks.{i}.mlp.fc1", "encoder.layer.{i}.intermediate.dense"),
+    ("blocks.{i}.mlp.fc2", "encoder.layer.{i}.output.dense"),
+    ("blocks.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
+]
+# (vlpeft name, transformers name) of the heads, full names
+_HEAD_RULES = [
+    ("lm_head.dense", "text_decoder.cls.predictions.transform.dense"),
+    ("lm_head.norm", "text_decoder.cls.predictions.transform.LayerNorm"),
+    ("lm_head.out", "text_decoder.cls.predictions.decoder"),  # weight tied to the word embeddings
+    ("vision_proj", "vision_proj"),
+    ("text_proj", "text_proj"),
+    ("itm_head", "itm_head"),
+]
+# model part: (vlpeft prefix, transformers prefix, rules inside it)
+_PARTS = [
+    ("vision", "vision_model", _VISION_RULES),
+    ("text_encoder", "text_encoder", _TEXT_RULES),
+    ("text_decoder", "text_decoder.bert", _TEXT_RULES),
+    ("", "", _HEAD_RULES),
+]
+RULES: list[tuple[str, str]] = [
+    (f"{ours_prefix}.{ours}" if ours_prefix else ours, f"{hf_prefix}.{hf}" if hf_prefix else hf)
+    for ours_prefix, hf_prefix, rules in _PARTS for ours, hf in rules
+]
+
+# transformers name -> the name `RULES` knows the same tensor by
+HF_ALIASES = {
+    # transformers' LM prediction head registers its bias Parameter twice: as `bias` (the name save_pretrained
+    # writes) and as `decoder.bias`.
+    "text_decoder.cls.predictions.bias": "text_decoder.cls.predictions.decoder.bias",
+}
+# transformers names vlpeft does not load (regex, searched), and why
+HF_DROPPED = [
+    (r"\.pooler\.", "pooler of a BertModel: no BLIP head reads it"),
+    (r"position_ids$", "buffer 0..L-1 older transformers saved: vlpeft computes positions"),
+    (r"^logit_scale$", "BlipModel's contrastive temperature: not in the supported classes"),
+    (r"^text_model\.", "BlipModel's text tower: not in the supported classes"),
+    (r"^visual_projection", "BlipModel's ITC projection: not in the supported classes"),
+    (r"^text_projection", "BlipModel's ITC projection: not in the supported classes"),
+]
+# vlpeft names with no transformers counterpart, and why
+VLPEFT_ONLY = {
+    "temp": "ITC temperature: transformers' retrieval class has none; vlpeft keeps BLIP's initial 0.07",
+}
+_DROPPED = re.compile("|".join(f"({pattern})" for pattern, _ in HF_DROPPED))
 
 
-def is_transformers_blip(folder: Path) -> bool:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == "blip"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+def from_hf(key: str) -> tuple[str, ...]:
+    """transformers name -> the vlpeft names it holds: () for a dropped tensor (`HF_DROPPED`), one name
+    for a rename, (q, k, v) in row order for a fused vision qkv. KeyError for a name no rule knows.
+
+    e.g. "vision_model.encoder.layers.1.self_attn.qkv.bias"
+         -> ("vision.blocks.1.attn.q.bias", "vision.blocks.1.attn.k.bias", "vision.blocks.1.attn.v.bias")
+    """
+    if _DROPPED.search(key):
+        return ()
+    key = HF_ALIASES.get(key, key)
+    names = tuple(name for ours, hf in RULES if (name := _rename(key, hf, ours)) is not None)
+    if not names:
+        raise KeyError(key)
+    return names
+
+
+def to_hf(name: str) -> str:
+    """vlpeft name (tensor or module) -> transformers name. KeyError for a name no rule knows
+    (`VLPEFT_ONLY`, or a module transformers has no counterpart of).
+
+    e.g. "text_decoder.blocks.0.cross_attn.v" -> "text_decoder.bert.encoder.layer.0.crossattention.self.value",
+         "vision.blocks.1.attn.k.weight" -> "vision_model.encoder.layers.1.self_attn.qkv.weight"
+    """
+    for ours, hf in RULES:
+        if (key := _rename(name, ours, hf)) is not None:
+            return key
+    raise KeyError(name)
+
+
+def _rename(name: str, source: str, target: str) -> str | None:
+    """`name` matched against rule side `source` and rewritten to `target`; None when it does not match."""
+    m = _rule_regex(source).fullmatch(name)
+    if m is None:
+        return None
+    block = m.groupdict().get("i") or ""
+    return target.replace("{i}", block) + (m["below"] or "")
+
+
+@cache
+def _rule_regex(pattern: str) -> re.Pattern:
+    """"blocks.{i}.norm1" -> a regex matching "blocks.3.norm1" and names below it ("blocks.3.norm1.weight")."""
+    return re.compile(re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + r"(?P<below>\..+)?")
 
 
 def config_from_hf(hf: dict, source: str, token_ids: dict[str, int] | None = None) -> BlipConfig:
@@ -75,7 +177,8 @@ def config_from_hf(hf: dict, source: str, token_ids: dict[str, int] | None = Non
     if not known:
         raise UserError(f"{source}: unsupported BLIP architecture {archs}; supported: {', '.join(ARCHITECTURES)}")
     v, t = hf.get("vision_config") or {}, hf.get("text_config") or {}
-    size = lambda x: x if isinstance(x, int) else x[0]
+    def size(x):
+        return x if isinstance(x, int) else x[0]
     vision = VisionConfig(
         image_size=size(v.get("image_size", 384)), patch_size=size(v.get("patch_size", 16)),
         width=v.get("hidden_size", 768), depth=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
@@ -112,48 +215,18 @@ def _int(x, default: int) -> int:
 def convert_state_dict(hf_sd: dict[str, torch.Tensor], cfg: BlipConfig) -> dict[str, torch.Tensor]:
     """transformers BLIP state dict -> vlpeft `Blip` state dict (no tensor is changed, only renamed/split)."""
     out: dict[str, torch.Tensor] = {}
-    D = cfg.vision.width
     for key, w in hf_sd.items():
-        if _IGNORED.search(key):
-            continue
-        if key.startswith("vision_model."):
-            rest = key[len("vision_model."):]
-            if rest == "embeddings.class_embedding":
-                out["vision.cls_token"] = w
-            elif rest == "embeddings.position_embedding":
-                out["vision.pos_embed"] = w
-            elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.qkv\.(weight|bias)", rest):
-                for j, name in enumerate("qkv"):  # fused rows [q; k; v]
-                    out[f"vision.blocks.{m[1]}.attn.{name}.{m[2]}"] = w[j * D:(j + 1) * D]
-            else:
-                out["vision." + _apply(_VISION_RULES, rest, key)] = w
-        elif key.startswith("text_decoder.bert."):
-            out["text_decoder." + _apply(_TEXT_RULES, key[len("text_decoder.bert."):], key)] = w
-        elif key.startswith("text_decoder.cls.predictions."):
-            rest = key[len("text_decoder.cls.predictions."):]
-            name = {"transform.dense.weight": "dense.weight", "transform.dense.bias": "dense.bias",
-                    "transform.LayerNorm.weight": "norm.weight", "transform.LayerNorm.bias": "norm.bias",
-                    "decoder.weight": "out.weight", "decoder.bias": "out.bias", "bias": "out.bias"}.get(rest)
-            if name is None:
-                raise UserError(f"unexpected checkpoint tensor {key!r}")
-            out["lm_head." + name] = w
-        elif key.startswith("text_encoder."):
-            out["text_encoder." + _apply(_TEXT_RULES, key[len("text_encoder."):], key)] = w
-        elif key.split(".")[0] in ("vision_proj", "text_proj", "itm_head"):
-            out[key] = w
-        else:
-            raise UserError(f"unexpected checkpoint tensor {key!r}")
+        try:
+            names = from_hf(key)
+        except KeyError:
+            raise UserError(f"unexpected checkpoint tensor {key!r}") from None
+        if len(names) == 1:
+            out[names[0]] = w
+        elif names:  # fused qkv: equal row blocks, in the order from_hf lists them
+            out.update(zip(names, w.chunk(len(names))))
     if cfg.text_decoder and "lm_head.out.weight" not in out:  # tied to the word embeddings, stored once
         out["lm_head.out.weight"] = out["text_decoder.embed.tokens.weight"]
     return out
-
-
-def _apply(rules, rest: str, key: str) -> str:
-    for pattern, repl in rules:
-        new, n = re.subn("^" + pattern, repl, rest)
-        if n:
-            return new
-    raise UserError(f"unexpected checkpoint tensor {key!r}")
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:

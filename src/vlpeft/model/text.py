@@ -41,7 +41,8 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search): every cached tensor's dim 0 indexed by `index` (B',)."""
-        pick = lambda kv: None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+        def pick(kv):
+            return None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
         self.self_kv = [pick(kv) for kv in self.self_kv]
         self.cross_kv = [pick(kv) for kv in self.cross_kv]
         self.key_valid = self.key_valid.index_select(0, index)
@@ -72,7 +73,9 @@ class TextBlock(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg.width, cfg.heads, dropout=cfg.dropout)
         self.self_norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.cross_attn = Attention(cfg.width, cfg.heads, kv_width=cfg.cross_width, dropout=cfg.dropout) if cross else None
+        self.cross_attn = (
+            Attention(cfg.width, cfg.heads, kv_width=cfg.cross_width, dropout=cfg.dropout) if cross else None
+        )
         self.cross_norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps) if cross else None
         self.mlp = Mlp(cfg.width, cfg.mlp_width)
         self.mlp_norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
@@ -159,7 +162,10 @@ class TextTransformer(nn.Module):
                     self_kv = attn.project_kv(x)
                 else:
                     k_old, v_old = cache.self_kv[i]
-                    self_kv = (torch.cat([k_old, attn.split(attn.k(x))], 2), torch.cat([v_old, attn.split(attn.v(x))], 2))
+                    self_kv = (
+                        torch.cat([k_old, attn.split(attn.k(x))], 2),
+                        torch.cat([v_old, attn.split(attn.v(x))], 2),
+                    )
                 cache.self_kv[i] = self_kv
                 if context is not None:
                     if cache.cross_kv[i] is None:

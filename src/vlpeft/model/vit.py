@@ -17,7 +17,7 @@ Three stems turn pixels into the (H/p) x (W/p) patch tokens:
   Max-pooling and BatchNorm are what make shape learnable quickly: trained from scratch as a
   shape classifier of single-object scenes (`benchmarks/stem_probe.py`), the tiny ViT learns shape
   several times faster with this stem than with 'conv', and pre-training with it names objects
-  right far more often (README, "Pre-training the tiny BLIP").
+  right far more often (docs/notes/2026-11-29-tiny-pretraining.md, "How the stem got here").
 
 PEFT hooks: `VisionTransformer.prompt` (visual prompt tokens, VPT: Jia et al. 2022) and the
 hooks of `layers.py` on every block.
@@ -146,7 +146,7 @@ class VisionTransformer(nn.Module):
         """
         B = pixels.shape[0]
         pixels = pixels.to(self.pos_embed.dtype)
-        if self.cfg.stem != "patch":  # CPU convolutions run faster in NHWC: 91 vs 104 ms a 32-image step (README)
+        if self.cfg.stem != "patch":  # CPU convolutions run faster in NHWC (docs/notes/2026-11-29-speed.md)
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(pixels)  # (B, D, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)

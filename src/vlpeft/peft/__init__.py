@@ -5,4 +5,3 @@ from vlpeft.peft.base import (REGISTRY, apply_peft, count_params, fold, get_meth
                               save_peft)
 
 STUDY_METHODS = ("prompt", "prefix", "adapter", "lora", "mam")
-BASELINES = ("full", "frozen", "bitfit", "ia3")

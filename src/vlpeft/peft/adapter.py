@@ -61,8 +61,13 @@ def add_adapters(model: nn.Module, placement, slots, bottleneck: int, parallel: 
 @dataclass(frozen=True)
 class AdapterConfig(PeftCommon):
     bottleneck: int = field(default=16, metadata={"help": "bottleneck width r (the knob)"})
-    slots: tuple[str, ...] = field(default=("attn", "mlp"), metadata={
-        "help": "sub-layers followed by an adapter: attn (self-attention), cross (cross-attention), mlp; Houlsby: attn, mlp"})
+    slots: tuple[str, ...] = field(
+        default=("attn", "mlp"),
+        metadata={
+            "help": "sub-layers followed by an adapter: attn (self-attention), cross (cross-attention), mlp; "
+            "Houlsby: attn, mlp"
+        },
+    )
 
     def __post_init__(self):
         check_placement(self.placement, "adapter")
@@ -75,5 +80,14 @@ def apply(model: nn.Module, cfg: AdapterConfig) -> None:
     add_adapters(model, cfg.placement, cfg.slots, cfg.bottleneck, parallel=False, scale=1.0)
 
 
-SPEC = register(MethodSpec("adapter", AdapterConfig, apply, knob="bottleneck", ladder=(2, 4, 8, 16, 32, 64),
-                           summary="Houlsby sequential bottleneck after attention and after the MLP"))
+SPEC = register(
+    MethodSpec(
+        "adapter",
+        AdapterConfig,
+        apply,
+        default_lr=1e-3,
+        knob="bottleneck",
+        ladder=(2, 4, 8, 16, 32, 64),
+        summary="Houlsby sequential bottleneck after attention and after the MLP",
+    )
+)

@@ -12,7 +12,6 @@ method marked), never by matching substrings of names.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,30 +21,51 @@ from torch import nn
 
 from vlpeft.errors import UserError, did_you_mean
 from vlpeft.io import atomic_path, read_json, write_json
-from vlpeft.validate import coerce
+from vlpeft.validate import from_mapping
 
 # The parts of a Blip a method can be placed in, and the attribute that holds each.
 PARTS = ("vision", "text_encoder", "text_decoder")
 # Parameter groups for counting: first attribute name -> part.
-_PART_OF = {"vision": "vision", "text_encoder": "text_encoder", "text_decoder": "text_decoder",
-            "lm_head": "head", "vision_proj": "itc_itm", "text_proj": "itc_itm", "itm_head": "itc_itm", "temp": "itc_itm"}
+_PART_OF = {
+    "vision": "vision",
+    "text_encoder": "text_encoder",
+    "text_decoder": "text_decoder",
+    "lm_head": "head",
+    "vision_proj": "itc_itm",
+    "text_proj": "itc_itm",
+    "itm_head": "itc_itm",
+    "temp": "itc_itm",
+}
 
 
 @dataclass(frozen=True)
 class PeftCommon:
     """Fields every method config has."""
 
-    placement: tuple[str, ...] = field(default=("text_encoder", "text_decoder"), metadata={
-        "help": "parts that get the method: any of vision, text_encoder, text_decoder (parts the model lacks are skipped)"})
+    placement: tuple[str, ...] = field(
+        default=("text_encoder", "text_decoder"),
+        metadata={
+            "help": "parts that get the method: any of vision, text_encoder, text_decoder "
+            "(parts the model lacks are skipped)"
+        },
+    )
     train_head: bool = field(default=False, metadata={
         "help": "also fully train the task head (the LM head: transform + vocabulary projection), counted as 'head'"})
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A PEFT method: everything a study needs to know about it.
+
+    `default_lr`: the learning rate a run uses unless it is given one. PEFT methods take 10-100x the
+    learning rate of full fine-tuning (Hu et al. 2021; He et al. 2022; Lester et al. 2021 go higher
+    still for prompts); these are starting points measured on the tiny model, not tuned per task,
+    and a study can sweep them (an `lr` grid, selected on validation)."""
+
     name: str
     config: type  # a frozen dataclass deriving from PeftCommon
     apply: Callable[[nn.Module, Any], None]
+    default_lr: float  # see the class doc
     knob: str | None  # the config field a budget sets (None: the method has no size)
     ladder: tuple[int, ...]  # default knob values listed by `vlpeft methods` and swept by studies
     summary: str
@@ -58,6 +78,14 @@ REGISTRY: dict[str, MethodSpec] = {}
 def register(spec: MethodSpec) -> MethodSpec:
     if spec.name in REGISTRY:
         raise ValueError(f"PEFT method {spec.name!r} is already registered")
+    if (
+        isinstance(spec.default_lr, bool)
+        or not isinstance(spec.default_lr, (int, float))
+        or not 0 <= spec.default_lr < 1
+    ):
+        raise ValueError(
+            f"PEFT method {spec.name!r}: default_lr must be a learning rate in [0, 1), got {spec.default_lr!r}"
+        )
     if spec.knob is not None and spec.knob not in {f.name for f in dataclasses.fields(spec.config)}:
         raise ValueError(f"PEFT method {spec.name!r}: knob {spec.knob!r} is not a field of {spec.config.__name__}")
     REGISTRY[spec.name] = spec
@@ -73,20 +101,9 @@ def get_method(name: str) -> MethodSpec:
 
 
 def make_config(method: str, overrides: dict[str, Any] | None = None, source: str = "PEFT config"):
-    """Validated config of `method` from JSON-like overrides (unknown keys and wrong types are UserErrors)."""
-    spec = get_method(method)
-    fields = {f.name: f for f in dataclasses.fields(spec.config)}
-    hints = typing.get_type_hints(spec.config)
-    kw = {}
-    for key, value in (overrides or {}).items():
-        if key not in fields:
-            raise UserError(f"{source}: {method} has no option {key!r}{did_you_mean(key, fields)}; "
-                            f"options: {', '.join(fields)}")
-        kw[key] = coerce(value, hints[key], f"{source}: {method}.{key}")
-    try:
-        return spec.config(**kw)
-    except ValueError as e:
-        raise UserError(f"{source}: {method}: {e}") from e
+    """Validated config of `method` from JSON-like overrides (vlpeft.validate.from_mapping: unknown
+    keys, wrong types and values out of range are one-line UserErrors)."""
+    return from_mapping(get_method(method).config, overrides, f"{source}: {method}", what="options")
 
 
 def check_placement(placement: tuple[str, ...], where: str) -> None:
@@ -236,7 +253,9 @@ def load_peft(model: nn.Module, folder: str | Path) -> PeftState:
     with torch.no_grad():
         for name, t in tensors.items():
             if params[name].shape != t.shape:
-                raise UserError(f"{path}: {name} has shape {tuple(t.shape)}, the model needs {tuple(params[name].shape)}")
+                raise UserError(
+                    f"{path}: {name} has shape {tuple(t.shape)}, the model needs {tuple(params[name].shape)}"
+                )
             params[name].copy_(t)
     return state
 

@@ -49,7 +49,9 @@ def parse_budget(text: str | int) -> Budget:
     try:
         n = int(float(number) * mult)
     except ValueError:
-        raise UserError(f"budget {text!r}: expected a knob value (8, knob=8) or a parameter target (params=50k)") from None
+        raise UserError(
+            f"budget {text!r}: expected a knob value (8, knob=8) or a parameter target (params=50k)"
+        ) from None
     if kind not in ("knob", "params"):
         raise UserError(f"budget {text!r}: unknown kind {kind!r} (use knob=N or params=N)")
     return _positive(Budget(knob=n) if kind == "knob" else Budget(params=n), text)
@@ -70,7 +72,9 @@ def count_for(model_cfg: BlipConfig, method: str, overrides: dict[str, Any] | No
     return count_params(model)
 
 
-def resolve(model_cfg: BlipConfig, method: str, budget: Budget | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve(
+    model_cfg: BlipConfig, method: str, budget: Budget | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """-> {"knob": name, "value": v, "overrides": full overrides, "params": counts, "target": target or None}."""
     spec = get_method(method)
     overrides = dict(overrides or {})
@@ -84,7 +88,8 @@ def resolve(model_cfg: BlipConfig, method: str, budget: Budget | None, overrides
         overrides[spec.knob] = budget.knob
         return {"knob": spec.knob, "value": budget.knob, "overrides": overrides,
                 "params": count_for(model_cfg, method, overrides), "target": None}
-    size = lambda k: count_for(model_cfg, method, {**overrides, spec.knob: k})["budget"]
+    def size(k):
+        return count_for(model_cfg, method, {**overrides, spec.knob: k})["budget"]
     low, high = size(1), size(MAX_KNOB)
     if not (low / 2 <= budget.params <= high * 2):
         raise UserError(f"{method}: no {spec.knob} reaches {budget.params:,} parameters "
@@ -117,3 +122,21 @@ def ladder(model_cfg: BlipConfig, method: str, overrides: dict[str, Any] | None 
 
 def default_placement(method: str) -> list[str]:
     return list(dataclasses.asdict(make_config(method))["placement"])
+
+
+def method_config(model_cfg: BlipConfig, method: str, budget, options: dict, parts: tuple[str, ...],
+                  user: str) -> tuple[dict[str, Any], Any]:
+    """The config of `method` for a use (`user`, e.g. "task easyvqa-vqa") that runs only the model
+    `parts`: its placement cut to those parts (a method placed elsewhere would train unused weights),
+    then `budget` (a knob value or a parameter target, or None) resolved to a knob value.
+    -> (the `resolve` record, the method config). UserError when no placed part is left."""
+    options = dict(options)
+    placement = options.get("placement", list(make_config(method, {k: v for k, v in options.items()
+                                                                    if k != "placement"}).placement))
+    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in parts]
+    if not used:
+        raise UserError(f"{method}: placement {placement} has no part that {user} uses ({', '.join(parts)})")
+    options["placement"] = used
+    resolved = resolve(model_cfg, method, parse_budget(budget) if budget is not None else None, options)
+    return resolved, make_config(method, resolved["overrides"])
+

@@ -5,9 +5,9 @@ reads: `adapter_config.json` (a `LoraConfig`, peft_type "LORA") and `adapter_mod
 `base_model.model.<transformers module path>.lora_A.weight` (r x in) and `.lora_B.weight` (out x r);
 peft stores them without the adapter name and inserts it on load.
 
-Module paths follow `vlpeft.model.hf` backwards: `text_decoder.blocks.N.self_attn.q` ->
-`text_decoder.bert.encoder.layer.N.attention.self.query`, `vision.blocks.N.attn.o` ->
-`vision_model.encoder.layers.N.self_attn.projection`, and so on.
+Module paths come from the name map in `vlpeft.model.hf` (`to_hf`), the one checkpoint loading reads
+the other way: `text_decoder.blocks.N.self_attn.q` -> `text_decoder.bert.encoder.layer.N.attention.self.query`,
+`vision.blocks.N.attn.o` -> `vision_model.encoder.layers.N.self_attn.projection`, and so on.
 
 transformers' vision attention has ONE fused projection qkv (3D x D, rows [q; k; v]) where vlpeft has
 three. LoRA on the present parts P of {q, k, v} of a block (each rank r, scale s = alpha / r) becomes
@@ -28,7 +28,6 @@ a model without `task_type`: BlipForConditionalGeneration (vision + decoder), Bl
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -36,25 +35,9 @@ from torch import nn
 
 from vlpeft.errors import UserError
 from vlpeft.io import atomic_path, write_text
+from vlpeft.model.hf import from_hf, to_hf
 from vlpeft.peft.lora import LoraLinear
 
-# vlpeft tower -> transformers path of its list of blocks
-_TOWERS = {
-    "vision": "vision_model.encoder.layers",
-    "text_encoder": "text_encoder.encoder.layer",
-    "text_decoder": "text_decoder.bert.encoder.layer",
-}
-# Linear inside a vlpeft text block -> the same Linear inside transformers' BlipTextLayer
-_TEXT_LINEARS = {
-    "self_attn.q": "attention.self.query", "self_attn.k": "attention.self.key",
-    "self_attn.v": "attention.self.value", "self_attn.o": "attention.output.dense",
-    "cross_attn.q": "crossattention.self.query", "cross_attn.k": "crossattention.self.key",
-    "cross_attn.v": "crossattention.self.value", "cross_attn.o": "crossattention.output.dense",
-    "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
-}
-# Linear inside a vlpeft vision block -> transformers' BlipEncoderLayer; q/k/v are slots of the fused qkv
-_VISION_LINEARS = {"attn.o": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-_QKV_SLOTS = {"attn.q": 0, "attn.k": 1, "attn.v": 2}
 _BLIP_LIBRARY = "transformers.models.blip.modeling_blip"
 
 
@@ -72,17 +55,12 @@ def hf_module_path(name: str) -> tuple[str, int | None]:
     e.g. "text_decoder.blocks.0.cross_attn.v" -> ("text_decoder.bert.encoder.layer.0.crossattention.self.value", None),
          "vision.blocks.1.attn.k" -> ("vision_model.encoder.layers.1.self_attn.qkv", 1).
     """
-    m = re.fullmatch(r"(vision|text_encoder|text_decoder)\.blocks\.(\d+)\.(\w+\.\w+)", name)
-    if m is None:
-        raise UserError(f"hf export: LoRA layer {name!r} has no transformers BLIP counterpart")
-    tower, block, inner = m[1], m[2], m[3]
-    prefix = f"{_TOWERS[tower]}.{block}"
-    if tower == "vision" and inner in _QKV_SLOTS:
-        return f"{prefix}.self_attn.qkv", _QKV_SLOTS[inner]
-    table = _VISION_LINEARS if tower == "vision" else _TEXT_LINEARS
-    if inner not in table:
-        raise UserError(f"hf export: LoRA layer {name!r} has no transformers BLIP counterpart")
-    return f"{prefix}.{table[inner]}", None
+    try:
+        path = to_hf(name)
+    except KeyError:
+        raise UserError(f"hf export: LoRA layer {name!r} has no transformers BLIP counterpart") from None
+    held = from_hf(path)  # the vlpeft layers in that module: one, or q, k, v of a fused qkv in row order
+    return path, (held.index(name) if len(held) > 1 else None)
 
 
 def export_hf_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str = "") -> Path:

@@ -30,8 +30,13 @@ class LoraConfig(PeftCommon):
     rank: int = field(default=8, metadata={"help": "rank r of the update (the knob)"})
     alpha: float = field(default=16.0, metadata={"help": "scale numerator: the update is multiplied by alpha / r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch input"})
-    targets: tuple[str, ...] = field(default=("q", "v"), metadata={
-        "help": "projections to adapt: q, k, v, o (every attention), or self_attn.q, cross_attn.v, attn.q, mlp.fc1, mlp.fc2"})
+    targets: tuple[str, ...] = field(
+        default=("q", "v"),
+        metadata={
+            "help": "projections to adapt: q, k, v, o (every attention), or self_attn.q, cross_attn.v, attn.q, "
+            "mlp.fc1, mlp.fc2"
+        },
+    )
 
     def __post_init__(self):
         check_placement(self.placement, "lora")
@@ -51,13 +56,19 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias  # the same (frozen) tensors, same names
         self.rank, self.scaling = rank, alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, dtype=base.weight.dtype, device=base.weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / HF peft
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x):  # (..., in) -> (..., out)
-        return F.linear(x, self.weight, self.bias) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        return (
+            F.linear(x, self.weight, self.bias) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        )
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear with W + (alpha / r) B A."""
@@ -110,5 +121,5 @@ def merge_lora(model: nn.Module) -> int:
     return n
 
 
-SPEC = register(MethodSpec("lora", LoraConfig, apply, knob="rank", ladder=(1, 2, 4, 8, 16, 32),
+SPEC = register(MethodSpec("lora", LoraConfig, apply, default_lr=1e-3, knob="rank", ladder=(1, 2, 4, 8, 16, 32),
                            summary="low-rank update of the query and value projections of every attention"))

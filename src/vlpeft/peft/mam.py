@@ -25,7 +25,9 @@ from vlpeft.peft.prefix import add_prefixes, fold_prefixes
 
 @dataclass(frozen=True)
 class MamConfig(PeftCommon):
-    bottleneck: int = field(default=0, metadata={"help": "parallel-adapter bottleneck r (the knob); 0 = round(512 D / 768)"})
+    bottleneck: int = field(
+        default=0, metadata={"help": "parallel-adapter bottleneck r (the knob); 0 = round(512 D / 768)"}
+    )
     prefix_length: int = field(default=30, metadata={"help": "prefix length P (second knob)"})
     scale: float = field(default=4.0, metadata={"help": "parallel-adapter scale s"})
     reparam_hidden: int = field(default=0, metadata={"help": "prefix MLP width; 0 = round(800 D / 768)"})
@@ -49,5 +51,15 @@ def apply(model: nn.Module, cfg: MamConfig) -> None:
         add_adapters(model, (part,), ("mlp",), cfg.bottleneck or scaled(512, width), parallel=True, scale=cfg.scale)
 
 
-SPEC = register(MethodSpec("mam", MamConfig, apply, knob="bottleneck", ladder=(4, 8, 16, 32, 64, 128),
-                           summary="prefix tuning on attention + scaled parallel adapter on the MLP", fold=fold_prefixes))
+SPEC = register(
+    MethodSpec(
+        "mam",
+        MamConfig,
+        apply,
+        default_lr=1e-3,
+        knob="bottleneck",
+        ladder=(4, 8, 16, 32, 64, 128),
+        summary="prefix tuning on attention + scaled parallel adapter on the MLP",
+        fold=fold_prefixes,
+    )
+)

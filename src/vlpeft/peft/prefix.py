@@ -27,7 +27,9 @@ from vlpeft.peft.base import MethodSpec, PeftCommon, check_placement, placed_tow
 class PrefixConfig(PeftCommon):
     length: int = field(default=8, metadata={"help": "prefix length P per attention (the knob)"})
     cross: bool = field(default=False, metadata={"help": "also prefix the cross-attention keys/values"})
-    reparam: bool = field(default=True, metadata={"help": "train through the MLP reparameterisation (folded after training)"})
+    reparam: bool = field(
+        default=True, metadata={"help": "train through the MLP reparameterisation (folded after training)"}
+    )
     reparam_hidden: int = field(default=0, metadata={"help": "MLP hidden width h; 0 = the tower width D"})
 
     def __post_init__(self):
@@ -123,6 +125,6 @@ def apply(model: nn.Module, cfg: PrefixConfig) -> None:
     add_prefixes(model, cfg.placement, cfg.length, cfg.cross, cfg.reparam, cfg.reparam_hidden)
 
 
-SPEC = register(MethodSpec("prefix", PrefixConfig, apply, knob="length", ladder=(2, 4, 8, 16, 32),
+SPEC = register(MethodSpec("prefix", PrefixConfig, apply, default_lr=1e-3, knob="length", ladder=(2, 4, 8, 16, 32),
                            summary="learned key/value prefixes in every attention, via an MLP reparameterisation",
                            fold=fold_prefixes))

@@ -25,7 +25,9 @@ from vlpeft.peft.base import MethodSpec, PeftCommon, check_placement, placed_tow
 @dataclass(frozen=True)
 class PromptConfig(PeftCommon):
     n_tokens: int = field(default=8, metadata={"help": "prompt tokens P per tower (the knob)"})
-    deep: bool = field(default=False, metadata={"help": "new prompts before every block (VPT-deep) instead of only the input"})
+    deep: bool = field(
+        default=False, metadata={"help": "new prompts before every block (VPT-deep) instead of only the input"}
+    )
     init_std: float = field(default=0.02, metadata={"help": "std of the normal initialisation of the prompts"})
 
     def __post_init__(self):
@@ -52,5 +54,5 @@ def apply(model: nn.Module, cfg: PromptConfig) -> None:
         tower.prompt = PromptTokens(cfg.n_tokens, width, depth, cfg.deep, cfg.init_std)
 
 
-SPEC = register(MethodSpec("prompt", PromptConfig, apply, knob="n_tokens", ladder=(2, 4, 8, 16, 32),
+SPEC = register(MethodSpec("prompt", PromptConfig, apply, default_lr=1e-2, knob="n_tokens", ladder=(2, 4, 8, 16, 32),
                            summary="learned tokens prepended to the input of each placed tower"))

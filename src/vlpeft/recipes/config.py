@@ -1,6 +1,8 @@
 """The settings of one fine-tuning run (`FinetuneConfig`), apart from the recipe so that reading or
 validating them (the CLI's flags, a study spec) needs no torch. Every field carries its help text and
-its allowed values (`choices`, `min`, `max`, `below`), checked by `vlpeft.validate.check_values`.
+its allowed values (`choices`, `min`, `max`, `below`), checked by `vlpeft.validate.check_values`,
+and two flags a study reads: `grid` (set per cell by the study, not in a spec's `training`) and
+`result: False` (does not change a run's result: not compared when a study resumes).
 """
 
 from __future__ import annotations
@@ -19,45 +21,131 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    model: str = field(metadata={"help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
-    task: str = field(metadata={"help": "built-in task name (vlpeft tasks) or a task file (YAML) of your own data"})
-    method: str = field(metadata={"help": "PEFT method (vlpeft.peft.REGISTRY)"})
-    budget: str | None = field(default=None, metadata={"help": "knob value (8, knob=8) or parameter target (params=50k)"})
-    method_options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
-    data_size: Any = field(default=1.0, metadata={"help": "training examples: fraction (0.1, '10%') or count (200)"})
-    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "training seed (initialisation, batch order)"})
-    subset_seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed of the nested data subsets (separate from seed)"})
-    lr: float | None = field(default=None, metadata={"min": 0, "help": "learning rate; default per method (recipes/defaults.py)"})
+    model: str = field(metadata={"grid": True, "help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
+    task: str = field(
+        metadata={"grid": True, "help": "built-in task name (vlpeft tasks) or a task file (YAML) of your own data"}
+    )
+    method: str = field(metadata={"grid": True, "help": "PEFT method (`vlpeft methods` lists them)"})
+    budget: str | None = field(
+        default=None, metadata={"grid": True, "help": "knob value (8, knob=8) or parameter target (params=50k)"}
+    )
+    method_options: dict = field(
+        default_factory=dict, metadata={"grid": True, "help": "other method config fields (placement, targets, ...)"}
+    )
+    data_size: Any = field(
+        default=1.0, metadata={"grid": True, "help": "training examples: fraction (0.1, '10%') or count (200)"}
+    )
+    seed: int = field(
+        default=0,
+        metadata={"grid": True, "min": 0, "max": SEED_MAX, "help": "training seed (initialisation, batch order)"},
+    )
+    subset_seed: int = field(
+        default=0,
+        metadata={
+            "grid": True,
+            "min": 0,
+            "max": SEED_MAX,
+            "help": "seed of the nested data subsets (separate from seed)",
+        },
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "grid": True,
+            "min": 0,
+            "help": "peak learning rate; default: the method's (MethodSpec.default_lr, vlpeft methods)",
+        },
+    )
     batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"min": 1, "help": "examples per step"})
-    length_policy: str = field(default=defaults.COMMON["length_policy"], metadata={
-        "choices": LENGTH_POLICIES, "help": "epochs (passes over the subset), steps (exactly `steps`) or epochs_min_steps "
-                                            "(epochs, at least `min_steps`): what a data-size curve means depends on it"})
-    epochs: int = field(default=defaults.COMMON["epochs"], metadata={"min": 1, "help": "passes over the training subset"})
-    min_steps: int = field(default=defaults.COMMON["min_steps"], metadata={"min": 0, "help": "floor on steps (epochs_min_steps)"})
+    length_policy: str = field(
+        default=defaults.COMMON["length_policy"],
+        metadata={
+            "choices": LENGTH_POLICIES,
+            "help": "epochs (passes over the subset), steps (exactly `steps`) or epochs_min_steps "
+            "(epochs, at least `min_steps`): what a data-size curve means depends on it",
+        },
+    )
+    epochs: int = field(
+        default=defaults.COMMON["epochs"], metadata={"min": 1, "help": "passes over the training subset"}
+    )
+    min_steps: int = field(
+        default=defaults.COMMON["min_steps"], metadata={"min": 0, "help": "floor on steps (epochs_min_steps)"}
+    )
     steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
-    warmup_ratio: float = field(default=defaults.COMMON["warmup_ratio"], metadata={"min": 0, "below": 1, "help": "warm-up fraction of the steps"})
-    weight_decay: float = field(default=defaults.COMMON["weight_decay"], metadata={"min": 0, "help": "AdamW weight decay on matrices"})
-    label_smoothing: float = field(default=defaults.COMMON["label_smoothing"], metadata={"min": 0, "below": 1, "help": "LM loss label smoothing"})
-    grad_clip: float = field(default=defaults.COMMON["grad_clip"], metadata={"min": 0, "help": "gradient-norm clip (0 = off)"})
+    warmup_ratio: float = field(
+        default=defaults.COMMON["warmup_ratio"],
+        metadata={"min": 0, "below": 1, "help": "warm-up fraction of the steps"},
+    )
+    weight_decay: float = field(
+        default=defaults.COMMON["weight_decay"], metadata={"min": 0, "help": "AdamW weight decay on matrices"}
+    )
+    label_smoothing: float = field(
+        default=defaults.COMMON["label_smoothing"], metadata={"min": 0, "below": 1, "help": "LM loss label smoothing"}
+    )
+    grad_clip: float = field(
+        default=defaults.COMMON["grad_clip"], metadata={"min": 0, "help": "gradient-norm clip (0 = off)"}
+    )
     evals: int = field(default=5, metadata={"min": 1, "help": "validation evaluations over the run (model selection)"})
-    patience: int = field(default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0 = never)"})
+    patience: int = field(
+        default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0 = never)"}
+    )
     val_limit: int = field(default=500, metadata={"min": 0, "help": "validation examples used for selection (0 = all)"})
     test_limit: int = field(default=0, metadata={"min": 0, "help": "test examples scored (0 = all)"})
     task_options: dict = field(default_factory=dict, metadata={"help": "options of the task's kind (caption: prompt, "
                                                                        "num_beams, max_new_tokens; vqa: inference, "
                                                                        "rank_k); defaults from the task"})
     max_text_len: int = field(default=40, metadata={"min": 4, "help": "tokens kept per text, incl. specials"})
-    scene_seed: int | None = field(default=None, metadata={"min": 0, "max": SEED_MAX, "help": "synthetic-scene seed; default: the checkpoint's pre-training seed"})
-    paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
-                                                               "vqav2): key -> path"})
-    feature_cache: bool = field(default=True, metadata={"help": "encode each image once when the vision encoder stays frozen and untouched"})
-    feature_cache_dir: str | None = field(default=None, metadata={"help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)"})
-    feature_cache_disk_mb: float = field(default=8192, metadata={"min": 0, "help": "stop adding to the on-disk feature cache past this size"})
-    precision: str = field(default="fp32", metadata={"choices": PRECISIONS, "help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)"})
-    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads (0 = leave as is)"})
-    device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto (cuda if available), cpu or cuda"})
+    scene_seed: int | None = field(
+        default=None,
+        metadata={
+            "min": 0,
+            "max": SEED_MAX,
+            "help": "synthetic-scene seed; default: the checkpoint's pre-training seed",
+        },
+    )
+    paths: dict = field(
+        default_factory=dict,
+        metadata={"grid": True, "help": "data files of tasks that take them (coco-caption, vqav2): key -> path"},
+    )
+    feature_cache: bool = field(
+        default=True,
+        metadata={"result": False, "help": "encode each image once when the vision encoder stays frozen and untouched"},
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "result": False,
+            "help": "folder of the on-disk feature cache shared by runs and workers (None: memory only)",
+        },
+    )
+    feature_cache_disk_mb: float = field(
+        default=8192,
+        metadata={"result": False, "min": 0, "help": "stop adding to the on-disk feature cache past this size"},
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "choices": PRECISIONS,
+            "help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)",
+        },
+    )
+    threads: int = field(
+        default=0, metadata={"grid": True, "result": False, "min": 0, "help": "torch threads (0 = leave as is)"}
+    )
+    device: str = field(
+        default="auto", metadata={"result": False, "choices": DEVICES, "help": "auto (cuda if available), cpu or cuda"}
+    )
 
     def __post_init__(self):
         check_values(self, "finetune")
         if self.length_policy == "steps" and self.steps <= 0:
             raise UserError("finetune: length_policy 'steps' needs steps > 0")
+
+
+def fields_where(**flags) -> tuple[str, ...]:
+    """FinetuneConfig field names whose metadata has these values, e.g. fields_where(result=False)."""
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(FinetuneConfig)
+                 if all(f.metadata.get(k, True if k == "result" else None) == v for k, v in flags.items()))
+

@@ -1,9 +1,5 @@
-"""Training defaults per PEFT method: the one place they live.
-
-Learning rates follow the usual practice that PEFT methods take 10-100x the learning rate of full
-fine-tuning (Hu et al. 2021; He et al. 2022; Lester et al. 2021 go higher still for prompts). They
-are starting points measured on the tiny model here, not tuned per task; a study can sweep them
-(`lr` grid, selected on validation).
+"""Training defaults shared by every method (a method's own default learning rate is on its
+`MethodSpec`, `vlpeft.peft.base`).
 
 Training length policy (what a data-size curve means depends on it):
 - "epochs": `epochs` passes over the training subset (small subsets get few steps);
@@ -13,18 +9,6 @@ Training length policy (what a data-size curve means depends on it):
 """
 
 from __future__ import annotations
-
-METHOD_LR = {
-    "full": 1e-4,
-    "frozen": 0.0,
-    "bitfit": 3e-3,
-    "ia3": 3e-3,
-    "lora": 1e-3,
-    "adapter": 1e-3,
-    "prefix": 1e-3,
-    "mam": 1e-3,
-    "prompt": 1e-2,
-}
 
 COMMON = {
     "weight_decay": 0.01,  # not applied to biases, norms, embeddings, prompts and prefixes

@@ -14,9 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
-import resource
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +23,18 @@ import numpy as np
 import torch
 
 import vlpeft
-from vlpeft.data.subsets import nested_subset, resolve_size, stratified_nested_subset
+from vlpeft.data.subsets import resolve_size
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
 from vlpeft.io import check_writable, write_json
-from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, make_config, save_peft
+from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, save_peft
 from vlpeft.peft.base import trainable_state
-from vlpeft.peft.budget import parse_budget, resolve
-from vlpeft.recipes import defaults
+from vlpeft.peft.budget import method_config
 from vlpeft.recipes.config import FinetuneConfig
-from vlpeft.recipes.optim import adamw
+from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
+from vlpeft.recipes.training import Diverged, adamw, optimizer_step, warmup_cosine
+from vlpeft.runrecord import RunRecord
 from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
-
-
-class Diverged(RuntimeError):
-    """The loss or the gradients stopped being finite: the run fails with the step and reason."""
 
 
 def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
@@ -51,14 +45,6 @@ def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
     if cfg.length_policy == "epochs":
         return cfg.epochs * per_epoch
     return max(cfg.epochs * per_epoch, cfg.min_steps)
-
-
-def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to 0."""
-    warm = max(1, int(total * warmup_ratio))
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _device(name: str) -> torch.device:
@@ -102,42 +88,12 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
     data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
     n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
-    train, val, test = select_examples(data, n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
-    resolved, method_cfg = method_for_task(model.cfg, task, cfg.method, cfg.budget, cfg.method_options)
+    train, val, test = data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
+    resolved, method_cfg = method_config(model.cfg, cfg.method, cfg.budget, cfg.method_options, kind.parts,
+                                         f"task {task.name}")
     if check_images:
         data.check_images([ex.image_id for ex in train + val + test])
     return Prepared(loaded, task, kind, data, options, train, val, test, method_cfg, resolved, scene_seed)
-
-
-def select_examples(data, n: int, subset_seed: int, val_limit: int, test_limit: int) -> tuple[list, list, list]:
-    """(train, val, test) of a run: n training examples (the nested subset of `subset_seed`, kept
-    stratified by the kind's stratum when it has one), the first `val_limit` validation and
-    `test_limit` test examples of a fixed draw (0 = all)."""
-    strata = data.train_strata()
-    if strata is not None:
-        chosen = stratified_nested_subset(range(len(data.train)), n, subset_seed, key=strata.__getitem__)
-        train = [data.train[i] for i in chosen]
-    else:
-        train = nested_subset(data.train, n, subset_seed)
-    val = nested_subset(data.val, min(val_limit or len(data.val), len(data.val)), 0)
-    test = data.test if not test_limit else nested_subset(data.test, min(test_limit, len(data.test)), 0)
-    return train, val, test
-
-
-def method_for_task(model_cfg, task, method: str, budget, options: dict):
-    """The method's config on `task` (a TaskDef): its placement cut to the parts the task's kind runs,
-    the budget resolved to a knob value. -> (budget.resolve record, method config). Raises UserError
-    when nothing is left."""
-    parts = get_kind(task.kind).parts
-    options = dict(options)
-    placement = options.get("placement", list(make_config(method, {k: v for k, v in options.items()
-                                                                    if k != "placement"}).placement))
-    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in parts]
-    if not used:
-        raise UserError(f"{method}: placement {placement} has no part that task {task.name} uses ({', '.join(parts)})")
-    options["placement"] = used
-    resolved = resolve(model_cfg, method, parse_budget(budget) if budget is not None else None, options)
-    return resolved, make_config(method, resolved["overrides"])
 
 
 def make_batch(prep: Prepared, cfg, examples, rng, pixels: bool = True):
@@ -172,16 +128,7 @@ def train_step(prep: Prepared, cfg, model, opt, batch, image_states=None, step: 
     model.train()
     with autocast(cfg, next(model.parameters()).device):
         loss = task_loss(prep, model, batch, cfg, image_states)
-    if not torch.isfinite(loss):
-        raise Diverged(f"loss is {loss.item()} at step {step}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    if not torch.isfinite(norm):
-        raise Diverged(f"gradient norm is {norm.item()} at step {step}")
-    opt.step()
-    return loss.item()
+    return optimizer_step(loss, opt, [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip, step)
 
 
 def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> dict[str, Any]:
@@ -192,7 +139,9 @@ def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> 
                                   encode_images=encode_images)
     scores = prep.kind.score(preds, examples)
     scores["score"] = scores[prep.kind.metric]
-    scores["examples"] = [{"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])]
+    scores["examples"] = [
+        {"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])
+    ]
     return scores
 
 
@@ -217,7 +166,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     apply_peft(model, cfg.method, prep.method_cfg)
     counts = count_params(model)
     encode = frozen_image_encoder(prep, cfg, model)  # None: the ViT runs in every step
-    lr = cfg.lr if cfg.lr is not None else defaults.METHOD_LR[cfg.method]
+    lr = cfg.lr if cfg.lr is not None else get_method(cfg.method).default_lr
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep.train))
     rng = np.random.default_rng(cfg.seed)
     opt = adamw(model, cfg.weight_decay, lr) if steps else None
@@ -238,7 +187,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         with autocast(cfg, device):
             states = encode([ex.image_id for ex in examples]) if encode else None
         for g in opt.param_groups:
-            g["lr"] = lr * lr_factor(step, steps, cfg.warmup_ratio)
+            g["lr"] = lr * warmup_cosine(step, steps, max(1, int(steps * cfg.warmup_ratio)))
         running.append(train_step(prep, cfg, model, opt, batch, states, step))
         if step + 1 in eval_at:
             val = evaluate_split(prep, cfg, model, prep.val, encode)
@@ -266,8 +215,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     t0 = time.time()
     test = evaluate_split(prep, cfg, model, prep.test, encode)
     eval_seconds = time.time() - t0
-    metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device)
-    metrics["base_model_digest"] = base_digest
+    metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device,
+                         base_digest).to_dict()
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -278,81 +227,59 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
 
 
 def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test,
-               device) -> dict:
+               device, base_digest: str) -> RunRecord:
     n_train, n_full = len(prep.train), len(prep.data.train)
     secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
     secondary.update(prep.kind.baselines(prep.data, prep.test))
-    return {
-        "status": "done",
-        "task": prep.task.name, "task_ref": prep.task.ref, "task_kind": prep.task.kind,
-        "task_relation": prep.task.relation,
-        "method": cfg.method, "knob": prep.resolved["knob"], "knob_value": prep.resolved["value"],
-        "budget_target": prep.resolved["target"],
-        "method_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep.method_cfg).items()},
-        "data_size": n_train, "data_fraction": n_train / n_full, "train_pool": n_full,
-        "seed": cfg.seed, "subset_seed": cfg.subset_seed,
-        "metric": prep.kind.metric, "test_score": test["score"], "best_val_score": best_val,
-        "secondary": secondary, "metrics_ran": test.get("metrics_ran", []), "test_examples": test["examples"],
-        "n_val": len(prep.val), "n_test": len(prep.test),
-        "params": counts, "trainable_params": counts["trainable"], "budget_params": counts["budget"],
-        "total_params": counts["total"],
-        "lr": lr, "steps": steps, "steps_done": steps_done, "batch_size": cfg.batch_size,
-        "length_policy": cfg.length_policy, "epochs": cfg.epochs, "min_steps": cfg.min_steps,
-        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-        "examples_per_second": round(steps_done * cfg.batch_size / train_seconds, 2) if train_seconds > 0 and steps_done else 0.0,
-        "peak_memory_mb": peak_memory_mb(device),
-        "task_options": dataclasses.asdict(prep.options),
-        "scene_seed": prep.scene_seed, "task_details": prep.data.details,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items()},
-        "environment": environment(device),
-    }
-
-
-def reset_peak_memory(device) -> None:
-    """Start a new peak-memory window for this run (a study worker runs many)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device) -> float:
-    """Peak memory since reset_peak_memory: CUDA allocations, or on CPU the process's peak resident
-    set (VmHWM; getrusage's ru_maxrss as a fallback, which never resets and, in a spawned worker,
-    can carry its parent's peak)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def environment(device) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "numpy", "transformers", "tokenizers", "pycocoevalcap", "easy-vqa"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"vlpeft": vlpeft.__version__, "versions": versions, "python": platform.python_version(),
-            "git_commit": commit, "host": platform.node(), "machine": platform.machine(),
-            "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return RunRecord(
+        task=prep.task.name,
+        task_ref=prep.task.ref,
+        task_kind=prep.task.kind,
+        task_relation=prep.task.relation,
+        method=cfg.method,
+        knob=prep.resolved["knob"],
+        knob_value=prep.resolved["value"],
+        budget_target=prep.resolved["target"],
+        method_config={
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep.method_cfg).items()
+        },
+        data_size=n_train,
+        data_fraction=n_train / n_full,
+        train_pool=n_full,
+        seed=cfg.seed,
+        subset_seed=cfg.subset_seed,
+        metric=prep.kind.metric,
+        test_score=test["score"],
+        best_val_score=best_val,
+        secondary=secondary,
+        metrics_ran=test.get("metrics_ran", []),
+        test_examples=test["examples"],
+        n_val=len(prep.val),
+        n_test=len(prep.test),
+        params=counts,
+        trainable_params=counts["trainable"],
+        budget_params=counts["budget"],
+        total_params=counts["total"],
+        lr=lr,
+        steps=steps,
+        steps_done=steps_done,
+        batch_size=cfg.batch_size,
+        length_policy=cfg.length_policy,
+        epochs=cfg.epochs,
+        min_steps=cfg.min_steps,
+        train_seconds=round(train_seconds, 2),
+        eval_seconds=round(eval_seconds, 2),
+        examples_per_second=round(steps_done * cfg.batch_size / train_seconds, 2)
+        if train_seconds > 0 and steps_done
+        else 0.0,
+        peak_memory_mb=peak_memory_mb(device),
+        task_options=dataclasses.asdict(prep.options),
+        scene_seed=prep.scene_seed,
+        task_details=prep.data.details,
+        base_model_digest=base_digest,
+        config=dataclasses.asdict(cfg),
+        environment=environment(device),
+    )
 
 
 def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
@@ -363,11 +290,11 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     from vlpeft.model.checkpoint import weights_digest
 
     run_dir = Path(run_dir)
-    metrics = read_json(run_dir / "metrics.json", "run metrics")
-    saved = metrics.get("config") or {}
-    if task is not None and task not in (metrics.get("task"), metrics.get("task_ref")):
-        raise UserError(f"{run_dir}: this run was trained on {metrics.get('task')!r}, not {task!r}")
-    trained_on, given = metrics.get("base_model_digest"), weights_digest(model_path)
+    record = RunRecord.from_dict(read_json(run_dir / "metrics.json", "run metrics"), str(run_dir / "metrics.json"))
+    saved = record.config
+    if task is not None and task not in (record.task, record.task_ref):
+        raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {task!r}")
+    trained_on, given = record.base_model_digest, weights_digest(model_path)
     if trained_on is not None and trained_on != given and not allow_other_base:
         raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (weights {trained_on}), not {model_path} "
                         f"(weights {given}); give that checkpoint, or --allow-other-base to score this one anyway")
@@ -379,7 +306,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     load_peft(model, run_dir)
     test = evaluate_split(prep, cfg, model, prep.test)
     return {"task": prep.task.name, "method": cfg.method, "metric": prep.kind.metric, "test_score": test["score"],
-            "recorded_test_score": metrics.get("test_score"), "secondary": test,
+            "recorded_test_score": record.test_score, "secondary": test,
             "same_base": trained_on is None or trained_on == given}
 
 

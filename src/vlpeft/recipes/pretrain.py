@@ -16,8 +16,8 @@ The VQA answer decoder reads exactly those encoder states.
 Curriculum (Bengio et al., ICML 2009): the first `single_object_fraction` of the steps draw only the
 scenes with one object, whose caption names the one shape in view, so the vision tower learns what
 shapes look like before it must also learn which object each word of a 2-4 object caption names.
-Without it the tiny model named about half its objects with a wrong shape (object precision 0.52
-against 0.87 with it; README).
+Without it the tiny model named about half its objects with a wrong shape (docs/notes/2026-11-29-tiny-pretraining.md,
+"The single-object curriculum").
 
 A plain function: config in, checkpoint folder out. `pretrain.json` records the exact data recipe,
 objectives, steps and seed, which later analyses read to judge a downstream task's consistency.
@@ -26,8 +26,6 @@ objectives, steps and seed, which later analyses read to judge a downstream task
 from __future__ import annotations
 
 import dataclasses
-import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,38 +44,68 @@ from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
 from vlpeft.model.vit import fold_stem_batchnorm
-from vlpeft.recipes.optim import adamw
+from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
+from vlpeft.recipes.training import adamw, optimizer_step, warmup_cosine
 from vlpeft.validate import SEED_MAX, check_values
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     preset: str = field(default="tiny", metadata={"help": "model preset (vlpeft.model.config.PRESETS)"})
-    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed for the scenes, the initialisation and the batches"})
+    seed: int = field(
+        default=0,
+        metadata={"min": 0, "max": SEED_MAX, "help": "seed for the scenes, the initialisation and the batches"},
+    )
     scenes: int = field(default=20000, metadata={"help": "training scenes (split 'train' of the generator)"})
-    steps: int = field(default=1740, metadata={"help": "optimiser steps (1,740: the 10-minute budget on 2 cores)"})
+    steps: int = field(default=1740, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=32, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(default=1e-3, metadata={"min": 0, "help": "peak AdamW learning rate (linear warm-up, cosine decay); 1e-3 "
-                                                       "transfers best to easy-VQA (README)"})
+    lr: float = field(
+        default=1e-3, metadata={"min": 0, "help": "peak AdamW learning rate (linear warm-up, cosine decay)"}
+    )
     warmup: int = field(default=150, metadata={"min": 0, "help": "warm-up steps"})
-    single_object_fraction: float = field(default=0.25, metadata={"min": 0, "max": 1, "help": "curriculum: this fraction of the steps, at "
-                                                                         "the start, draws only the training scenes with "
-                                                                         "one object, whose caption names its shape "
-                                                                         "directly; later steps draw from all scenes. 0 = "
-                                                                         "off (README: object P/R 0.52 -> 0.87)"})
+    single_object_fraction: float = field(
+        default=0.25,
+        metadata={
+            "min": 0,
+            "max": 1,
+            "help": "curriculum: this fraction of the steps, at "
+            "the start, draws only the training scenes with "
+            "one object, whose caption names its shape "
+            "directly; later steps draw from all scenes. 0 = "
+            "off",
+        },
+    )
     weight_decay: float = field(default=0.05, metadata={"min": 0, "help": "AdamW weight decay (not on biases/norms)"})
-    label_smoothing: float = field(default=0.1, metadata={"min": 0, "below": 1, "help": "LM loss label smoothing, as BLIP"})
+    label_smoothing: float = field(
+        default=0.1, metadata={"min": 0, "below": 1, "help": "LM loss label smoothing, as BLIP"}
+    )
     itc_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITC loss"})
     itm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITM loss"})
     lm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the LM loss"})
-    text_lm_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of the text-only LM loss on general English "
-                                                                 "sentences (data/english.py); 0 = off"})
-    mlm_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of a text-only masked-LM loss of the text encoder on "
-                                                             "those sentences (BERT's objective); 0 = off"})
-    text_lm_reads_encoder: bool = field(default=True, metadata={"help": "the text-only decoder LM reads, through its "
-                                                                        "cross-attention, the encoder states of the same sentence "
-                                                                        "with half its words masked (BART's denoising, Lewis et al. "
-                                                                        "2020). False = a decoder LM with no context (README)"})
+    text_lm_weight: float = field(
+        default=0.5,
+        metadata={
+            "min": 0,
+            "help": "weight of the text-only LM loss on general English sentences (data/english.py); 0 = off",
+        },
+    )
+    mlm_weight: float = field(
+        default=0.5,
+        metadata={
+            "min": 0,
+            "help": "weight of a text-only masked-LM loss of the text encoder on "
+            "those sentences (BERT's objective); 0 = off",
+        },
+    )
+    text_lm_reads_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "the text-only decoder LM reads, through its "
+            "cross-attention, the encoder states of the same sentence "
+            "with half its words masked (BART's denoising, Lewis et al. "
+            "2020). False = a decoder LM with no context"
+        },
+    )
     text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
     vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
@@ -101,12 +129,7 @@ class PretrainConfig:
         preset(self.preset)  # unknown preset: fail before any work
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to 0.1 * cfg.lr."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+LR_FLOOR = 0.1  # the cosine decays the learning rate to 0.1 x its peak, not to 0
 
 
 ENGLISH_REPEATS = 50  # weight of each basic English word in the tokenizer corpus (frequent enough to merge whole)
@@ -118,7 +141,9 @@ def build_tokenizer(scenes, vocab_size: int) -> TextTokenizer:
     pre-trained on captions only). Words never seen still encode, letter by letter, without [UNK]."""
     from vlpeft.data.english import BASIC_ENGLISH
 
-    texts = [c for s in scenes for c in s.captions] + [t for s in scenes for qa in s.qa for t in (qa.question, qa.answer)]
+    texts = [c for s in scenes for c in s.captions] + [
+        t for s in scenes for qa in s.qa for t in (qa.question, qa.answer)
+    ]
     texts += list(BASIC_ENGLISH) * ENGLISH_REPEATS  # general words become whole tokens (see data/english.py)
     return TextTokenizer.from_tokenizer(train_wordpiece(texts, vocab_size=vocab_size),
                                         source="scene captions and questions + basic English words")
@@ -149,7 +174,8 @@ def pretraining_losses(model: Blip, tok: TextTokenizer, pixels: torch.Tensor, ca
     all_ids = torch.cat([enc_ids, enc_ids[neg_text], enc_ids])  # (3B, L)
     all_mask = torch.cat([mask, mask[neg_text], mask])
     # index_select, not img[neg_img]: the backward of advanced indexing accumulates repeated indices
-    # in a thread-dependent order on CPU, which made pre-training differ run to run (README)
+    # in a thread-dependent order on CPU, which made pre-training differ run to run
+    # (docs/notes/2026-11-29-tiny-pretraining.md)
     all_img = torch.cat([img, img, img.index_select(0, neg_img)])  # (3B, 1+N, D)
     labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(pixels.device)
     # Rows whose sampled negative shares the object set (only possible when every other row does) are positives.
@@ -164,7 +190,9 @@ def pretraining_losses(model: Blip, tok: TextTokenizer, pixels: torch.Tensor, ca
     return {"itc": loss_itc, "itm": loss_itm, "lm": loss_lm}
 
 
-TEXT_LM_MASK_RATE = 0.5  # words hidden from the text decoder's encoder context (0.15 left a longer VQA plateau; README)
+# words hidden from the text decoder's encoder context (docs/notes/2026-11-29-tiny-pretraining.md,
+# "Why the masked LM and lr 1e-3")
+TEXT_LM_MASK_RATE = 0.5
 MLM_RATE = 0.15  # BERT: 15 % of the tokens are chosen; of those 80 % become [MASK], 10 % a random token, 10 % stay
 
 
@@ -178,7 +206,7 @@ def mlm_loss(model: Blip, head: torch.nn.Module, tok: TextTokenizer, ids: torch.
     """BERT's masked-LM loss (Devlin et al. 2019) on the text encoder alone (no image):
     L = CE(head(h_i), x_i) over the chosen positions i, h the encoder states of the corrupted text.
     Stands in for the BERT initialisation of BLIP's text encoder: without a token-level objective the
-    tiny encoder's token states barely tell questions apart (README, issue-5 figures), and the VQA
+    tiny encoder's token states barely tell questions apart (docs/notes/2026-11-29-tiny-pretraining.md), and the VQA
     answer decoder reads exactly those states. ids/mask (B, L) start with [CLS]; `head` is thrown away."""
     chosen = (torch.rand(ids.shape, generator=gen) < MLM_RATE) & word_positions(tok, ids, mask)  # (B, L)
     roll = torch.rand(ids.shape, generator=gen)
@@ -201,8 +229,8 @@ def text_losses(model: Blip, mlm_head: torch.nn.Module | None, tok: TextTokenize
       TEXT_LM_MASK_RATE of its words replaced by [MASK]: L = -sum_t log p(x_t | x_<t, H), BART's
       denoising objective (Lewis et al., ACL 2020) with token masking. BLIP's VQA answer decoder reads the question
       encoder's states the same way; without this the tiny decoder has only ever read image states, and
-      PEFT on easy-VQA sat at the majority answer for hundreds of steps (README, "Why the decoder
-      reads the text encoder in pre-training")."""
+      PEFT on easy-VQA sat at the majority answer for hundreds of steps (docs/notes/2026-11-29-tiny-pretraining.md,
+      "Why the decoder reads the text encoder in pre-training")."""
     out = {}
     if cfg.mlm_weight > 0:  # the encoder: [CLS] sentence [SEP], 15 % corrupted
         out["mlm"] = mlm_loss(model, mlm_head, tok, ids, mask, gen)
@@ -228,6 +256,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = torch.device("cpu")  # the tiny BLIP pre-trains on the CPU
+    reset_peak_memory(device)
     started = time.time()
     scenes = generate_scenes(cfg.scenes, seed=cfg.seed, split="train")
     tok = build_tokenizer(scenes, cfg.vocab_size)
@@ -236,7 +266,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         model_cfg.text, vocab_size=tok.vocab_size, pad_id=tok.pad_id, cls_id=tok.cls_id, sep_id=tok.sep_id,
         bos_id=tok.dec_id, enc_id=tok.enc_id), name=cfg.preset)
     if model_cfg.vision.image_size != SCENE_IMAGE_SIZE:
-        raise UserError(f"pretrain: preset {cfg.preset!r} expects {model_cfg.vision.image_size}px images; scenes are {SCENE_IMAGE_SIZE}px")
+        raise UserError(
+            f"pretrain: preset {cfg.preset!r} expects {model_cfg.vision.image_size}px images; scenes are "
+            f"{SCENE_IMAGE_SIZE}px"
+        )
     pp = ImagePreprocess(image_size=model_cfg.vision.image_size)
     model = Blip(model_cfg).train()
     # the masked LM's output layer (D -> V): trained, never saved
@@ -249,7 +282,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     single = np.array([i for i, s in enumerate(scenes) if len(s.objects) == 1])  # the curriculum's pool
     single_steps = round(cfg.single_object_fraction * cfg.steps) if len(single) else 0
     if cfg.text_lm_weight > 0 or cfg.mlm_weight > 0:  # general English, tokenised once: (S, L), [CLS] first
-        text_ids, text_mask = tok.encode_batch(general_sentences(cfg.text_sentences, cfg.seed), max_len=cfg.max_text_len)
+        text_ids, text_mask = tok.encode_batch(
+            general_sentences(cfg.text_sentences, cfg.seed), max_len=cfg.max_text_len
+        )
     # Each scene is drawn about steps * batch / scenes (3.2) times: render it once (64x64x3 uint8 each).
     images: dict[int, np.ndarray] = {}
     curve = []
@@ -276,14 +311,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             losses.update(text)
             weights = {"mlm": cfg.mlm_weight, "text_lm": cfg.text_lm_weight}
             loss = loss + sum(weights[name] * value for name, value in text.items())
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"pretrain: loss became {loss.item()} at step {step}")
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        opt.step()
+            group["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup, floor=LR_FLOOR)
+        optimizer_step(loss, opt, trained.parameters(), 1.0, step)
         if step % 50 == 0 or step == cfg.steps - 1:
             row = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()}}
             curve.append(row)
@@ -298,34 +328,51 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     if model.cfg.vision.stem_batchnorm:  # the checkpoint holds plain convolutions: no batch statistics downstream
         model.cfg = dataclasses.replace(model.cfg, vision=fold_stem_batchnorm(model.vision))
     record = {
-        "objectives": ["itc", "itm", "lm"] + (["text_lm"] if cfg.text_lm_weight > 0 else [])
-                      + (["mlm"] if cfg.mlm_weight > 0 else []),
-        "objective_details": {"itc": "in-batch, same-object-set pairs are positives",
-                              "itm": "one hard negative text and image per pair, sampled from ITC softmax",
-                              "lm": f"caption LM, label smoothing {cfg.label_smoothing}",
-                              **({"text_lm": f"text-only decoder LM on {cfg.text_sentences} template sentences of basic "
-                                             f"English (data/english.py), weight {cfg.text_lm_weight}: stands in for "
-                                             "the general text a BERT-initialised BLIP has read"
-                                             + (f"; the decoder reads the encoder states of the sentence with "
-                                                f"{TEXT_LM_MASK_RATE:.0%} of its words masked (BART-style denoising)"
-                                                if cfg.text_lm_reads_encoder else "")}
-                                 if cfg.text_lm_weight > 0 else {}),
-                              **({"mlm": f"text-only masked LM of the text encoder on the same sentences, weight "
-                                         f"{cfg.mlm_weight}, {MLM_RATE:.0%} of tokens (80/10/10, BERT): stands in for "
-                                         "the BERT initialisation of BLIP's text encoder"}
-                                 if cfg.mlm_weight > 0 else {})},
+        "objectives": ["itc", "itm", "lm"]
+        + (["text_lm"] if cfg.text_lm_weight > 0 else [])
+        + (["mlm"] if cfg.mlm_weight > 0 else []),
+        "objective_details": {
+            "itc": "in-batch, same-object-set pairs are positives",
+            "itm": "one hard negative text and image per pair, sampled from ITC softmax",
+            "lm": f"caption LM, label smoothing {cfg.label_smoothing}",
+            **(
+                {
+                    "text_lm": f"text-only decoder LM on {cfg.text_sentences} template sentences of basic "
+                    f"English (data/english.py), weight {cfg.text_lm_weight}: stands in for "
+                    "the general text a BERT-initialised BLIP has read"
+                    + (
+                        f"; the decoder reads the encoder states of the sentence with "
+                        f"{TEXT_LM_MASK_RATE:.0%} of its words masked (BART-style denoising)"
+                        if cfg.text_lm_reads_encoder
+                        else ""
+                    )
+                }
+                if cfg.text_lm_weight > 0
+                else {}
+            ),
+            **(
+                {
+                    "mlm": f"text-only masked LM of the text encoder on the same sentences, weight "
+                    f"{cfg.mlm_weight}, {MLM_RATE:.0%} of tokens (80/10/10, BERT): stands in for "
+                    "the BERT initialisation of BLIP's text encoder"
+                }
+                if cfg.mlm_weight > 0
+                else {}
+            ),
+        },
         "data": scenes_recipe(cfg.seed, {"train": cfg.scenes}),
         "caption_corpus": "every caption phrasing of every training scene; one phrasing sampled per use",
         "curriculum": curriculum,
-        "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list (data/english.py), WordPiece",
+        "tokenizer_corpus": "captions, questions and answers of the training scenes, plus a basic English word list "
+        "(data/english.py), WordPiece",
         "config": dataclasses.asdict(cfg),
         "steps": cfg.steps,
         "seed": cfg.seed,
         "examples_seen": cfg.steps * cfg.batch_size,
         "loss_curve": curve,
         "train_seconds": round(time.time() - started, 1),
-        "hardware": {"machine": platform.machine(), "processor": platform.processor(), "threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "peak_memory_mb": peak_memory_mb(device),
+        "environment": environment(device),
     }
     save_checkpoint(out, model, tok, pp, pretrain=record)
     return record
@@ -353,7 +400,9 @@ def evaluate_pretrained(model: Blip, tok: TextTokenizer, pp: ImagePreprocess, se
         chunk = scenes[i:i + batch_size]
         img = model.encode_image(preprocess([s.image for s in chunk], pp))
         if i < n_caption:
-            preds += [tok.decode(t) for t in generate(model, img, max_new_tokens=min(40, model.cfg.text.max_positions - 1))]
+            preds += [
+                tok.decode(t) for t in generate(model, img, max_new_tokens=min(40, model.cfg.text.max_positions - 1))
+            ]
         if i < n_retrieval and model.itm_head is not None:
             ids, mask = tok.encode_batch([s.captions[0] for s in chunk], max_len=model.cfg.text.max_positions)
             img_feats.append(model.image_feature(img))
@@ -362,15 +411,19 @@ def evaluate_pretrained(model: Blip, tok: TextTokenizer, pp: ImagePreprocess, se
     objects = object_precision_recall(preds, scenes[:n_caption])
     report: dict[str, Any] = {
         "held_out": {"split": "test", "seed": seed, "caption_scenes": n_caption, "retrieval_scenes": n_retrieval},
-        "object_precision": objects.precision, "object_recall": objects.recall,
+        "object_precision": objects.precision,
+        "object_recall": objects.recall,
         **caption_scores(preds, [s.captions for s in scenes[:n_caption]]),
-        "examples": [{"scene": s.scene_id, "caption": p, "reference": s.captions[0]} for s, p in zip(scenes[:5], preds[:5])],
+        "examples": [
+            {"scene": s.scene_id, "caption": p, "reference": s.captions[0]} for s, p in zip(scenes[:5], preds[:5])
+        ],
     }
     if img_feats:
         sim = torch.cat(img_feats)[:n_retrieval] @ torch.cat(txt_feats)[:n_retrieval].t()  # (N, N)
         texts = [s.captions[0] for s in scenes[:n_retrieval]]
         top = sim.topk(5, dim=1).indices.tolist()
-        hit = lambda k: float(np.mean([any(texts[j] == texts[i] for j in row[:k]) for i, row in enumerate(top)]))
+        def hit(k):
+            return float(np.mean([any(texts[j] == texts[i] for j in row[:k]) for i, row in enumerate(top)]))
         report["itc_i2t_recall@1"], report["itc_i2t_recall@5"] = hit(1), hit(5)
     return report
 

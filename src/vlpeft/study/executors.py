@@ -49,8 +49,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         import torch
 
-        from vlpeft.recipes.finetune import FinetuneConfig, finetune
         import vlpeft
+        from vlpeft.recipes.finetune import FinetuneConfig, finetune
 
         torch.set_num_threads(payload["threads"])
         cfg = FinetuneConfig(**{**payload["config"], "threads": payload["threads"]})
@@ -62,7 +62,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         return {**base, "status": "done", "metrics": metrics, "ended": time.time()}
     except Exception as e:  # every failure becomes a row with its reason; the study goes on
         from vlpeft.errors import UserError
-        from vlpeft.recipes.finetune import Diverged
+        from vlpeft.recipes.training import Diverged
 
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         if not isinstance(e, (UserError, Diverged)):
@@ -175,7 +175,9 @@ def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None
                 try:
                     result = ray.get(ref)
                 except Exception as e:  # a Ray worker died or the task could not run
-                    result = _failed(f"ray task failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    result = _failed(
+                        f"ray task failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    )
                 on_done(p["id"], result)
     finally:
         if started_here:

@@ -22,25 +22,31 @@ from typing import Any
 
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
+from vlpeft.recipes.config import fields_where
 from vlpeft.study import store
 from vlpeft.study.spec import Cell, StudySpec, expand, fingerprint
 
 # FinetuneConfig fields that do not change a run's result (so they are not compared on resume).
-NOT_RESULT_FIELDS = ("threads", "device", "feature_cache", "feature_cache_dir", "feature_cache_disk_mb")
+NOT_RESULT_FIELDS = fields_where(result=False)
 
 
 def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     """What every cell of the study shares; a folder whose store has another value is another study."""
     models = sorted({spec.model, *spec.task_models.values()})
     results = lambda fields: {k: v for k, v in fields.items() if k not in NOT_RESULT_FIELDS}  # noqa: E731
-    return {"model": spec.model, "task_models": spec.task_models,
-            "checkpoints": {m: checkpoint_hash(m) for m in models},
-            "training": results(spec.training), "paths": spec.paths, "subset_seed": spec.subset_seed,
-            # only when given, so folders of studies written before these existed still match
-            **({"task_paths": spec.task_paths} if spec.task_paths else {}),
-            **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
-            # only when given, so folders of studies written before task_training still match
-            **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {})}
+    return {
+        "model": spec.model,
+        "task_models": spec.task_models,
+        "checkpoints": {m: checkpoint_hash(m) for m in models},
+        "training": results(spec.training),
+        "paths": spec.paths,
+        "subset_seed": spec.subset_seed,
+        # only when given, so folders of studies written before these existed still match
+        **({"task_paths": spec.task_paths} if spec.task_paths else {}),
+        **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
+        # only when given, so folders of studies written before task_training still match
+        **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {}),
+    }
 
 
 def file_digest(path: str) -> str:
@@ -76,8 +82,9 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     cells will use that does not decode is a UserError before anything runs."""
     import vlpeft
     from vlpeft.data.subsets import resolve_size
-    from vlpeft.recipes.finetune import FinetuneConfig, method_for_task, select_examples
-    from vlpeft.tasks import cached_task, check_paths, get_task, task_options
+    from vlpeft.peft.budget import method_config
+    from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
 
     models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed)
 
@@ -111,11 +118,14 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         if key not in checked:
             grid = spec.methods[cell.label]
             try:
-                method_for_task(model_cfg, tasks[cell.task], cell.method, cell.budget, grid.options)
+                method_config(model_cfg, cell.method, cell.budget, grid.options, get_kind(tasks[cell.task].kind).parts,
+                              f"task {cell.task}")
             except UserError as e:
                 raise UserError(f"{spec.source}: methods.{cell.label} on {cell.task}: {e}") from None
             checked.add(key)
-        n = resolve_size(cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}")
+        n = resolve_size(
+            cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}"
+        )
         FinetuneConfig(**fields)  # types and ranges
         out.append((cell, fields, n))
     for name, task in tasks.items():  # decode every image the cells will use, once (subsets are nested)
@@ -123,7 +133,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         cfg = FinetuneConfig(**fields)
         seed = cfg.scene_seed if cfg.scene_seed is not None else model_of(cfg.model)[1]
         data = cached_task(task.ref, scene_seed=seed, paths=cfg.paths)
-        used = select_examples(data, n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
+        used = data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
         try:
             data.check_images([ex.image_id for split in used for ex in split])
         except UserError as e:
@@ -139,22 +149,29 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
             raise UserError(f"{out}: folder is not empty and holds no study (results.sqlite); choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         con = store.connect(path)
-        store.set_meta(con, {"fingerprint": fingerprint(ident), "identity": json.dumps(ident, sort_keys=True, default=str),
-                             "name": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        store.set_meta(
+            con,
+            {
+                "fingerprint": fingerprint(ident),
+                "identity": json.dumps(ident, sort_keys=True, default=str),
+                "name": spec.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
         return con
-    import sqlite3
-
-    try:  # read-only look first: a foreign store must stay untouched
-        ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        found = dict(ro.execute("SELECT key, value FROM meta").fetchall())
-        ro.close()
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: not a vlpeft results store ({e})") from None
+    found = store.read_meta(path)  # read-only look first: a foreign store must stay untouched
     if found.get("fingerprint") != fingerprint(ident):
         theirs = json.loads(found.get("identity", "{}") or "{}")
-        diff = [k for k in ident if json.dumps(ident[k], sort_keys=True, default=str) != json.dumps(theirs.get(k), sort_keys=True, default=str)]
-        raise UserError(f"{out}: holds a different study (its {', '.join(diff) or 'settings'} differ from this spec's); "
-                        f"use another --out")
+        diff = [
+            k
+            for k in ident
+            if json.dumps(ident[k], sort_keys=True, default=str)
+            != json.dumps(theirs.get(k), sort_keys=True, default=str)
+        ]
+        raise UserError(
+            f"{out}: holds a different study (its {', '.join(diff) or 'settings'} differ from this spec's); "
+            f"use another --out"
+        )
     return store.connect(path)
 
 
@@ -269,8 +286,11 @@ def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
         payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
                      "threads": ex.threads} for _, c, f in todo]
         n_cells = len(cells)
-        log(f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
-            f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) -> {out}")
+        log(
+            f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
+            f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) "
+            f"-> {out}"
+        )
         progress = Progress(len(todo), quiet=quiet)
 
         def on_start(cell_id):
@@ -316,7 +336,7 @@ def record_study(con, spec: StudySpec, log=print) -> None:
     measured = json.loads(store.get_meta(con, "consistency") or "{}")
     missing = [t for t in spec.tasks if t not in measured]
     if missing:
-        from vlpeft.analysis.consistency import measure
+        from vlpeft.tasks.consistency import measure
 
         for model in sorted({spec.task_models.get(t, spec.model) for t in missing}):
             tasks = [t for t in missing if spec.task_models.get(t, spec.model) == model]

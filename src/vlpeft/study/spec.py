@@ -32,11 +32,13 @@ import hashlib
 import importlib.resources
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlpeft.errors import UserError, did_you_mean
+from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_mapping
 
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
@@ -48,14 +50,16 @@ class MethodGrid:
     method: str = field(default="", metadata={"help": "PEFT method name (vlpeft.peft.REGISTRY); defaults to the label"})
     budgets: tuple = field(default=(), metadata={"help": "knob values (8) or parameter targets ('params=50k'); "
                                                          "empty for methods without a knob, or for the default knob"})
-    options: dict = field(default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"})
+    options: dict = field(
+        default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"}
+    )
     lr: tuple = field(default=(), metadata={"help": "learning rates to try (empty: the method's default); "
                                                     "the report selects on validation"})
 
 
 @dataclass(frozen=True)
 class ExecutorSpec:
-    kind: str = field(default="local", metadata={"help": "local (worker processes here) or ray"})
+    kind: str = field(default="local", metadata={"help": "local (worker processes here) or ray", "choices": EXECUTORS})
     workers: int = field(default=2, metadata={"min": 0, "help": "local: worker processes (0 = run in this process)"})
     threads: int = field(default=1, metadata={"min": 1, "help": "torch threads per run (per worker / per Ray task)"})
     address: str | None = field(default=None, metadata={"help": "ray: cluster address (None = start a local instance)"})
@@ -71,8 +75,12 @@ class StudySpec:
     methods: dict = field(metadata={"help": "label -> MethodGrid"})
     data_sizes: tuple = field(metadata={"help": "training-set sizes: counts (250) or fractions (0.1, '10%')"})
     seeds: tuple = field(default=(0,), metadata={"help": "training seeds"})
-    task_models: dict = field(default_factory=dict, metadata={"help": "task -> checkpoint, overriding `model` for that task "
-                                                                       "(e.g. BLIP's captioning and VQA checkpoints)"})
+    task_models: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "task -> checkpoint, overriding `model` for that task (e.g. BLIP's captioning and VQA checkpoints)"
+        },
+    )
     pretrain: str | None = field(default=None, metadata={"help": "pre-train this preset into `model` if it is missing"})
     subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets"})
     training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
@@ -145,33 +153,29 @@ def load_spec(name_or_path: str) -> StudySpec:
     return parse_spec(read_yaml(path, "study spec"), str(path))
 
 
-def _fields(cls, data: Any, where: str, skip=()) -> dict[str, Any]:
-    """Known keys of `cls` from a mapping; unknown keys are a UserError with a did-you-mean."""
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-    for key in data:
-        if key not in names:
-            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(str(key), names)} (keys: {', '.join(names)})")
-    required = [f.name for f in dataclasses.fields(cls) if f.name not in skip
-                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    for key in required:
-        if key not in data:
-            raise UserError(f"{where}: missing required key {key!r}")
-    return dict(data)
-
-
 def _typed(value, kind, where: str):
     if kind == "number" and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
             value = float(value)
         except ValueError:
             pass
-    ok = {"bool": isinstance(value, bool), "str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
-          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "list": isinstance(value, list), "dict": isinstance(value, dict)}[kind]
+    ok = {
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }[kind]
     if not ok:
-        article = {"bool": "true or false", "int": "an integer", "number": "a number", "str": "a string", "list": "a list", "dict": "a mapping"}
+        article = {
+            "bool": "true or false",
+            "int": "an integer",
+            "number": "a number",
+            "str": "a string",
+            "list": "a list",
+            "dict": "a mapping",
+        }
         raise UserError(f"{where} must be {article[kind]}, got {value!r}")
     return value
 
@@ -187,7 +191,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     from vlpeft.peft.budget import parse_budget
     if data is None:
         raise UserError(f"{source}: the study spec is empty")
-    d = _fields(StudySpec, data, source, skip=("source", "task_files"))
+    d = check_keys(StudySpec, data, source, skip=("source", "task_files"))
     name = _typed(d["name"], "str", f"{source}: name")
     model = _typed(d["model"], "str", f"{source}: model")
     pretrain = d.get("pretrain")
@@ -212,7 +216,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         where = f"{source}: methods.{label}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(label)):
             raise UserError(f"{where}: a label may hold only letters, digits, '-' and '_'")
-        g = _fields(MethodGrid, grid if grid is not None else {}, where)
+        g = check_keys(MethodGrid, grid if grid is not None else {}, where)
         method = g.get("method", label)
         if method not in REGISTRY:
             raise UserError(f"{where}: unknown method {method!r}{did_you_mean(str(method), REGISTRY)}")
@@ -248,20 +252,31 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     task_training = _typed(d.get("task_training", {}) or {}, "dict", f"{source}: task_training")
     for t in task_training:
         if t not in tasks:
-            raise UserError(f"{source}: task_training: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
+            raise UserError(
+                f"{source}: task_training: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}"
+            )
     task_training = {t: _training(v, f"{source}: task_training.{t}", model, t, base=training)
                      for t, v in task_training.items()}
 
-    ex = _fields(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor")
-    executor = ExecutorSpec(**ex)
-    if executor.kind not in EXECUTORS:
-        raise UserError(f"{source}: executor.kind {executor.kind!r} is not one of {', '.join(EXECUTORS)}")
-    _check_executor(executor, f"{source}: executor")
-    return StudySpec(name=name, model=model, tasks=tuple(tasks), task_models=task_models, methods=methods, data_sizes=sizes, seeds=seeds,
-                     pretrain=pretrain, subset_seed=_seed(d.get("subset_seed", 0), f"{source}: subset_seed"),
-                     training=training, task_training=task_training, paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
-                     task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
-                     executor=executor, source=source, task_files=task_files)
+    executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
+    return StudySpec(
+        name=name,
+        model=model,
+        tasks=tuple(tasks),
+        task_models=task_models,
+        methods=methods,
+        data_sizes=sizes,
+        seeds=seeds,
+        pretrain=pretrain,
+        subset_seed=_seed(d.get("subset_seed", 0), f"{source}: subset_seed"),
+        training=training,
+        task_training=task_training,
+        paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
+        task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
+        executor=executor,
+        source=source,
+        task_files=task_files,
+    )
 
 
 def _tasks(raw, source: str) -> tuple[list[str], dict[str, str]]:
@@ -312,18 +327,12 @@ def _training(raw, where: str, model: str, task: str, base: dict | None = None) 
     from vlpeft.recipes.config import FinetuneConfig
 
     training = dict(_typed(raw or {}, "dict", where))
-    cell_keys = {"model", "task", "method", "budget", "method_options", "data_size", "seed", "subset_seed", "lr",
-                 "paths", "threads"}
-    known = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in cell_keys]
+    known = [f.name for f in dataclasses.fields(FinetuneConfig) if not f.metadata.get("grid")]
     for key in training:
         if key not in known:
             raise UserError(f"{where}: unknown or grid-level key {key!r}{did_you_mean(str(key), known)}")
-    hints = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
-    for key, value in training.items():
-        kind = {"int": "int", "float": "number", "float | None": "number", "str": "str",
-                "bool": "bool", "dict": "dict"}.get(str(hints[key]))
-        if kind:
-            training[key] = _typed(value, kind, f"{where}.{key}")
+    hints = typing.get_type_hints(FinetuneConfig)
+    training = {key: coerce(value, hints[key], f"{where}.{key}") for key, value in training.items()}
     try:  # range checks of FinetuneConfig itself
         FinetuneConfig(model=model, task=task, method="frozen", **{**(base or {}), **training})
     except TypeError as e:
@@ -344,20 +353,9 @@ def _expand_paths(paths, where: str) -> dict[str, str]:
     return out
 
 
-def _check_executor(ex: ExecutorSpec, where: str) -> None:
-    from vlpeft.validate import check_values
-
-    _typed(ex.workers, "int", f"{where}.workers")
-    _typed(ex.threads, "int", f"{where}.threads")
-    _typed(ex.gpus, "number", f"{where}.gpus")
-    check_values(ex, where)
-
-
 def with_executor(spec: StudySpec, **changes) -> StudySpec:
     """The spec with executor settings overridden from the command line (None = keep); a bad value
     is a one-line error naming its flag."""
-    from vlpeft.validate import check_values
-
     changes = {k: v for k, v in changes.items() if v is not None}
     executor = dataclasses.replace(spec.executor, **changes)
     if executor.kind not in EXECUTORS:
@@ -368,13 +366,10 @@ def with_executor(spec: StudySpec, **changes) -> StudySpec:
         except UserError as e:
             rule = str(e).split(" must ", 1)[1]  # ": threads must be an integer >= 1, got 0"
             raise UserError(f"--{key} {value}: must {rule}") from None
-    _check_executor(executor, "executor")
     return dataclasses.replace(spec, executor=executor)
 
 
 def _seed(value, where: str) -> int:
-    from vlpeft.validate import SEED_MAX
-
     seed = _typed(value, "int", where)
     if not 0 <= seed <= SEED_MAX:
         raise UserError(f"{where} must be an integer in [0, {SEED_MAX}], got {seed}")

@@ -124,3 +124,32 @@ def reset_interrupted(con) -> int:
 
 def counts(con) -> dict[str, int]:
     return {r[0]: r[1] for r in con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")}
+
+
+def read(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(meta, rows) of a study folder's store, opened read-only (a reader never changes it, and may
+    read while the study runs)."""
+    path = Path(folder) / "results.sqlite"
+    if not path.is_file():
+        raise UserError(f"{folder}: no results.sqlite here (not a study folder)")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con.row_factory = sqlite3.Row
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        found = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY rowid")]
+        con.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a vlpeft results store ({e})") from None
+    return meta, found
+
+
+def read_meta(path: str | Path) -> dict[str, str]:
+    """The meta table of the store file `path`, opened read-only (a foreign store stays untouched)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        found = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        con.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a vlpeft results store ({e})") from None
+    return found
+

@@ -20,14 +20,31 @@ import json
 import time
 
 from vlpeft.errors import UserError, did_you_mean
-from vlpeft.tasks import captioning, vqa  # noqa: F401  (the kinds register themselves)
-# The built-in tasks register themselves, in the order of the table above.
-from vlpeft.tasks import scenes  # noqa: F401, I001
-from vlpeft.tasks import easyvqa  # noqa: F401, I001
-from vlpeft.tasks import coco  # noqa: F401, I001
-from vlpeft.tasks import vqav2  # noqa: F401, I001
-from vlpeft.tasks.base import (KINDS, SPLIT_NAMES, TASKS, Batch, LoadContext, TaskData, TaskDef, TaskKind, check_paths,
-                               get_kind, register_kind, register_task, task_options, task_paths)
+
+# The kinds, then the built-in tasks, register themselves: the tasks in the order of the table above.
+# isort: off
+from vlpeft.tasks import captioning, vqa  # noqa: F401
+from vlpeft.tasks import scenes  # noqa: F401
+from vlpeft.tasks import easyvqa  # noqa: F401
+from vlpeft.tasks import coco  # noqa: F401
+from vlpeft.tasks import vqav2  # noqa: F401
+# isort: on
+from vlpeft.tasks.base import (
+    KINDS,
+    SPLIT_NAMES,
+    TASKS,
+    Batch,
+    LoadContext,
+    TaskData,
+    TaskDef,
+    TaskKind,
+    check_paths,
+    get_kind,
+    register_kind,
+    register_task,
+    task_options,
+    task_paths,
+)
 from vlpeft.tasks.files import is_task_file, read_task_file
 
 

@@ -130,7 +130,9 @@ class TaskData:
     test: list = field(metadata={"help": "test examples (reported figures)"})
     answers: tuple[str, ...] = field(metadata={"help": "VQA candidate answers, most frequent first; () for captions"})
     image: Callable[[str], np.ndarray] = field(
-        repr=False, metadata={"help": "image_id -> read-only uint8 (H, W, 3), decoded once and cached (data.images.ImageCache)"})
+        repr=False,
+        metadata={"help": "image_id -> read-only uint8 (H, W, 3), decoded once and cached (data.images.ImageCache)"},
+    )
     image_source: str = field(metadata={"help": "identifies the images behind the ids (the feature cache's key); "
                                                 "tasks over the same images share it"})
     details: dict[str, Any] = field(metadata={"help": "JSON-able record of sources, seeds, split rules and sizes"})
@@ -154,6 +156,22 @@ class TaskData:
             stratum = self.kind.stratum
             self._memo["strata"] = None if stratum is None else [stratum(ex) for ex in self.train]
         return self._memo["strata"]
+
+    def select(self, n: int, subset_seed: int, val_limit: int, test_limit: int) -> tuple[list, list, list]:
+        """(train, val, test) of one run: n training examples (the nested subset of `subset_seed`,
+        kept stratified by the kind's stratum when it has one), the first `val_limit` validation and
+        `test_limit` test examples of a fixed draw (0 = all)."""
+        from vlpeft.data.subsets import nested_subset, stratified_nested_subset
+
+        strata = self.train_strata()
+        if strata is not None:
+            chosen = stratified_nested_subset(range(len(self.train)), n, subset_seed, key=strata.__getitem__)
+            train = [self.train[i] for i in chosen]
+        else:
+            train = nested_subset(self.train, n, subset_seed)
+        val = nested_subset(self.val, min(val_limit or len(self.val), len(self.val)), 0)
+        test = self.test if not test_limit else nested_subset(self.test, min(test_limit, len(self.test)), 0)
+        return train, val, test
 
     def check_images(self, image_ids: Sequence[str]) -> None:
         """Decode every image of `image_ids` now (they stay cached): a missing or corrupt file is a

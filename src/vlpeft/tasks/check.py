@@ -61,7 +61,11 @@ def format_check(r: dict[str, Any]) -> str:
     if r["answers"] is not None:
         lines.append(f"candidate answers: {r['answers']:,} (most frequent: {', '.join(r['top_answers'][:5])})")
     (h0, h1), (w0, w1) = r["image_height"], r["image_width"]
-    which = "every image" if r["images_checked"] == r["images_total"] else f"{r['images_checked']:,} of {r['images_total']:,} images"
+    which = (
+        "every image"
+        if r["images_checked"] == r["images_total"]
+        else f"{r['images_checked']:,} of {r['images_total']:,} images"
+    )
     lines.append(f"images: {which} decoded; height {h0}-{h1} px, width {w0}-{w1} px")
     lines.append(f"options: {', '.join(f'{k}={v!r}' for k, v in r['options'].items())}")
     lines.append(f"read in {r['seconds']:.1f} s")

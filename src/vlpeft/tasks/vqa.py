@@ -193,8 +193,17 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
         ids[qid] = rec.where
         qtype = rows.value(rec, "question_type", required=False)
         majority = max(sorted(set(answers)), key=answers.count)
-        examples.append(VQAExample(qid, image_id, rows.refs[image_id].path, question, answers,
-                                   question_type=str(qtype) if qtype else "", answer_type=answer_type(majority.lower())))
+        examples.append(
+            VQAExample(
+                qid,
+                image_id,
+                rows.refs[image_id].path,
+                question,
+                answers,
+                question_type=str(qtype) if qtype else "",
+                answer_type=answer_type(majority.lower()),
+            )
+        )
     return examples
 
 

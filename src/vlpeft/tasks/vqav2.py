@@ -12,8 +12,15 @@ from __future__ import annotations
 from vlpeft.data.images import ImageCache, decode_file
 from vlpeft.errors import UserError
 from vlpeft.tasks.base import LoadContext, TaskData, TaskDef, register_task
-from vlpeft.tasks.splits import (by_image, candidate_answers, image_sources, numeric_first, seeded_image_split,
-                                 sources_digest, split_sizes)
+from vlpeft.tasks.splits import (
+    by_image,
+    candidate_answers,
+    image_sources,
+    numeric_first,
+    seeded_image_split,
+    sources_digest,
+    split_sizes,
+)
 
 SPLIT_SEED = 0  # fixed: the val/test carve is part of the task's definition
 VQAV2_ANSWER_LIST_SIZE = 3128

@@ -6,7 +6,7 @@ import torch
 
 from vlpeft.model.blip import Blip
 from vlpeft.model.config import preset
-from vlpeft.recipes.optim import param_groups
+from vlpeft.recipes.training import param_groups
 
 
 def test_a_tied_lm_head_is_listed_once_and_adamw_accepts_the_groups():

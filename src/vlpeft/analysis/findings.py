@@ -1,0 +1,173 @@
+"""What a study found, in sentences, and where it agrees with Tian et al. (arXiv 2403.08433).
+
+The paper's finding, as its abstract states it: "a natural expectation for PEFTs is that the
+performance of various PEFTs is positively related to the data size and fine-tunable parameter size
+... such an intuition holds only if the downstream data and task are not consistent with
+pre-training. For downstream fine-tuning consistent with pre-training, data size no longer affects
+the performance, while the influence of fine-tunable parameter size is not monotonous."
+
+So, per task, from the relation the task declares:
+- consistent (same data, same task as pre-training: COCO captioning for BLIP, scenes-caption for the
+  tiny BLIP) -> claims 3 and 4 expected: "data size does not matter", "parameter size has a
+  non-monotonic effect";
+- inconsistent (new data or a new task: VQAv2 for BLIP, whose images are COCO's) -> claims 1 and 2:
+  "performance rises with data size", "... with trainable parameters";
+- a relation the task does not declare -> no expectation.
+
+The paper's summaries also group the five methods: embedding composition (prompt and prefix
+tuning, which add vectors to the sequence) and layer composition (adapters, LoRA, MAM, which add
+modules to the layers). `groups` compares the two on each task.
+
+Only the verdicts of `claims.judge_claims` and the cells of `results.aggregate` are read here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlpeft.analysis.claims import CLAIMS
+
+# The paper's five methods; other trained labels (full, bitfit, ia3) are baselines to them.
+PEFT_METHODS = ("prompt", "prefix", "adapter", "lora", "mam")
+GROUPS = {"embedding composition": ("prompt", "prefix"), "layer composition": ("adapter", "lora", "mam")}
+EXPECTED = {"consistent": ("data_flat", "param_nonmonotonic"), "inconsistent": ("data_trend", "param_trend")}
+OPPOSITE = {"consistent": ("data_trend",), "inconsistent": ("data_flat",)}  # a majority here contradicts the paper
+PAPER_SAYS = {
+    "consistent": "data size no longer affects performance; the effect of parameter size is not monotonic",
+    "inconsistent": "performance rises with data size and with trainable parameters",
+}
+# claim -> (what holding means, what the opposite verdict means), as sentences say them
+PHRASES = {
+    "data_trend": ("performance rose with data size", "it fell"),
+    "param_trend": ("performance rose with trainable parameters", "it fell"),
+    "data_flat": ("data size did not matter", "it did matter"),
+    "param_nonmonotonic": ("a budget inside the range was best (a non-monotonic effect)",
+                           "an end of the range was best"),
+}
+SYMBOLS = {"holds": "✓", "does not hold": "✗", "inconclusive": "?", "untestable": "–"}
+
+
+def consistency_class(relation: str | None) -> str | None:
+    """'consistent', 'inconsistent' or None (undeclared) from a task's relation to pre-training."""
+    r = (relation or "").lower()
+    if r.startswith("same data, same task"):
+        return "consistent"
+    if "new data" in r or "new task" in r:
+        return "inconsistent"
+    return None
+
+
+def _names(rows: list[dict]) -> str:
+    return ", ".join(r["label"] for r in rows)
+
+
+def _peft(verdicts: list[dict], task: str) -> list[dict]:
+    return [v for v in verdicts if v["task"] == task and v["method"] in PEFT_METHODS]
+
+
+def claim_sentence(rows: list[dict], claim: str) -> str:
+    """'data size did not matter for 3 of 5 methods (prompt, prefix, lora); it did matter for adapter;
+    inconclusive for mam.' over the verdict rows of one task."""
+    said, opposite = PHRASES[claim]
+    by = {v: [r for r in rows if r[claim]["verdict"] == v] for v in SYMBOLS}
+    n = len(rows)
+    parts = [f"{said} for {len(by['holds'])} of {n} methods" + (f" ({_names(by['holds'])})" if by["holds"] else "")]
+    if by["does not hold"]:
+        parts.append(f"{opposite} for {_names(by['does not hold'])}")
+    if by["inconclusive"]:
+        parts.append(f"inconclusive for {_names(by['inconclusive'])}")
+    if by["untestable"]:
+        why = sorted({r[claim].get("why") or ("fewer than 3 budgets" if claim == "param_nonmonotonic" else "")
+                      for r in by["untestable"]} - {""})
+        parts.append(f"untestable for {_names(by['untestable'])}" + (f" ({'; '.join(why)})" if why else ""))
+    return "; ".join(parts) + "."
+
+
+def _count(rows: list[dict], claim: str, verdict: str = "holds") -> int:
+    return sum(r[claim]["verdict"] == verdict for r in rows)
+
+
+def paper_comparison(verdicts: list[dict], relations: dict[str, str]) -> list[dict[str, Any]]:
+    """Per task: the paper's expectation for its relation, what this study found for the expected
+    claims (methods holding of the five methods run), and `agreement`: 'agrees' (each expected claim
+    holds for a majority of methods), 'differs' (an expected claim is refuted, or the opposite claim
+    holds, for a majority), 'not shown' (neither), or 'no expectation' (relation not declared)."""
+    out = []
+    for task in sorted({v["task"] for v in verdicts}):
+        rows, cls = _peft(verdicts, task), consistency_class(relations.get(task))
+        row = {"task": task, "relation": relations.get(task) or "not declared", "class": cls, "methods": len(rows),
+               "paper": PAPER_SAYS.get(cls, "no expectation: declare the task's relation to pre-training"),
+               "found": {}, "agreement": "no expectation"}
+        if cls and rows:
+            n = len(rows)
+            row["found"] = {c: _count(rows, c) for c in EXPECTED[cls] + OPPOSITE[cls]}
+            refuted = any(_count(rows, c, "does not hold") > n / 2 for c in EXPECTED[cls]) or \
+                any(_count(rows, c) > n / 2 for c in OPPOSITE[cls])
+            shown = all(_count(rows, c) > n / 2 for c in EXPECTED[cls])
+            row["agreement"] = "differs" if refuted else "agrees" if shown else "not shown"
+        out.append(row)
+    return out
+
+
+def found_text(row: dict[str, Any]) -> str:
+    """'data size does not matter: 3 of 5; parameter size has a non-monotonic effect: 0 of 5' for a
+    `paper_comparison` row."""
+    against = OPPOSITE.get(row["class"], ())
+    return "; ".join(("against it, " if c in against else "") + f"{CLAIMS[c]}: {k} of {row['methods']}"
+                     for c, k in row["found"].items()) or "–"
+
+
+def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
+    """Per task with both groups run: each group's best cell (mean over seeds, 95 % interval) at the
+    task's largest data size, and the claims on which the groups' majority verdicts differ."""
+    out = []
+    for task in sorted({v["task"] for v in verdicts}):
+        mine = [c for c in cells if c["task"] == task]
+        if not mine:
+            continue
+        largest = max(c["n_train"] for c in mine)
+        best, majority = {}, {}
+        for name, methods in GROUPS.items():
+            at = [c for c in mine if c["method"] in methods and c["n_train"] == largest]
+            rows = [v for v in verdicts if v["task"] == task and v["method"] in methods]
+            if not at or not rows:
+                break
+            best[name] = max(at, key=lambda c: c["mean"])
+            majority[name] = {c: max(SYMBOLS, key=lambda v: (_count(rows, c, v), v == "holds")) for c in CLAIMS}
+            majority[name]["_n"] = len(rows)
+        if len(best) < 2:
+            continue
+        (a, ca), (b, cb) = best.items()
+        overlap = ca["ci"][0] <= cb["ci"][1] and cb["ci"][0] <= ca["ci"][1]
+        differ = [c for c in CLAIMS if majority[a][c] != majority[b][c]]
+        out.append({"task": task, "size": largest, "best": best, "overlap": overlap, "differ": differ,
+                    "majority": majority})
+    return out
+
+
+def group_sentence(g: dict[str, Any]) -> str:
+    (a, ca), (b, cb) = g["best"].items()
+    hi, lo = ((a, ca), (b, cb)) if ca["mean"] >= cb["mean"] else ((b, cb), (a, ca))
+    score = (f"at {g['size']:,} examples, {hi[0]} ({', '.join(GROUPS[hi[0]])}) reached {hi[1]['mean']:.3g} at best "
+             f"({hi[1]['label']}, 95% interval [{hi[1]['ci'][0]:.3g}, {hi[1]['ci'][1]:.3g}]) against "
+             f"{lo[1]['mean']:.3g} for {lo[0]} ({lo[1]['label']}, [{lo[1]['ci'][0]:.3g}, {lo[1]['ci'][1]:.3g}])"
+             + (": the intervals overlap" if g["overlap"] else ": the intervals do not overlap"))
+    if g["differ"]:
+        what = "; ".join(f"{CLAIMS[c]} ({g['majority'][a][c]} for most of {a}, {g['majority'][b][c]} for {b})"
+                         for c in g["differ"])
+        return f"On {g['task']}, {score}. The groups' verdicts differ on: {what}."
+    return f"On {g['task']}, {score}. Their verdicts agree on every claim."
+
+
+def task_sentences(verdicts: list[dict], relations: dict[str, str]) -> list[str]:
+    """One sentence per task and claim, over the five PEFT methods the study ran on it."""
+    out = []
+    for task in sorted({v["task"] for v in verdicts}):
+        rows = _peft(verdicts, task)
+        if not rows:
+            continue
+        relation = relations.get(task)
+        where = f"On {task}" + (f" ({relation})" if relation else "")
+        for claim in CLAIMS:
+            out.append(f"{where}: {claim_sentence(rows, claim)}")
+    return out
