@@ -261,3 +261,39 @@ def test_a_study_over_a_task_file_of_users_data(tiny_checkpoint, tmp_path):
     assert "my-vqa" in (tmp_path / "study" / "report.md").read_text()
     with pytest.raises(UserError, match="tasks lists the task 'my-vqa' twice"):
         load_spec(str(write_spec(tmp_path, ckpt, name="twice.yaml", tasks=["data/csv-vqa/task.yaml", str(task_file)])))
+
+
+def test_a_study_under_two_training_lengths_runs_each_and_reports_whether_they_agree(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    lengths = {"epochs": {"length_policy": "epochs", "epochs": 1}, "steps": {"length_policy": "steps", "steps": 2}}
+    out = tmp_path / "study"
+    path = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1]}}, lengths=lengths)
+    summary = run_study(load_spec(str(path)), out, quiet=True)
+    assert summary["done"] == summary["total"] == 4
+    got = {r["id"]: r for r in rows(out)}
+    steps = {i: json.loads(r["metrics"])["steps"] for i, r in got.items()}
+    # equal epochs: one pass, so twice the data takes twice the steps; equal steps: the same at both sizes
+    assert steps == {"easyvqa-vqa.lora.b1.n16.s0.Lepochs": 2, "easyvqa-vqa.lora.b1.n32.s0.Lepochs": 4,
+                     "easyvqa-vqa.lora.b1.n16.s0.Lsteps": 2, "easyvqa-vqa.lora.b1.n32.s0.Lsteps": 2}
+    assert {r["length"] for r in got.values()} == {"epochs", "steps"}
+    md = (out / "report.md").read_text()
+    assert "## Training length: do the data-size verdicts agree?" in md
+    assert "| easyvqa-vqa | lora |" in md and "epochs = epochs: equal epochs: 1 passes" in md
+    assert "| easyvqa-vqa | lora@epochs |" in md and "| easyvqa-vqa | lora@steps |" in md  # verdicts per length
+
+
+def test_a_store_from_before_lengths_gains_the_column_and_keeps_its_rows(tmp_path):
+    from vlpeft.study import store
+
+    path = tmp_path / "results.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(store.SCHEMA.replace(",\n    length TEXT\n", "\n"))
+    con.execute("INSERT INTO runs (id, task, label, method, data_size, seed, config, status) "
+                "VALUES ('a', 't', 'lora', 'lora', '16', 0, '{}', 'pending')")
+    con.commit()
+    assert "length" not in {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+    con.close()
+    con = store.connect(path)
+    (row,) = store.rows(con)
+    assert row["id"] == "a" and row["length"] is None
+    con.close()

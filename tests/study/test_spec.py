@@ -68,6 +68,10 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
         ),
         ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
         ({"executor": {"kind": "slurm"}}, "executor: kind 'slurm' is not one of local, ray"),
+        ({"lengths": {"steps": {"steps": 9}}}, "lengths.steps: give length_policy and its numbers"),
+        ({"lengths": {"steps": {"length_policy": "steps", "lr": 1e-3}}}, "'lr' is not a length field"),
+        ({"lengths": {"Steps!": {"length_policy": "steps"}}}, "lengths.Steps!: a length's name may hold only"),
+        ({"lengths": {"steps": {"length_policy": "stepz"}}}, "lengths.steps.length_policy"),
         ({"executor": {"wrokers": 2}}, 'did you mean "workers"'),
         ({"pretrain": "huge"}, "unknown preset 'huge'"),
         ({"tasks": ["mine.yaml"]}, "mine.yaml: task file not found"),
@@ -94,6 +98,20 @@ def test_task_training_overrides_the_shared_settings_for_one_task():
     assert by_task["easyvqa-vqa"]["length_policy"] == "steps"  # the shared setting still applies
     assert by_task["scenes-caption"]["steps"] == 5 and "evals" not in by_task["scenes-caption"]
     assert [c.id for c in expand(s)] == [c.id for c in expand(spec())]  # same cells, same IDs
+
+
+def test_lengths_run_the_grid_under_each_training_length():
+    lengths = {"epochs": {"length_policy": "epochs", "epochs": 3}, "steps": {"length_policy": "steps", "steps": 40}}
+    s = spec(lengths=lengths, task_training={"easyvqa-vqa": {"evals": 4}})
+    cells = expand(s)
+    assert len(cells) == 2 * len(expand(spec()))
+    by_id = {c.id: c for c in cells}
+    epochs, steps = by_id["easyvqa-vqa.lora.b2.n100.s1.Lepochs"], by_id["easyvqa-vqa.lora.b2.n100.s1.Lsteps"]
+    assert (epochs.length, steps.length) == ("epochs", "steps")
+    fe, fs = epochs.finetune_fields(s), steps.finetune_fields(s)
+    assert (fe["length_policy"], fe["epochs"], fe["steps"]) == ("epochs", 3, 5)  # `training` under the length
+    assert (fs["length_policy"], fs["steps"], fe["evals"], fs["evals"]) == ("steps", 40, 4, 4)  # then the task's
+    assert "scenes-caption.full.n100.s0.lr0.0003.Lsteps" in by_id
 
 
 def test_invalid_yaml_and_unknown_preset(tmp_path):

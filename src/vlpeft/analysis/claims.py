@@ -106,7 +106,8 @@ def judge_claims(runs: list[dict[str, Any]], delta: float = DEFAULT_DELTA, alpha
         margin = delta * (reference[task] or 1.0)
         eq = stats.equivalence(x_data, y, [r["budget"] for r in rs], margin, alpha, seed=seed + k)
         t_data = stats.trend(x_data, y, [r["budget"] for r in rs], seed=seed + k)
-        row = {"task": task, "label": label, "method": rs[0]["method"], "runs": len(rs),
+        row = {"task": task, "label": label, "method": rs[0]["method"], "base_label": rs[0].get("base_label", label),
+               "length": rs[0].get("length"), "runs": len(rs),
                "data_sizes": len(set(x_data)), "budgets": len({r["budget"] for r in rs}),
                "delta": margin, "delta_fraction": delta}
         row["data_trend"] = {"verdict": _verdict_trend(t_data, eq, alpha), "rho": t_data.rho,

@@ -61,8 +61,17 @@ def _names(rows: list[dict]) -> str:
     return ", ".join(r["label"] for r in rows)
 
 
-def _peft(verdicts: list[dict], task: str) -> list[dict]:
-    return [v for v in verdicts if v["task"] == task and v["method"] in PEFT_METHODS]
+def _peft(verdicts: list[dict], task: str, length: str | None = None) -> list[dict]:
+    return [v for v in verdicts if v["task"] == task and v.get("length") == length and v["method"] in PEFT_METHODS]
+
+
+def _keys(rows: list[dict]) -> list[tuple[str, str | None]]:
+    """(task, training length) pairs, in order; the length is None unless the study has `lengths`."""
+    return sorted({(r["task"], r.get("length")) for r in rows}, key=lambda k: (k[0], k[1] or ""))
+
+
+def _where(task: str, length: str | None) -> str:
+    return task + (f" under the {length!r} length" if length else "")
 
 
 def claim_sentence(rows: list[dict], claim: str) -> str:
@@ -93,9 +102,10 @@ def paper_comparison(verdicts: list[dict], relations: dict[str, str]) -> list[di
     holds for a majority of methods), 'differs' (an expected claim is refuted, or the opposite claim
     holds, for a majority), 'not shown' (neither), or 'no expectation' (relation not declared)."""
     out = []
-    for task in sorted({v["task"] for v in verdicts}):
-        rows, cls = _peft(verdicts, task), consistency_class(relations.get(task))
-        row = {"task": task, "relation": relations.get(task) or "not declared", "class": cls, "methods": len(rows),
+    for task, length in _keys(verdicts):
+        rows, cls = _peft(verdicts, task, length), consistency_class(relations.get(task))
+        row = {"task": task, "length": length, "where": _where(task, length),
+               "relation": relations.get(task) or "not declared", "class": cls, "methods": len(rows),
                "paper": PAPER_SAYS.get(cls, "no expectation: declare the task's relation to pre-training"),
                "found": {}, "agreement": "no expectation"}
         if cls and rows:
@@ -121,15 +131,15 @@ def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
     """Per task with both groups run: each group's best cell (mean over seeds, 95 % interval) at the
     task's largest data size, and the claims on which the groups' majority verdicts differ."""
     out = []
-    for task in sorted({v["task"] for v in verdicts}):
-        mine = [c for c in cells if c["task"] == task]
+    for task, length in _keys(verdicts):
+        mine = [c for c in cells if c["task"] == task and c.get("length") == length]
         if not mine:
             continue
         largest = max(c["n_train"] for c in mine)
         best, majority = {}, {}
         for name, methods in GROUPS.items():
             at = [c for c in mine if c["method"] in methods and c["n_train"] == largest]
-            rows = [v for v in verdicts if v["task"] == task and v["method"] in methods]
+            rows = [v for v in verdicts if v["task"] == task and v.get("length") == length and v["method"] in methods]
             if not at or not rows:
                 break
             best[name] = max(at, key=lambda c: c["mean"])
@@ -140,7 +150,8 @@ def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
         (a, ca), (b, cb) = best.items()
         overlap = ca["ci"][0] <= cb["ci"][1] and cb["ci"][0] <= ca["ci"][1]
         differ = [c for c in CLAIMS if majority[a][c] != majority[b][c]]
-        out.append({"task": task, "size": largest, "best": best, "overlap": overlap, "differ": differ,
+        out.append({"task": task, "where": _where(task, length), "size": largest, "best": best, "overlap": overlap,
+                    "differ": differ,
                     "majority": majority})
     return out
 
@@ -155,19 +166,60 @@ def group_sentence(g: dict[str, Any]) -> str:
     if g["differ"]:
         what = "; ".join(f"{CLAIMS[c]} ({g['majority'][a][c]} for most of {a}, {g['majority'][b][c]} for {b})"
                          for c in g["differ"])
-        return f"On {g['task']}, {score}. The groups' verdicts differ on: {what}."
-    return f"On {g['task']}, {score}. Their verdicts agree on every claim."
+        return f"On {g['where']}, {score}. The groups' verdicts differ on: {what}."
+    return f"On {g['where']}, {score}. Their verdicts agree on every claim."
 
 
 def task_sentences(verdicts: list[dict], relations: dict[str, str]) -> list[str]:
     """One sentence per task and claim, over the five PEFT methods the study ran on it."""
     out = []
-    for task in sorted({v["task"] for v in verdicts}):
-        rows = _peft(verdicts, task)
+    for task, length in _keys(verdicts):
+        rows = _peft(verdicts, task, length)
         if not rows:
             continue
         relation = relations.get(task)
-        where = f"On {task}" + (f" ({relation})" if relation else "")
+        where = f"On {_where(task, length)}" + (f" ({relation})" if relation else "")
         for claim in CLAIMS:
             out.append(f"{where}: {claim_sentence(rows, claim)}")
+    return out
+
+
+DATA_CLAIMS = ("data_trend", "data_flat")
+
+
+def length_agreement(verdicts: list[dict]) -> list[dict[str, Any]]:
+    """For a study run under several training lengths (`lengths` in the spec: equal epochs, equal
+    optimiser steps, ...): per task and method label, the data-size verdicts under each length and
+    whether they agree. Empty for a study with one length."""
+    by: dict[tuple, dict[str, dict]] = {}
+    for v in verdicts:
+        if v.get("length"):
+            by.setdefault((v["task"], v.get("base_label", v["label"])), {})[v["length"]] = v
+    out = []
+    for (task, label), per in sorted(by.items()):
+        if len(per) < 2:
+            continue
+        verdict = {length: {c: v[c]["verdict"] for c in DATA_CLAIMS} for length, v in sorted(per.items())}
+        out.append({"task": task, "label": label, "method": next(iter(per.values()))["method"], "verdicts": verdict,
+                    "agree": len({tuple(d.values()) for d in verdict.values()}) == 1})
+    return out
+
+
+def length_sentences(rows: list[dict[str, Any]]) -> list[str]:
+    """'On easyvqa-vqa, the data-size verdicts under the epochs and steps lengths agree for 3 of 5
+    methods; they differ for lora (epochs: ...; steps: ...).' per task."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        lengths = sorted({n for r in mine for n in r["verdicts"]})
+        agree = [r for r in mine if r["agree"]]
+        text = (f"On {task}, the data-size verdicts under the {' and '.join(lengths)} lengths agree for "
+                f"{len(agree)} of {len(mine)} methods")
+        differ = [r for r in mine if not r["agree"]]
+        if differ:
+            text += "; they differ for " + "; ".join(
+                f"{r['label']} (" + "; ".join(f"{n}: “rises with data” {v['data_trend']}, “data does not matter” "
+                                              f"{v['data_flat']}" for n, v in r["verdicts"].items()) + ")"
+                for r in differ)
+        out.append(text + ".")
     return out

@@ -144,6 +144,9 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
             "failed": [(r["id"], r["reason"]) for r in rows if r["status"] == "failed"],
             "length": length or {k: v for k, v in ident.get("training", {}).items()
                                  if k in ("length_policy", "epochs", "min_steps", "steps")},
+            "lengths": {n: {**{k: v for k, v in ident.get("training", {}).items()
+                               if k in ("epochs", "min_steps", "steps")}, **f}
+                        for n, f in (ident.get("lengths") or {}).items()},
             "length_policy": length.get("length_policy") or ident.get("training", {}).get("length_policy")
             or next((c.get("length_policy") for c in configs if c.get("length_policy")), None)}
 
@@ -176,7 +179,11 @@ LENGTH_WORDS = {
 }
 
 
-def length_text(policy: str | None, length: dict) -> str:
+def length_text(policy: str | None, length: dict, name: bool = False) -> str:
+    """'steps: equal optimiser steps (compute-matched): 300 steps at every data size'; with `name`,
+    `policy` is a name of the spec's `lengths` and `length` its fields."""
+    if name:
+        return f"{policy} = " + length_text(length.get("length_policy"), length)
     if policy is None:
         return "–"
     values = {"epochs": "?", "steps": "?", "min_steps": "?", **length}
@@ -199,7 +206,8 @@ def setup_rows(s: dict) -> list[list[str]]:
         ["methods × budgets", "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in s["grid"].items())],
         ["data sizes (examples)", ", ".join(f"{n:,}" if isinstance(n, int) else str(n) for n in s["sizes"])],
         ["seeds", ", ".join(map(str, s["seeds"]))],
-        ["training length", length_text(s["length_policy"], s["length"])],
+        ["training length", "; ".join(length_text(n, v, name=True) for n, v in s["lengths"].items())
+         + " (the grid runs under each)" if s["lengths"] else length_text(s["length_policy"], s["length"])],
         ["other training settings", _pairs(other)],
         *([["per-task training", "; ".join(f"{k}: {_pairs(v)}" for k, v in sorted(s["task_training"].items()))]]
           if s["task_training"] else []),
@@ -248,13 +256,14 @@ def sections(ctx) -> list[dict[str, Any]]:
     s, verdicts, cells = ctx["setup"], ctx["verdicts"], ctx["cells"]
     relations = s["tasks"]
     out: list[dict[str, Any]] = []
-    sentences = findings.task_sentences(verdicts, relations)
+    lengths = findings.length_agreement(verdicts)
+    sentences = findings.task_sentences(verdicts, relations) + findings.length_sentences(lengths)
     out.append({"title": "What this study found", "kind": "text", "items": sentences or [
         "No PEFT method has finished runs yet: nothing to report. The setup below describes the grid."]})
     comparison = findings.paper_comparison(verdicts, relations)
     out.append({"title": "Compared with Tian et al. (2024)", "kind": "table",
                 "head": ["task", "relation", "Tian et al. expect", "this study: methods holding", "agreement"],
-                "body": [[r["task"], r["relation"], r["paper"], findings.found_text(r), r["agreement"]]
+                "body": [[r["where"], r["relation"], r["paper"], findings.found_text(r), r["agreement"]]
                          for r in comparison],
                 "note": "Tian et al. (arXiv 2403.08433): performance rises with data size and trainable parameters "
                         "only when the downstream data and task are not consistent with pre-training; on a consistent "
@@ -265,6 +274,19 @@ def sections(ctx) -> list[dict[str, Any]]:
                 "items": [findings.group_sentence(g) for g in findings.groups(verdicts, cells)] or [
                     "Needs a task with finished runs of both groups: prompt or prefix tuning, and an adapter, LoRA "
                     "or MAM."]})
+    if lengths:
+        names = sorted({n for r in lengths for n in r["verdicts"]})
+        out.append({"title": "Training length: do the data-size verdicts agree?", "kind": "table",
+                    "head": ["task", "method"] + [f"{n}: {SHORT[c]}" for n in names for c in findings.DATA_CLAIMS]
+                    + ["agree"],
+                    "body": [[r["task"], r["label"]] + [
+                        matrix_cell(c, {"verdict": r["verdicts"].get(n, {}).get(c, "untestable")})
+                        for n in names for c in findings.DATA_CLAIMS] + ["yes" if r["agree"] else "no"]
+                        for r in lengths],
+                    "note": "The study ran its grid under each training length of its spec (`lengths`): "
+                            + "; ".join(length_text(n, s["lengths"].get(n, {}), name=True) for n in names)
+                            + ". Where the verdicts differ, the data-size effect depends on how long the "
+                            "smaller subsets are trained."})
     out.append({"title": "Verdict matrix", "kind": "table", "head": ["task", "method"] + list(SHORT.values()),
                 "body": [[v["task"], v["label"]] + [matrix_cell(c, v[c]) for c in claims_mod.CLAIMS]
                          for v in verdicts],

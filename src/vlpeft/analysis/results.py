@@ -1,7 +1,8 @@
 """Read a study's results.sqlite into runs and aggregated cells.
 
 - `load_runs(folder)`: one dict per finished run (learning rate already selected: for each task x
-  label x budget x data size x seed, the run with the best validation score among the lr grid).
+  label x budget x data size x seed (x training length), the run with the best validation score
+  among the lr grid).
 - `aggregate(runs)`: one dict per cell (task x label x budget x data size): mean test score over
   seeds with its 95 % bootstrap interval, trainable parameters (count and % of the backbone), and the
   score relative to full fine-tuning on the same task and data size.
@@ -27,10 +28,14 @@ def read_store(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]
 
 
 def run_record(row: dict[str, Any]) -> dict[str, Any]:
-    """One finished run as the analysis uses it: the row's grid coordinates and its RunRecord."""
+    """One finished run as the analysis uses it: the row's grid coordinates and its RunRecord. A run
+    of a study with `lengths` is labelled `label@length` (e.g. `lora@steps`), so every grouping by
+    label (cells, claims, advice, figures) keeps the training lengths apart."""
     m = RunRecord.from_dict(json.loads(row["metrics"]), f"run {row['id']}")
+    length = row.get("length")
     return {
-        "id": row["id"], "task": row["task"], "label": row["label"], "method": row["method"],
+        "id": row["id"], "task": row["task"], "label": row["label"] + (f"@{length}" if length else ""),
+        "base_label": row["label"], "length": length, "method": row["method"],
         "budget": row["budget"], "knob": m.knob, "knob_value": m.knob_value,
         "size": row["data_size"], "n_train": m.data_size, "fraction": m.data_fraction,
         "seed": row["seed"], "lr": m.lr, "metric": m.metric, "test": float(m.test_score),
@@ -73,7 +78,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "n_train": first["n_train"], "fraction": first["fraction"], "metric": first["metric"],
                       "mean": float(np.mean(scores)), "ci": (lo, hi), "seeds": len(rs),
                       "val": float(np.mean([r["val"] for r in rs])), "params": first["params"],
-                      "percent": first["percent"], "relation": first["relation"]})
+                      "percent": first["percent"], "relation": first["relation"], "length": first.get("length")})
     full = {(c["task"], c["size"]): c["mean"] for c in cells if c["method"] == "full"}
     for c in cells:
         ref = full.get((c["task"], c["size"]))

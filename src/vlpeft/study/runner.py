@@ -46,6 +46,7 @@ def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
         **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
         # only when given, so folders of studies written before task_training still match
         **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {}),
+        **({"lengths": spec.lengths} if spec.lengths else {}),
     }
 
 

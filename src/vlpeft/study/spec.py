@@ -15,11 +15,15 @@ A spec (see the presets in src/vlpeft/configs/*.yaml for complete, commented exa
     data_sizes: [250, "10%", 1.0]
     seeds: [0, 1]
     training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
+    lengths:                  # optional: the whole grid under each training length (cells get `.L<name>`)
+      epochs: {length_policy: epochs, epochs: 5}        # equal epochs: more data, more steps
+      steps: {length_policy: steps, steps: 300}         # equal optimiser steps (compute-matched)
     task_training: {easyvqa-vqa: {min_steps: 1000}, scenes-caption: {task_options: {num_beams: 3}}}  # per task
     executor: {kind: local, workers: 2, threads: 1}
 
 A cell is task x method label x budget x data size x seed x learning rate. Its ID is built from those
-values only, e.g. `easyvqa-vqa.lora.b8.n250.s0` (`.lr1e-3` is added when the label has an lr grid),
+values only, e.g. `easyvqa-vqa.lora.b8.n250.s0` (`.lr1e-3` is added when the label has an lr grid,
+`.Lsteps` when the spec has `lengths`),
 so the same cell always has the same ID whatever else the spec holds. Everything else that shapes a
 result (model, training settings, paths, method options) is part of the cell's resolved config, which
 the store compares before reusing a result.
@@ -43,6 +47,7 @@ from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_map
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
 EXECUTORS = ("local", "ray")
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps")
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,15 @@ class StudySpec:
     pretrain: str | None = field(default=None, metadata={"help": "pre-train this preset into `model` if it is missing"})
     subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets"})
     training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
-    task_training: dict = field(default_factory=dict, metadata={"help": "task -> FinetuneConfig fields overriding "
-                                                                         "`training` for that task's runs"})
+    task_training: dict = field(
+        default_factory=dict,
+        metadata={"help": "task -> FinetuneConfig fields overriding `training` (and `lengths`) for that task's runs"},
+    )
+    lengths: dict = field(
+        default_factory=dict,
+        metadata={"help": "name -> training-length fields (length_policy, epochs, min_steps, steps): the grid runs "
+                          "under each, so the report can compare equal epochs with equal optimiser steps"},
+    )
     paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
                                                                "vqav2): each task takes the keys it knows"})
     task_paths: dict = field(default_factory=dict, metadata={"help": "task -> data files of that task alone, "
@@ -118,11 +130,14 @@ class Cell:
     data_size: Any
     seed: int
     lr: float | None
+    length: str | None = None  # a name of the spec's `lengths`, or None: `training` alone
 
     def finetune_fields(self, spec: StudySpec) -> dict[str, Any]:
-        """The FinetuneConfig fields of this cell (model, threads and device are the executor's)."""
+        """The FinetuneConfig fields of this cell (model, threads and device are the executor's):
+        `training`, then the cell's length, then the task's own `task_training`."""
         grid = spec.methods[self.label]
-        return {**spec.training, **spec.task_training.get(self.task, {}),
+        length = spec.lengths[self.length] if self.length else {}
+        return {**spec.training, **length, **spec.task_training.get(self.task, {}),
                 "model": spec.task_models.get(self.task, spec.model), "task": spec.task_ref(self.task),
                 "method": self.method, "budget": self.budget, "method_options": dict(grid.options),
                 "data_size": self.data_size, "seed": self.seed, "subset_seed": spec.subset_seed, "lr": self.lr,
@@ -257,6 +272,17 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             )
     task_training = {t: _training(v, f"{source}: task_training.{t}", model, t, base=training)
                      for t, v in task_training.items()}
+    lengths = {}
+    for name, fields in _typed(d.get("lengths", {}) or {}, "dict", f"{source}: lengths").items():
+        where = f"{source}: lengths.{name}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
+            raise UserError(f"{where}: a length's name may hold only lower-case letters, digits, '-' and '_'")
+        fields = _typed(fields, "dict", where)
+        extra = sorted(set(fields) - set(LENGTH_FIELDS))
+        if extra or "length_policy" not in fields:
+            raise UserError(f"{where}: give length_policy and its numbers ({', '.join(LENGTH_FIELDS)})"
+                            + (f"; {extra[0]!r} is not a length field" if extra else ""))
+        lengths[str(name)] = _training(fields, where, model, tasks[0], base=training)
 
     executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
     return StudySpec(
@@ -271,6 +297,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         subset_seed=_seed(d.get("subset_seed", 0), f"{source}: subset_seed"),
         training=training,
         task_training=task_training,
+        lengths=lengths,
         paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
         task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
         executor=executor,
@@ -384,18 +411,20 @@ def _token(value) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", text)
 
 
-def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | None) -> str:
+def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | None, length: str | None = None) -> str:
     parts = [task, label]
     if budget is not None:
         parts.append(f"b{_token(budget)}")
     parts += [f"n{_token(data_size)}", f"s{seed}"]
     if lr is not None:
         parts.append(f"lr{lr:g}")
+    if length is not None:
+        parts.append(f"L{length}")
     return ".".join(parts)
 
 
 def expand(spec: StudySpec) -> list[Cell]:
-    """Every cell of the grid, in a stable order (task, label, budget, size, seed, lr)."""
+    """Every cell of the grid, in a stable order (task, label, budget, size, seed, lr, length)."""
     cells = []
     for task in spec.tasks:
         for label, grid in spec.methods.items():
@@ -404,10 +433,11 @@ def expand(spec: StudySpec) -> list[Cell]:
                     for seed in spec.seeds:
                         for lr in grid.lr if len(grid.lr) > 1 else (grid.lr[0] if grid.lr else None,):
                             show_lr = lr if len(grid.lr) > 1 else None
-                            cells.append(Cell(id=cell_id(task, label, budget, size, seed, show_lr), task=task,
-                                              label=label, method=grid.method,
-                                              budget=None if budget is None else str(budget),
-                                              data_size=size, seed=seed, lr=lr))
+                            for length in spec.lengths or (None,):
+                                cells.append(Cell(id=cell_id(task, label, budget, size, seed, show_lr, length),
+                                                  task=task, label=label, method=grid.method,
+                                                  budget=None if budget is None else str(budget),
+                                                  data_size=size, seed=seed, lr=lr, length=length))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

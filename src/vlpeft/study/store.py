@@ -33,11 +33,12 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
     reason TEXT, metric TEXT, test_score REAL, best_val_score REAL, metrics TEXT,
-    host TEXT, started REAL, ended REAL, attempts INTEGER NOT NULL DEFAULT 0
+    host TEXT, started REAL, ended REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    length TEXT
 );
 """
 COLUMNS = ("id", "task", "label", "method", "budget", "data_size", "seed", "lr", "config", "status", "reason",
-           "metric", "test_score", "best_val_score", "metrics", "host", "started", "ended", "attempts")
+           "metric", "test_score", "best_val_score", "metrics", "host", "started", "ended", "attempts", "length")
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -47,6 +48,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm files beside the store
         con.execute("PRAGMA synchronous=FULL")
         con.executescript(SCHEMA)
+        if "length" not in {r[1] for r in con.execute("PRAGMA table_info(runs)")}:  # a store from before `lengths`
+            con.execute("ALTER TABLE runs ADD COLUMN length TEXT")
     except sqlite3.DatabaseError as e:
         raise UserError(f"{path}: not a vlpeft results store ({e})") from e
     con.row_factory = sqlite3.Row
@@ -85,10 +88,10 @@ def add_cells(con, cells: Iterable[tuple[Any, dict]]) -> int:
     with transaction(con):
         for cell, config in cells:
             cur = con.execute(
-                "INSERT OR IGNORE INTO runs (id, task, label, method, budget, data_size, seed, lr, config, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT OR IGNORE INTO runs (id, task, label, method, budget, data_size, seed, lr, config, status, "
+                "length) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
                 (cell.id, cell.task, cell.label, cell.method, cell.budget, str(cell.data_size), cell.seed, cell.lr,
-                 json.dumps(config, sort_keys=True)))
+                 json.dumps(config, sort_keys=True), getattr(cell, "length", None)))
             new += cur.rowcount
     return new
 
