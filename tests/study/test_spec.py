@@ -135,7 +135,7 @@ def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
-    assert len(expand(s)) == {"quick": 144, "full": 2232, "paper-blip": 660}[preset]  # the grid as documented
+    assert len(expand(s)) == {"quick": 192, "full": 2232, "paper-blip": 660}[preset]  # the grid as documented
 
 
 def test_quick_and_full_presets_cover_what_the_study_needs():
@@ -144,10 +144,18 @@ def test_quick_and_full_presets_cover_what_the_study_needs():
     for s, tasks in ((quick, {"scenes-caption", "easyvqa-vqa"}),
                      (full, {"scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"})):
         methods = {g.method for g in s.methods.values()}
-        assert study_methods | {"full", "frozen"} <= methods
+        assert study_methods | {"frozen"} <= methods
         assert tasks <= set(s.tasks)
-        assert all(len(g.budgets) >= 2 for g in s.methods.values() if g.method in study_methods)
+        # three budgets at least: a non-monotonic effect of parameter size is testable for every method
+        assert all(len(g.budgets) >= 3 for g in s.methods.values() if g.method in study_methods)
+    assert "full" in {g.method for g in full.methods.values()}
     assert len(quick.data_sizes) >= 3 and len(quick.seeds) >= 2
+    # the quick sizes span a decade and reach 10 % of each task's training pool
+    from vlpeft.data.subsets import resolve_size
+
+    for pool in (4000, 34756):  # scenes-caption, easyvqa-vqa
+        sizes = [resolve_size(x, pool, "size") for x in quick.data_sizes]
+        assert max(sizes) >= 10 * min(sizes) and max(sizes) >= pool // 10
     assert set(full.methods) >= {"prompt", "prefix", "adapter", "lora", "mam", "full", "frozen", "bitfit", "ia3"}
     assert all(len(g.budgets) >= 4 for g in full.methods.values() if g.method in study_methods)
     assert len(full.data_sizes) >= 5 and len(full.seeds) == 3
