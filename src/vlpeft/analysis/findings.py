@@ -144,7 +144,6 @@ def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
                 break
             best[name] = max(at, key=lambda c: c["mean"])
             majority[name] = {c: max(SYMBOLS, key=lambda v: (_count(rows, c, v), v == "holds")) for c in CLAIMS}
-            majority[name]["_n"] = len(rows)
         if len(best) < 2:
             continue
         (a, ca), (b, cb) = best.items()

@@ -100,6 +100,9 @@ def build(
     return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts), "setup": context["setup"]}
 
 
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps")  # FinetuneConfig's training-length fields
+
+
 def _budget_order(b) -> tuple:
     """Knob values in numeric order (2 before 16), then parameter targets and '–'."""
     s = str(b)
@@ -117,7 +120,7 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
         if r["metrics"]:  # a finished run records the settings in effect, defaults included
             m = json.loads(r["metrics"])
             env = m.get("environment", {})
-            length = {k: m["config"][k] for k in ("length_policy", "epochs", "min_steps", "steps")
+            length = {k: m["config"][k] for k in LENGTH_FIELDS
                       if k in m.get("config", {})}
             break
     model = ident.get("model")
@@ -143,9 +146,9 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
             "runs": len(rows), "done": status.get("done", 0), "status": dict(status),
             "failed": [(r["id"], r["reason"]) for r in rows if r["status"] == "failed"],
             "length": length or {k: v for k, v in ident.get("training", {}).items()
-                                 if k in ("length_policy", "epochs", "min_steps", "steps")},
+                                 if k in LENGTH_FIELDS},
             "lengths": {n: {**{k: v for k, v in ident.get("training", {}).items()
-                               if k in ("epochs", "min_steps", "steps")}, **f}
+                               if k in LENGTH_FIELDS[1:]}, **f}
                         for n, f in (ident.get("lengths") or {}).items()},
             "length_policy": length.get("length_policy") or ident.get("training", {}).get("length_policy")
             or next((c.get("length_policy") for c in configs if c.get("length_policy")), None)}
@@ -193,7 +196,7 @@ def length_text(policy: str | None, length: dict, name: bool = False) -> str:
 def setup_rows(s: dict) -> list[list[str]]:
     """The setup as readable rows: words and numbers, no JSON."""
     env, pre = s["environment"], s["pretrain"]
-    other = {k: v for k, v in s["training"].items() if k not in ("length_policy", "epochs", "min_steps", "steps")}
+    other = {k: v for k, v in s["training"].items() if k not in LENGTH_FIELDS}
     versions = {"vlpeft": env.get("vlpeft"), "python": env.get("python"), **(env.get("versions") or {})}
     rows = [
         ["study", _fmt(s["name"])],

@@ -91,7 +91,7 @@ def add_cells(con, cells: Iterable[tuple[Any, dict]]) -> int:
                 "INSERT OR IGNORE INTO runs (id, task, label, method, budget, data_size, seed, lr, config, status, "
                 "length) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
                 (cell.id, cell.task, cell.label, cell.method, cell.budget, str(cell.data_size), cell.seed, cell.lr,
-                 json.dumps(config, sort_keys=True), getattr(cell, "length", None)))
+                 json.dumps(config, sort_keys=True), cell.length))
             new += cur.rowcount
     return new
 
