@@ -167,7 +167,9 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
 
     ckpt, _ = tiny_checkpoint
     spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
-                     training={**TRAINING, "steps": 60}, executor={"kind": "local", "workers": 2, "threads": 1})
+                     training={**TRAINING, "steps": 400}, executor={"kind": "local", "workers": 2, "threads": 1})
+    # 400 steps: long enough that the two cells are still training when the interrupts arrive (with 60
+    # an idle machine could finish the study in the second before them, and exit 0)
     out = tmp_path / "study"
     p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
