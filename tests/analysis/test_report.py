@@ -241,3 +241,11 @@ def test_advice_takes_fractions_says_what_it_ranks_on_and_refuses_far_extrapolat
         advise(cells, "easyvqa-vqa", 10_000_000)
     with pytest.raises(UserError, match=r"--data-size must be a positive number of examples, got 0"):
         advise(cells, "easyvqa-vqa", 0)
+
+
+def test_the_setup_names_what_a_method_label_sets_beyond_its_budgets():
+    spec = {"methods": {"lora": {"lr": [], "training": {}, "task_training": {}},
+                        "adapter": {"lr": [0.01], "training": {"evals": 3}, "task_training": {}},
+                        "prefix": {"lr": [], "training": {}, "task_training": {"easyvqa-vqa": {"steps": 600}}}}}
+    assert report._method_settings(spec) == ["adapter: lr 0.01, evals 3", "prefix: on easyvqa-vqa steps 600"]
+    assert report._method_settings({}) == []

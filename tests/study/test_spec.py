@@ -68,6 +68,13 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
         ),
         ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
         ({"executor": {"kind": "slurm"}}, "executor: kind 'slurm' is not one of local, ray"),
+        ({"methods": {"lora": {"training": {"stpes": 9}}}}, "methods.lora.training: unknown or grid-level key 'stpes'"),
+        ({"methods": {"lora": {"training": {"seed": 1}}}}, "methods.lora.training: unknown or grid-level key 'seed'"),
+        ({"methods": {"lora": {"task_training": {"vqa": {}}}}}, "methods.lora.task_training: 'vqa' is not one of"),
+        ({"methods": {"lora": {"task_training": {"easyvqa-vqa": {"steps": -1}}}}},
+         "methods.lora.task_training.easyvqa-vqa.steps"),
+        ({"methods": {"lora": {"training": {"steps": 9}}}, "lengths": {"s": {"length_policy": "steps"}}},
+         "methods.lora: 'steps' would override the study's lengths"),
         ({"lengths": {"steps": {"steps": 9}}}, "lengths.steps: give length_policy and its numbers"),
         ({"lengths": {"steps": {"length_policy": "steps", "lr": 1e-3}}}, "'lr' is not a length field"),
         ({"lengths": {"Steps!": {"length_policy": "steps"}}}, "lengths.Steps!: a length's name may hold only"),
@@ -98,6 +105,17 @@ def test_task_training_overrides_the_shared_settings_for_one_task():
     assert by_task["easyvqa-vqa"]["length_policy"] == "steps"  # the shared setting still applies
     assert by_task["scenes-caption"]["steps"] == 5 and "evals" not in by_task["scenes-caption"]
     assert [c.id for c in expand(s)] == [c.id for c in expand(spec())]  # same cells, same IDs
+
+
+def test_a_method_label_sets_its_own_training_over_the_study_and_the_task():
+    methods = {"lora": {"budgets": [2], "training": {"evals": 3},
+                        "task_training": {"easyvqa-vqa": {"steps": 60}}}, "frozen": {}}
+    s = spec(methods=methods, task_training={"easyvqa-vqa": {"steps": 40, "evals": 4}})
+    fields = {(c.task, c.label): c.finetune_fields(s) for c in expand(s)}
+    assert (fields["easyvqa-vqa", "lora"]["steps"], fields["easyvqa-vqa", "lora"]["evals"]) == (60, 3)
+    assert (fields["scenes-caption", "lora"]["steps"], fields["scenes-caption", "lora"]["evals"]) == (5, 3)
+    assert (fields["easyvqa-vqa", "frozen"]["steps"], fields["easyvqa-vqa", "frozen"]["evals"]) == (40, 4)
+    assert [c.id for c in expand(s)] == [c.id for c in expand(spec(methods=methods))]  # the IDs do not change
 
 
 def test_lengths_run_the_grid_under_each_training_length():

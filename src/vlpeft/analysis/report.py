@@ -193,6 +193,18 @@ def length_text(policy: str | None, length: dict, name: bool = False) -> str:
     return f"{policy}: " + LENGTH_WORDS.get(policy, "{}").format(**values)
 
 
+def _method_settings(spec: dict) -> list[str]:
+    """'adapter: lr 0.01', 'prefix: on easyvqa-vqa steps 600': what a label sets beyond its budgets."""
+    out = []
+    for label, g in (spec.get("methods") or {}).items():
+        parts = ([f"lr {', '.join(f'{x:g}' for x in g['lr'])}"] if g.get("lr") else []) + (
+            [_pairs(g["training"])] if g.get("training") else []) + [
+            f"on {t} {_pairs(v)}" for t, v in sorted((g.get("task_training") or {}).items())]
+        if parts:
+            out.append(f"{label}: " + ", ".join(parts))
+    return out
+
+
 def setup_rows(s: dict) -> list[list[str]]:
     """The setup as readable rows: words and numbers, no JSON."""
     env, pre = s["environment"], s["pretrain"]
@@ -207,6 +219,8 @@ def setup_rows(s: dict) -> list[list[str]]:
                          f"objectives {', '.join(pre.get('objectives') or []) or '–'}" if pre else "–"],
         ["tasks (relation to pre-training)", "; ".join(f"{k} ({v})" for k, v in sorted(s["tasks"].items()))],
         ["methods × budgets", "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in s["grid"].items())],
+        *([["per-method settings", "; ".join(method_settings)]] if (method_settings := _method_settings(s["spec"]))
+          else []),
         ["data sizes (examples)", ", ".join(f"{n:,}" if isinstance(n, int) else str(n) for n in s["sizes"])],
         ["seeds", ", ".join(map(str, s["seeds"]))],
         ["training length", "; ".join(length_text(n, v, name=True) for n, v in s["lengths"].items())
@@ -325,7 +339,8 @@ def sections(ctx) -> list[dict[str, Any]]:
                          for c in checks],
                 "note": "Baseline: the better of the frozen model's score at that data size and the majority answer "
                         "(VQA); a cell is flagged when its mean is below baseline + δ. Where the headroom is many δ, "
-                        "flagged cells learned nothing measurable (train longer: `task_training.TASK.min_steps`), and "
+                        "flagged cells learned nothing measurable (train longer: `task_training.TASK.steps`, or one "
+                        "method's `methods.LABEL.task_training`), and "
                         "the claims about that method describe undertrained runs, not the method; where it is about "
                         "δ, the frozen model already does about as well as fine-tuning."})
     cons_rows = []

@@ -12,6 +12,7 @@ A spec (see the presets in src/vlpeft/configs/*.yaml for complete, commented exa
       lora: {budgets: [2, 8]}
       lora-vision: {method: lora, budgets: ["params=20k"], options: {placement: [vision]}}
       full: {lr: [3e-5, 1e-4]}            # a learning-rate grid, selected on validation by the report
+      prefix: {budgets: [8], task_training: {easyvqa-vqa: {steps: 600}}}   # a label's own training fields
     data_sizes: [250, "10%", 1.0]
     seeds: [0, 1]
     training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
@@ -60,6 +61,11 @@ class MethodGrid:
     )
     lr: tuple = field(default=(), metadata={"help": "learning rates to try (empty: the method's default); "
                                                     "the report selects on validation"})
+    training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields for this label's runs, "
+                                                                  "over the study's training, lengths and "
+                                                                  "task_training (e.g. a slower method's steps)"})
+    task_training: dict = field(default_factory=dict, metadata={"help": "task -> FinetuneConfig fields for this "
+                                                                       "label's runs on that task, applied last"})
 
 
 @dataclass(frozen=True)
@@ -134,10 +140,12 @@ class Cell:
 
     def finetune_fields(self, spec: StudySpec) -> dict[str, Any]:
         """The FinetuneConfig fields of this cell (model, threads and device are the executor's):
-        `training`, then the cell's length, then the task's own `task_training`."""
+        `training`, then the cell's length, then the task's own `task_training`, then the method label's
+        `training` and its `task_training` for this task."""
         grid = spec.methods[self.label]
         length = spec.lengths[self.length] if self.length else {}
         return {**spec.training, **length, **spec.task_training.get(self.task, {}),
+                **grid.training, **grid.task_training.get(self.task, {}),
                 "model": spec.task_models.get(self.task, spec.model), "task": spec.task_ref(self.task),
                 "method": self.method, "budget": self.budget, "method_options": dict(grid.options),
                 "data_size": self.data_size, "seed": self.seed, "subset_seed": spec.subset_seed, "lr": self.lr,
@@ -250,7 +258,8 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             raise UserError(f"{where}.lr: learning rates must be finite numbers >= 0, got {list(lrs)}")
         options = _typed(g.get("options", {}) or {}, "dict", f"{where}.options")
         make_config(method, options, source=where)
-        methods[str(label)] = MethodGrid(method=method, budgets=budgets, options=options, lr=lrs)
+        methods[str(label)] = MethodGrid(method=method, budgets=budgets, options=options, lr=lrs,
+                                         training=g.get("training") or {}, task_training=g.get("task_training") or {})
 
     sizes = tuple(_as_list(d["data_sizes"], f"{source}: data_sizes"))
     if not sizes:
@@ -272,6 +281,17 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             )
     task_training = {t: _training(v, f"{source}: task_training.{t}", model, t, base=training)
                      for t, v in task_training.items()}
+    for label, grid in methods.items():  # a label's own training fields, checked like the study's
+        where = f"{source}: methods.{label}"
+        own = _training(grid.training, f"{where}.training", model, tasks[0], base=training)
+        per_task = _typed(grid.task_training, "dict", f"{where}.task_training")
+        for t in per_task:
+            if t not in tasks:
+                raise UserError(f"{where}.task_training: {t!r} is not one of the spec's tasks"
+                                f"{did_you_mean(str(t), tasks)}")
+        per_task = {t: _training(v, f"{where}.task_training.{t}", model, t,
+                                 base={**training, **task_training.get(t, {}), **own}) for t, v in per_task.items()}
+        methods[label] = dataclasses.replace(grid, training=own, task_training=per_task)
     lengths = {}
     for name, fields in _typed(d.get("lengths", {}) or {}, "dict", f"{source}: lengths").items():
         where = f"{source}: lengths.{name}"
@@ -283,6 +303,12 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             raise UserError(f"{where}: give length_policy and its numbers ({', '.join(LENGTH_FIELDS)})"
                             + (f"; {extra[0]!r} is not a length field" if extra else ""))
         lengths[str(name)] = _training(fields, where, model, tasks[0], base=training)
+    for label, grid in methods.items() if lengths else ():
+        own = [*grid.training, *(k for v in grid.task_training.values() for k in v)]
+        clash = next((k for k in own if k in LENGTH_FIELDS), None)
+        if clash:
+            raise UserError(f"{source}: methods.{label}: {clash!r} would override the study's lengths (each "
+                            "length must mean the same for every method); set it in lengths instead")
 
     executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
     return StudySpec(
