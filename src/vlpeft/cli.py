@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         "spec",
         nargs="?",
         default="quick",
-        help="a preset (quick, full, paper-blip: shipped in vlpeft/configs/) or a YAML file (default: quick)",
+        help="a preset (quick, medium, full, paper-blip: shipped in vlpeft/configs/) or a YAML file "
+             "(default: quick)",
     )
     s.add_argument(
         "--out", help="study folder (results.sqlite, results.csv, report.md, runs/); not needed with --dry-run"
@@ -388,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="local worker processes (0 = in this process)")
     s.add_argument("--threads", type=int, help="torch threads per run")
     s.add_argument("--address", help="ray cluster address (default: start a local Ray instance)")
-    s.add_argument("--gpus", type=float, help="ray: GPUs per run")
+    s.add_argument("--gpus", type=float, help="ray: GPUs per run (0.25: four runs share one); local: GPUs to "
+                                              "spread the workers over, one per worker in turn")
     s.add_argument("--dry-run", action="store_true", help="list the cells and check them; run nothing")
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=cmd_study)

@@ -76,3 +76,11 @@ def test_the_two_groups_are_compared_at_the_largest_data_size():
     assert ("performance rises with data size (inconclusive for most of embedding composition, "
             "holds for layer composition)") in text
     assert findings.groups(CONSISTENT, [cell("cap", "lora", 10, 1.0, (1.0, 1.0))]) == []  # no embedding cell
+
+
+def test_a_trend_refuted_by_no_effect_is_not_called_a_fall():
+    fell, flat = row("vqa", "lora", data_trend="does not hold"), row("vqa", "mam", data_trend="does not hold")
+    fell["data_trend"].update(rho=-0.7, p=0.01)
+    flat["data_trend"].update(rho=0.4, p=0.09)  # refuted because data_flat showed no effect beyond ±δ
+    assert findings.claim_sentence([fell, flat], "data_trend") == (
+        "performance rose with data size for 0 of 2 methods; it fell for lora; it stayed within ±δ for mam.")

@@ -249,3 +249,10 @@ def test_the_setup_names_what_a_method_label_sets_beyond_its_budgets():
                         "prefix": {"lr": [], "training": {}, "task_training": {"easyvqa-vqa": {"steps": 600}}}}}
     assert report._method_settings(spec) == ["adapter: lr 0.01, evals 3", "prefix: on easyvqa-vqa steps 600"]
     assert report._method_settings({}) == []
+
+
+def test_the_did_it_learn_reading_tells_undertrained_from_a_baseline_near_the_best():
+    assert report.learn_reading({"flagged": [], "headroom": 30, "margin": 3}) == "learned"
+    assert report.learn_reading({"flagged": [{}], "headroom": 29.2, "margin": 3.5}) == "undertrained"
+    assert report.learn_reading({"flagged": [{}], "headroom": 0.48, "margin": 0.26}) == "baseline near the best"
+    assert report._seconds(1440.3) == "1,440 s (24 min)" and report._seconds(None) == "–"

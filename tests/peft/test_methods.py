@@ -2,6 +2,7 @@
 against closed-form formulas, identity at initialisation, save/load, folding and merging."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from vlpeft.errors import UserError
 from vlpeft.model.blip import Blip
 from vlpeft.model.config import BlipConfig, TextConfig, VisionConfig
-from vlpeft.peft import REGISTRY, apply_peft, count_params, fold, load_peft, make_config, save_peft
+from vlpeft.peft import REGISTRY, apply_peft, count_params, fold, load_peft, make_config, save_peft, shared_copy
 from vlpeft.peft.adapter import add_adapters
 from vlpeft.peft.lora import merge_lora
 
@@ -94,6 +95,59 @@ def test_two_steps_change_exactly_the_method_weights(base, method, placement):
     for part in ("vision", "text_encoder", "text_decoder"):
         placed = part in PLACEMENTS[placement] and method != "frozen"
         assert (parts[part] > 0) == placed, part
+
+
+def trained(m, steps=2):
+    torch.manual_seed(1)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad] or [torch.zeros(1, requires_grad=True)],
+                            lr=1e-2, weight_decay=0.0)
+    for step in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(m.train(), *data(step))
+        if loss.requires_grad:
+            loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.mark.parametrize("method,extra", [(m, {}) for m in REGISTRY] + [("lora", {"train_head": True})])
+def test_a_shared_copy_trains_like_a_deep_copy_and_leaves_the_original_untouched(method, extra):
+    torch.manual_seed(0)
+    original = Blip(cfg()).eval()
+    snapshot = {n: t.clone() for n, t in original.state_dict().items()}
+    shared = shared_copy(original)
+    torch.manual_seed(2)  # the method's own initialisation draws the same numbers for both
+    apply_peft(shared, method, {**SIZED[method], **extra})
+    torch.manual_seed(2)
+    deep = applied(original, method, None, **extra)
+    trainable = {n for n, p in shared.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in deep.named_parameters() if p.requires_grad}
+    base = dict(original.named_parameters())
+    for n, p in shared.named_parameters():  # frozen weights are the original's tensors; trained ones are clones
+        if n in base:
+            assert (p is base[n]) == (n not in trainable), n
+    trained(shared), trained(deep)
+    with torch.no_grad():
+        assert torch.equal(outputs(shared, *data()), outputs(deep, *data()))
+    for n, t in original.state_dict().items():
+        assert torch.equal(t, snapshot[n]), f"the original's {n} changed"
+    again = shared_copy(original)  # the next cell starts from the checkpoint, not from the last cell
+    with torch.no_grad():
+        assert torch.equal(outputs(again, *data()), outputs(original, *data()))
+
+
+def test_a_shared_copy_keeps_tied_weights_tied_when_it_trains_them():
+    torch.manual_seed(0)
+    original = Blip(dataclasses.replace(cfg(), tie_lm_head=True)).eval()
+    snapshot = original.text_decoder.embed.tokens.weight.detach().clone()
+    shared = shared_copy(original)
+    apply_peft(shared, "full")
+    assert shared.lm_head.out.weight is shared.text_decoder.embed.tokens.weight  # one clone for the tied pair
+    assert shared.lm_head.out.weight is not original.lm_head.out.weight
+    trained(shared)
+    assert not torch.equal(shared.lm_head.out.weight, snapshot)
+    assert torch.equal(original.text_decoder.embed.tokens.weight, snapshot)
+    assert original.lm_head.out.weight is original.text_decoder.embed.tokens.weight
 
 
 @pytest.mark.parametrize("method", ["lora", "adapter", "ia3"])

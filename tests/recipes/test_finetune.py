@@ -72,9 +72,10 @@ def test_a_six_step_run_gives_its_golden_losses_and_score(task, method, budget, 
 
 def test_bf16_autocast_trains_close_to_fp32(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
-    run(ckpt, tmp_path / "fp32", data_size=40, seed=3)
+    auto = run(ckpt, tmp_path / "fp32", data_size=40, seed=3)  # the default, auto: fp32 on a CPU
     bf16 = run(ckpt, tmp_path / "bf16", data_size=40, seed=3, precision="bf16")
-    assert bf16["config"]["precision"] == "bf16"
+    assert (auto["config"]["precision"], auto["precision"]) == ("auto", "fp32")
+    assert (bf16["config"]["precision"], bf16["precision"]) == ("bf16", "bf16")
     # Not bit-equal (matmuls round to 8 mantissa bits), but the same training to within rounding.
     loss = {p: json.loads((tmp_path / p / "curve.json").read_text())[0]["loss"] for p in ("fp32", "bf16")}
     assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.02)

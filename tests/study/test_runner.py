@@ -199,6 +199,46 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkp
     assert len(rows(tmp_path / "ray")) == 4
 
 
+def test_local_workers_are_pinned_to_gpus_in_turn(tiny_checkpoint, tmp_path, monkeypatch):
+    import queue
+
+    from vlpeft.study import executors
+
+    assert executors.gpu_slots(3, 2) == ["0", "1", "0"] and executors.gpu_slots(2, 0) == [None, None]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = queue.Queue()
+    for gpu in ("1", "0"):
+        slots.put(gpu)
+    monkeypatch.setattr(executors.signal, "signal", lambda *a: None)  # the test process keeps its Ctrl-C
+    executors._init_worker(1, slots)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1" and slots.get() == "0"  # the next worker's
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    ckpt, _ = tiny_checkpoint  # a real study: 2 workers spread over 2 (CPU-only here: unused) GPUs
+    spec = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"frozen": {}}, data_sizes=[16, 32],
+                      seeds=[0, 1], executor={"kind": "local", "workers": 2, "threads": 1, "gpus": 2})
+    assert run_study(load_spec(str(spec)), tmp_path / "out", quiet=True)["done"] == 4
+    seen = {json.loads(r["metrics"])["environment"]["cuda_visible_devices"] for r in rows(tmp_path / "out")}
+    assert seen <= {"0", "1"} and seen
+    with pytest.raises(UserError, match="--gpus 0.5: the local executor pins each worker to one whole GPU"):
+        with_executor(load_spec(str(spec)), gpus=0.5)
+
+
+def test_ray_runs_share_a_gpu_by_fractions(tiny_checkpoint, tmp_path):
+    ray = pytest.importorskip("ray")
+    ckpt, _ = tiny_checkpoint
+    spec = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"frozen": {}}, data_sizes=[16, 32],
+                      seeds=[0, 1])
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:  # one (declared) GPU, four runs asking for half of it each: two at a time, all on that GPU
+        summary = run_study(with_executor(load_spec(str(spec)), kind="ray", threads=1, gpus=0.5), tmp_path / "out",
+                            quiet=True)
+    finally:
+        ray.shutdown()
+    assert summary["done"] == 4
+    seen = {json.loads(r["metrics"])["environment"].get("cuda_visible_devices") for r in rows(tmp_path / "out")}
+    assert len(seen) == 1 and None not in seen  # every run was given the same one GPU
+
+
 def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
     for argv, message in (
         [["study", "quik", "--out", str(tmp_path / "x")], 'did you mean "quick"'],
@@ -297,3 +337,30 @@ def test_a_store_from_before_lengths_gains_the_column_and_keeps_its_rows(tmp_pat
     (row,) = store.rows(con)
     assert row["id"] == "a" and row["length"] is None
     con.close()
+
+
+def test_cells_of_one_worker_share_the_checkpoint_score_as_fresh_loads_and_leave_it_unchanged(tiny_checkpoint,
+                                                                                             tmp_path):
+    import torch
+
+    import vlpeft
+    from vlpeft.recipes.finetune import FinetuneConfig, finetune
+    from vlpeft.study import executors
+
+    ckpt, _ = tiny_checkpoint
+    executors._LOADED.pop(str(ckpt), None)
+    cells = [("full", None), ("lora", "2"), ("prefix", "2"), ("lora", "2")]  # full first: it trains every weight
+    got = []
+    for i, (method, budget) in enumerate(cells):
+        config = {**TRAINING, "model": str(ckpt), "task": "easyvqa-vqa", "method": method, "budget": budget,
+                  "data_size": 16, "seed": 0}
+        result = executors.run_cell({"id": str(i), "config": config, "run_dir": str(tmp_path / str(i)), "threads": 1})
+        assert result["status"] == "done", result
+        got.append(result["metrics"]["test_score"])
+        if i == 0:
+            alone = finetune(FinetuneConfig(**config, threads=1), None, progress=False, log=lambda *a, **k: None)
+            assert alone["test_score"] == got[0]
+    assert got[1] == got[3]  # the same cell after others: no state carried over
+    pristine = executors._LOADED[str(ckpt)].model.state_dict()
+    fresh = vlpeft.load_model(str(ckpt)).model.state_dict()
+    assert pristine.keys() == fresh.keys() and all(torch.equal(pristine[k], fresh[k]) for k in fresh)

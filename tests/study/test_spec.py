@@ -68,6 +68,7 @@ def test_expansion_counts_and_ids_are_stable_and_readable():
         ),
         ({"task_training": {"easyvqa-vqa": {"steps": "9"}}}, "task_training.easyvqa-vqa.steps must be an integer"),
         ({"executor": {"kind": "slurm"}}, "executor: kind 'slurm' is not one of local, ray"),
+        ({"executor": {"gpus": 0.5}}, "executor.gpus: the local executor pins each worker to one whole GPU"),
         ({"methods": {"lora": {"training": {"stpes": 9}}}}, "methods.lora.training: unknown or grid-level key 'stpes'"),
         ({"methods": {"lora": {"training": {"seed": 1}}}}, "methods.lora.training: unknown or grid-level key 'seed'"),
         ({"methods": {"lora": {"task_training": {"vqa": {}}}}}, "methods.lora.task_training: 'vqa' is not one of"),
@@ -145,7 +146,7 @@ def test_invalid_yaml_and_unknown_preset(tmp_path):
         load_spec(str(empty))
 
 
-@pytest.mark.parametrize("preset", ["quick", "full", "paper-blip"])
+@pytest.mark.parametrize("preset", ["quick", "medium", "full", "paper-blip"])
 def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     monkeypatch.setenv("COCO", "/data/coco")
     monkeypatch.setenv("VQA", "/data/vqav2")
@@ -153,7 +154,7 @@ def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
-    assert len(expand(s)) == {"quick": 192, "full": 2232, "paper-blip": 660}[preset]  # the grid as documented
+    assert len(expand(s)) == {"quick": 192, "medium": 1152, "full": 2232, "paper-blip": 660}[preset]  # as documented
 
 
 def test_quick_and_full_presets_cover_what_the_study_needs():
@@ -177,6 +178,16 @@ def test_quick_and_full_presets_cover_what_the_study_needs():
     assert set(full.methods) >= {"prompt", "prefix", "adapter", "lora", "mam", "full", "frozen", "bitfit", "ia3"}
     assert all(len(g.budgets) >= 4 for g in full.methods.values() if g.method in study_methods)
     assert len(full.data_sizes) >= 5 and len(full.seeds) == 3
+
+
+def test_the_medium_preset_covers_the_2x2_at_four_budgets_four_sizes_to_the_whole_pool():
+    medium = load_spec("medium")
+    assert set(medium.tasks) == {"scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"}
+    grids = {g.method: g for g in medium.methods.values() if not g.options}
+    assert all(len(grids[m].budgets) >= 4 for m in ("prompt", "prefix", "adapter", "lora", "mam"))
+    assert {"full", "frozen"} <= set(grids)
+    assert any(g.method == "lora" and g.options.get("train_head") for g in medium.methods.values())
+    assert len(medium.data_sizes) >= 4 and medium.data_sizes[-1] == "100%" and len(medium.seeds) == 3
 
 
 def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, monkeypatch):

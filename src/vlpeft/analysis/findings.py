@@ -82,7 +82,13 @@ def claim_sentence(rows: list[dict], claim: str) -> str:
     n = len(rows)
     parts = [f"{said} for {len(by['holds'])} of {n} methods" + (f" ({_names(by['holds'])})" if by["holds"] else "")]
     if by["does not hold"]:
-        parts.append(f"{opposite} for {_names(by['does not hold'])}")
+        if claim in ("data_trend", "param_trend"):  # refuted by a falling trend, or by no effect beyond ±δ
+            fell = [r for r in by["does not hold"] if r[claim].get("rho", 0) < 0 and r[claim].get("p", 1) < 0.05]
+            flat = [r for r in by["does not hold"] if r not in fell]
+            parts += ([f"{opposite} for {_names(fell)}"] if fell else []) + (
+                [f"it stayed within ±δ for {_names(flat)}"] if flat else [])
+        else:
+            parts.append(f"{opposite} for {_names(by['does not hold'])}")
     if by["inconclusive"]:
         parts.append(f"inconclusive for {_names(by['inconclusive'])}")
     if by["untestable"]:

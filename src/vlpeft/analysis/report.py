@@ -193,6 +193,25 @@ def length_text(policy: str | None, length: dict, name: bool = False) -> str:
     return f"{policy}: " + LENGTH_WORDS.get(policy, "{}").format(**values)
 
 
+LEARN_HEADROOM = 3  # headroom (in δ) above which a flagged cell reads as undertrained
+
+
+def learn_reading(check: dict) -> str:
+    """What a row of the did-it-learn table means: 'learned' (no cell flagged), 'undertrained' (flagged
+    although fine-tuning has room above the baseline) or 'baseline near the best' (the frozen model or
+    the majority answer is already within a few δ of the task's best cell)."""
+    if not check["flagged"]:
+        return "learned"
+    return "undertrained" if check["headroom"] >= LEARN_HEADROOM * check["margin"] else "baseline near the best"
+
+
+def _seconds(x) -> str:
+    """1440.3 -> '1,440 s (24 min)'."""
+    if not isinstance(x, (int, float)):
+        return "–"
+    return f"{x:,.0f} s" + (f" ({x / 60:.0f} min)" if x >= 120 else "")
+
+
 def _method_settings(spec: dict) -> list[str]:
     """'adapter: lr 0.01', 'prefix: on easyvqa-vqa steps 600': what a label sets beyond its budgets."""
     out = []
@@ -213,10 +232,11 @@ def setup_rows(s: dict) -> list[list[str]]:
     rows = [
         ["study", _fmt(s["name"])],
         ["model", _fmt(s["model"])],
-        *([["per-task checkpoints", "; ".join(f"{k}: {v}" for k, v in sorted(s["checkpoints"].items()))]]
+        *([["checkpoint weights digest", "; ".join(f"{k}: {v}" for k, v in sorted(s["checkpoints"].items()))]]
           if s["checkpoints"] else []),
-        ["pre-training", f"{pre['steps']:,} steps in {_fmt(pre.get('train_seconds'))} s, seed {_fmt(pre.get('seed'))}; "
-                         f"objectives {', '.join(pre.get('objectives') or []) or '–'}" if pre else "–"],
+        ["pre-training", f"{pre['steps']:,} steps in {_seconds(pre.get('train_seconds'))}, "
+                         f"seed {_fmt(pre.get('seed'))}; objectives {', '.join(pre.get('objectives') or []) or '–'}"
+         if pre else "–"],
         ["tasks (relation to pre-training)", "; ".join(f"{k} ({v})" for k, v in sorted(s["tasks"].items()))],
         ["methods × budgets", "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in s["grid"].items())],
         *([["per-method settings", "; ".join(method_settings)]] if (method_settings := _method_settings(s["spec"]))
@@ -331,14 +351,16 @@ def sections(ctx) -> list[dict[str, Any]]:
                         "caps."})
     checks = claims_mod.baseline_check(ctx["runs"], ctx["delta"])
     out.append({"title": "Did the runs learn? Cells no better than the baseline", "kind": "table",
-                "head": ["task", "method", "cells flagged", "headroom: task best − baseline",
+                "head": ["task", "method", "cells flagged", "headroom: task best − baseline", "reading",
                          "flagged (budget/examples: mean)"],
                 "body": [[c["task"], c["label"], f"{len(c['flagged'])} of {c['cells']}",
-                          f"{c['headroom']:.3g} (δ {c['margin']:.3g})",
+                          f"{c['headroom']:.3g} (δ {c['margin']:.3g})", learn_reading(c),
                           ", ".join(f"{_fmt(f['budget'])}/{f['size']} ({f['mean']:.3g})" for f in c["flagged"]) or "–"]
                          for c in checks],
                 "note": "Baseline: the better of the frozen model's score at that data size and the majority answer "
-                        "(VQA); a cell is flagged when its mean is below baseline + δ. Where the headroom is many δ, "
+                        "(VQA); a cell is flagged when its mean is below baseline + δ. Reading: 'undertrained' when "
+                        f"the headroom is at least {LEARN_HEADROOM:g} δ; 'baseline near the best' below that. "
+                        "Where the headroom is many δ, "
                         "flagged cells learned nothing measurable (train longer: `task_training.TASK.steps`, or one "
                         "method's `methods.LABEL.task_training`), and "
                         "the claims about that method describe undertrained runs, not the method; where it is about "

@@ -11,6 +11,7 @@ method marked), never by matching substrings of names.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,41 @@ class PeftState:
         self.trainable_names = tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
 
+_SHARED = "_vlpeft_shared_params"  # on a `shared_copy`: the ids of the parameters it shares
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` for one run that shares every parameter tensor with it: the modules and
+    buffers are copied, the weights are not (a study worker loads a checkpoint once and gives each
+    cell one of these instead of a `copy.deepcopy`). `apply_peft` on the copy then gives every
+    parameter the method trains a private clone (copy-on-train), so the original's tensors never
+    change. A shared parameter has one `requires_grad` flag for both: after `apply_peft` on a copy,
+    the original's parameters are frozen (the original is meant as the source of copies)."""
+    params = {id(p): p for p in model.parameters()}
+    out = copy.deepcopy(model, memo=dict(params))
+    setattr(out, _SHARED, frozenset(params))
+    return out
+
+
+def _unshare_trained(model: nn.Module) -> None:
+    """On a `shared_copy`: replace each shared parameter that now requires grad by a private clone
+    (one per tensor, so tied weights stay tied) and freeze the shared one again."""
+    shared = getattr(model, _SHARED, None)
+    if shared is None:
+        return
+    clones: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in shared and (p.requires_grad or id(p) in clones):
+                if id(p) not in clones:
+                    clones[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=True)
+                module._parameters[name] = clones[id(p)]
+                p.requires_grad_(False)
+
+
 def apply_peft(model: nn.Module, method: str, config=None) -> PeftState:
-    """Freeze `model`, apply `method` with `config` (a config object, a dict of overrides or None)."""
+    """Freeze `model`, apply `method` with `config` (a config object, a dict of overrides or None).
+    On a `shared_copy`, the parameters it trains become the copy's own (the original is untouched)."""
     spec = get_method(method)
     if config is None or isinstance(config, dict):
         config = make_config(method, config)
@@ -151,6 +185,7 @@ def apply_peft(model: nn.Module, method: str, config=None) -> PeftState:
             raise UserError(f"{method}: train_head needs a text decoder with an LM head")
         for p in model.lm_head.parameters():
             p.requires_grad_(True)
+    _unshare_trained(model)
     state = PeftState(method=method, config=config, backbone_names=frozenset(before), trainable_names=())
     state.refresh(model)
     model.peft_state = state

@@ -15,7 +15,7 @@ from vlpeft.recipes import defaults
 from vlpeft.validate import SEED_MAX, check_values
 
 LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -123,10 +123,11 @@ class FinetuneConfig:
         metadata={"result": False, "min": 0, "help": "stop adding to the on-disk feature cache past this size"},
     )
     precision: str = field(
-        default="fp32",
+        default="auto",
         metadata={
             "choices": PRECISIONS,
-            "help": "fp32, or bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32)",
+            "help": "fp32; bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32); "
+                    "auto = bf16 on a CUDA device that supports it, else fp32",
         },
     )
     threads: int = field(

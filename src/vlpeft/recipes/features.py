@@ -57,12 +57,24 @@ def vision_untouched(model) -> bool:
     return True
 
 
+_DIGESTS: dict[tuple, tuple[str, list]] = {}  # per process: the vision tensors' identities -> digest
+
+
 def vision_digest(model) -> str:
-    h = hashlib.sha1()
-    for name, t in sorted(model.vision.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """SHA-1 over the vision tower's state. Remembered per process for the same tensor objects at the
+    same version (an in-place change bumps a tensor's version): the cells of a study worker share one
+    loaded checkpoint's tensors (`peft.shared_copy`), so the tower is hashed once per checkpoint."""
+    tensors = sorted([*model.vision.named_parameters(), *model.vision.named_buffers()], key=lambda x: x[0])
+    key = tuple((name, id(t), t._version) for name, t in tensors)
+    if key not in _DIGESTS:  # the entry holds the tensors, so their ids are not reused while it lives
+        h = hashlib.sha1()
+        for name, t in sorted(model.vision.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        if len(_DIGESTS) >= 4:  # a few checkpoints per worker; never a growing pile of freed runs' tensors
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+        _DIGESTS[key] = (h.hexdigest(), [t for _, t in tensors])
+    return _DIGESTS[key][0]
 
 
 class DiskCache:

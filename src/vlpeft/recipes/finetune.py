@@ -112,14 +112,23 @@ def frozen_image_encoder(prep: Prepared, cfg, model):
     if not cfg.feature_cache or features.cache_limit_bytes() <= 0 or not features.vision_untouched(model):
         return None
     # The images and their preprocessing; the checkpoint is identified by its vision weights' digest.
-    source = json.dumps([prep.data.image_source, repr(prep.loaded.preprocess), cfg.precision], sort_keys=True)
+    source = json.dumps([prep.data.image_source, repr(prep.loaded.preprocess),
+                         precision_on(cfg, next(model.parameters()).device)], sort_keys=True)
     return features.image_encoder(model, prep.data, prep.loaded.preprocess, source,
                                   cache_dir=cfg.feature_cache_dir, disk_cap_mb=cfg.feature_cache_disk_mb)
 
 
+def precision_on(cfg, device) -> str:
+    """The precision a run uses on `device`: cfg.precision, with 'auto' = bf16 on a CUDA device that
+    supports it (tensor cores), fp32 elsewhere (on a CPU without AMX bf16 was slower: docs/speed.md)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def autocast(cfg, device):
-    """bf16 autocast of forward passes when cfg.precision is bf16 (a no-op context for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    """bf16 autocast of forward passes when the run's precision is bf16 (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision_on(cfg, device) == "bf16")
 
 
 def train_step(prep: Prepared, cfg, model, opt, batch, image_states=None, step: int = 0) -> float:
@@ -273,6 +282,7 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
         if train_seconds > 0 and steps_done
         else 0.0,
         peak_memory_mb=peak_memory_mb(device),
+        precision=precision_on(cfg, device),
         task_options=dataclasses.asdict(prep.options),
         scene_seed=prep.scene_seed,
         task_details=prep.data.details,

@@ -4,6 +4,8 @@ peak memory of the run (CUDA allocations, or the process's peak resident set on 
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import resource
 import subprocess
@@ -53,11 +55,18 @@ def environment(device) -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     return {"vlpeft": vlpeft.__version__, "versions": versions, "python": platform.python_version(),
-            "git_commit": commit, "host": platform.node(), "machine": platform.machine(),
-            "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "git_commit": git_commit(), "host": platform.node(), "machine": platform.machine(),
+            "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"cuda_visible_devices": gpus} if gpus is not None else {})}
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the vlpeft source tree (None outside a git checkout); asked once per process."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

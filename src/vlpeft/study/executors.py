@@ -3,8 +3,10 @@
 - `run_cell` is what runs one cell, in whatever process: fine-tune into the cell's run folder and
   return {"status": "done", "metrics": ...} or {"status": "failed", "reason": one line}. It never raises.
 - `local`: N worker processes on this machine (spawned, each with `threads` torch threads; N = 0 runs
-  cells in the driver process itself). A worker that dies (killed, out of memory) fails the cells it
-  held; the pool is rebuilt and the study goes on.
+  cells in the driver process itself). With `gpus` G > 0, worker i sees only GPU i mod G
+  (CUDA_VISIBLE_DEVICES), so the workers spread over the machine's GPUs (and share them when N > G).
+  A worker that dies (killed, out of memory) fails the cells it held; the pool is rebuilt and the
+  study goes on.
 - `ray`: each cell is a Ray task asking for `threads` CPUs (and `gpus` GPUs); results come back to the
   driver through `ray.wait`. `address=None` starts a local Ray instance; otherwise it joins a cluster
   on which vlpeft is installed on every node.
@@ -14,7 +16,6 @@ Both keep at most as many cells in flight as there are slots, so a row marked 'r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import signal
@@ -26,15 +27,23 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-_LOADED: dict[str, Any] = {}  # per process: model path -> LoadedModel (pristine; each run gets a copy)
+_LOADED: dict[str, Any] = {}  # per process: model path -> LoadedModel (pristine; each run gets a shared copy)
 
 
-def _init_worker(threads: int) -> None:
+def gpu_slots(workers: int, gpus: int) -> list[str | None]:
+    """The GPU each local worker is pinned to: worker i gets GPU i mod `gpus` (None: no pinning)."""
+    return [str(i % gpus) if gpus else None for i in range(workers)]
+
+
+def _init_worker(threads: int, slots=None) -> None:
     import signal
 
     # Ctrl-C in a terminal reaches every process of the group: the driver alone handles it (and stops
     # the workers), so a worker never prints a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gpu = slots.get() if slots is not None else None  # each new worker takes the next slot
+    if gpu is not None:  # before CUDA initialises: the worker sees that one GPU, as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -50,6 +59,7 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         import vlpeft
+        from vlpeft.peft import shared_copy
         from vlpeft.recipes.finetune import FinetuneConfig, finetune
 
         torch.set_num_threads(payload["threads"])
@@ -57,7 +67,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         if cfg.model not in _LOADED:
             _LOADED[cfg.model] = vlpeft.load_model(cfg.model)
         pristine = _LOADED[cfg.model]
-        loaded = dataclasses.replace(pristine, model=copy.deepcopy(pristine.model))
+        # the run's own modules over the checkpoint's tensors: what the method trains is cloned, the rest shared
+        loaded = dataclasses.replace(pristine, model=shared_copy(pristine.model))
         metrics = finetune(cfg, run_dir, progress=False, loaded=loaded, log=lambda *a, **k: None)
         return {**base, "status": "done", "metrics": metrics, "ended": time.time()}
     except Exception as e:  # every failure becomes a row with its reason; the study goes on
@@ -81,8 +92,10 @@ def _failed(reason: str) -> dict[str, Any]:
     return {"status": "failed", "reason": reason, "host": socket.gethostname(), "ended": time.time()}
 
 
-def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callable, on_done: Callable) -> None:
-    """Run payloads on `workers` spawned processes (0: in this process), calling back in the driver."""
+def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callable, on_done: Callable,
+              gpus: int = 0) -> None:
+    """Run payloads on `workers` spawned processes (0: in this process), calling back in the driver;
+    with `gpus` > 0 each worker is pinned to one of that many GPUs (`gpu_slots`)."""
     if workers == 0:
         _init_worker(threads)
         for p in payloads:
@@ -96,9 +109,12 @@ def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callab
     pending, inflight, pool = deque(payloads), {}, None
     try:
         while pending or inflight:
-            if pool is None:
-                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(threads,))
+            if pool is None:  # (again after a worker died: a fresh pool takes fresh slots)
+                ctx = mp.get_context("spawn")
+                slots = ctx.Queue()
+                for gpu in gpu_slots(workers, gpus):
+                    slots.put(gpu)
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, slots))
             while pending and len(inflight) < workers:
                 p = pending.popleft()
                 on_start(p["id"])

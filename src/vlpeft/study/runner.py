@@ -307,7 +307,7 @@ def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
             if ex.kind == "ray":
                 executors.run_ray(payloads, ex.threads, ex.gpus, ex.address, on_start, on_done)
             else:
-                executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done)
+                executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done, gpus=int(ex.gpus))
         finally:
             progress.close()
         grid_seconds = time.time() - grid_started

@@ -74,7 +74,9 @@ class ExecutorSpec:
     workers: int = field(default=2, metadata={"min": 0, "help": "local: worker processes (0 = run in this process)"})
     threads: int = field(default=1, metadata={"min": 1, "help": "torch threads per run (per worker / per Ray task)"})
     address: str | None = field(default=None, metadata={"help": "ray: cluster address (None = start a local instance)"})
-    gpus: float = field(default=0.0, metadata={"min": 0, "help": "ray: GPUs per run (fractions share a GPU)"})
+    gpus: float = field(default=0.0, metadata={"min": 0, "help": "ray: GPUs per run (fractions share a GPU: 0.25 = "
+                                                                 "four runs on one); local: GPUs to spread the "
+                                                                 "workers over (worker i on GPU i mod gpus)"})
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
                             "length must mean the same for every method); set it in lengths instead")
 
     executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
+    _check_gpus(executor, f"{source}: executor.gpus")
     return StudySpec(
         name=name,
         model=model,
@@ -419,7 +422,14 @@ def with_executor(spec: StudySpec, **changes) -> StudySpec:
         except UserError as e:
             rule = str(e).split(" must ", 1)[1]  # ": threads must be an integer >= 1, got 0"
             raise UserError(f"--{key} {value}: must {rule}") from None
+    _check_gpus(executor, f"--gpus {executor.gpus:g}" if "gpus" in changes else f"{spec.source}: executor.gpus")
     return dataclasses.replace(spec, executor=executor)
+
+
+def _check_gpus(executor: ExecutorSpec, where: str) -> None:
+    if executor.kind == "local" and executor.gpus != int(executor.gpus):
+        raise UserError(f"{where}: the local executor pins each worker to one whole GPU; a fraction "
+                        f"({executor.gpus:g}) shares a GPU between runs on Ray (executor kind ray)")
 
 
 def _seed(value, where: str) -> int:
