@@ -174,12 +174,16 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
     p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert _wait_for_running(out, p)
-    time.sleep(1.0)
+    deadline = time.time() + 60  # the two workers have started (the driver and the resource tracker are the others)
+    while len(_session_processes(p.pid)) < 4 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)  # and are past their start-up, training
+    assert p.poll() is None, "the study ended before the interrupts: make its cells longer"
     os.killpg(p.pid, signal.SIGINT)  # what a terminal sends to the whole group, twice
     time.sleep(0.3)
     os.killpg(p.pid, signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.strip() == "vlpeft: interrupted", err
+    out_text, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip() == "vlpeft: interrupted", (p.returncode, err, out_text)
     time.sleep(1.0)
     assert _session_processes(p.pid) == []  # no worker outlives the driver
     resumed = study(spec, out)
