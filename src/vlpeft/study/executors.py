@@ -96,8 +96,11 @@ def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callab
               gpus: int = 0) -> None:
     """Run payloads on `workers` spawned processes (0: in this process), calling back in the driver;
     with `gpus` > 0 each worker is pinned to one of that many GPUs (`gpu_slots`)."""
-    if workers == 0:
-        _init_worker(threads)
+    if workers == 0:  # in this process: set its threads, but keep its Ctrl-C (a worker's SIG_IGN would be
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by every process it starts later)
+        import torch
+
+        torch.set_num_threads(threads)
         for p in payloads:
             on_start(p["id"])
             on_done(p["id"], run_cell(p))
