@@ -44,6 +44,10 @@ def _init_worker(threads: int, slots=None) -> None:
     gpu = slots.get() if slots is not None else None  # each new worker takes the next slot
     if gpu is not None:  # before CUDA initialises: the worker sees that one GPU, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    _set_threads(threads)
+
+
+def _set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -96,11 +100,8 @@ def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callab
               gpus: int = 0) -> None:
     """Run payloads on `workers` spawned processes (0: in this process), calling back in the driver;
     with `gpus` > 0 each worker is pinned to one of that many GPUs (`gpu_slots`)."""
-    if workers == 0:  # in this process: set its threads, but keep its Ctrl-C (a worker's SIG_IGN would be
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by every process it starts later)
-        import torch
-
-        torch.set_num_threads(threads)
+    if workers == 0:  # in this process: its threads, but not a worker's SIG_IGN (every process it
+        _set_threads(threads)  # started later would inherit it, and ignore Ctrl-C)
         for p in payloads:
             on_start(p["id"])
             on_done(p["id"], run_cell(p))
