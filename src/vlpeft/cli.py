@@ -258,13 +258,54 @@ def cmd_report(args) -> int:
 
 
 def cmd_advise(args) -> int:
+    if args.max_params is not None and args.max_params <= 0:
+        raise UserError(f"--max-params {args.max_params}: must be positive")
+    if args.validate:
+        return advise_validate(args)
+    if not args.task:
+        raise UserError("advise: --task is required (a built-in name or a task file)")
+    if args.model:
+        return advise_before_grid(args)
+    if args.from_dirs:
+        raise UserError("advise: --from goes with --model (advice for a new task before its grid); "
+                        "advice from one study is `vlpeft advise DIR --task T --data-size N`")
+    if not args.dir:
+        raise UserError("advise: give a study folder (advice from its results) or --model CKPT (a new task, "
+                        "before any grid)")
+    if args.data_size is None:
+        raise UserError("advise DIR: --data-size is required (the training examples you have)")
     from vlpeft.analysis.advise import advice_text, advise
     from vlpeft.analysis.results import aggregate, load_runs
 
-    if args.max_params is not None and args.max_params <= 0:
-        raise UserError(f"--max-params {args.max_params}: must be positive")
     cells = aggregate(load_runs(args.dir))
     print(advice_text(advise(cells, args.task, args.data_size, args.max_params)))
+    return 0
+
+
+def advise_validate(args) -> int:
+    from vlpeft.analysis import predict
+
+    if not args.from_dirs:
+        raise UserError("advise --validate: give the studies to validate on with --from DIR (repeat for several)")
+    points = []
+    for folder in args.from_dirs:
+        if not (Path(folder) / "results.sqlite").is_file():
+            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
+        points += predict.study_points(folder)
+    print(predict.loo_text(points))
+    return 0
+
+
+def advise_before_grid(args) -> int:
+    from vlpeft.study import preflight
+
+    if args.dir:
+        raise UserError(f"advise --model: give earlier studies with --from, not as a folder ({args.dir})")
+    for folder in args.from_dirs or []:
+        if not (Path(folder) / "results.sqlite").is_file():
+            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
+    a = preflight.assess(args.model, args.task, threads=args.threads)
+    print(preflight.advice_text(preflight.advise_task(a, args.from_dirs or [], args.data_size, args.max_params)))
     return 0
 
 
@@ -405,12 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("advise", help="recommend a method and budget from a study's results")
-    s.add_argument("dir", help="study folder")
-    s.add_argument("--task", required=True)
-    s.add_argument("--data-size", required=True, help="training examples you have: a count (2000) or a fraction "
-                   "of the task's training pool (0.1, 10%%)")
+    s = sub.add_parser("advise", help="recommend a method and budget: from a study's results (DIR), or for a new "
+                       "task before any grid (--model)")
+    s.add_argument("dir", nargs="?", help="study folder (advice from its results)")
+    s.add_argument("--task", help="the task: a built-in name or a task file of your own data")
+    s.add_argument("--data-size", help="training examples you have: a count (2000) or a fraction of the task's "
+                   "training pool (0.1, 10%%); with --model, default: the whole pool")
     s.add_argument("--max-params", type=int, help="most trainable parameters you accept")
+    s.add_argument("--model", help="a new task, before any grid: measure its consistency with this checkpoint's "
+                   "pre-training and predict what will matter")
+    s.add_argument("--from", dest="from_dirs", action="append", metavar="DIR",
+                   help="with --model: an earlier study folder to predict from (repeat for several)")
+    s.add_argument("--threads", type=int, help="with --model: torch threads")
+    s.add_argument("--validate", action="store_true", help="with --from: leave one task out: predict each task's "
+                   "sensitivities from the other tasks and compare with what its grid measured")
     s.set_defaults(func=cmd_advise)
 
     s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")

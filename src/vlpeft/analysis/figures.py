@@ -168,19 +168,36 @@ def heatmap(cells, task, folder) -> list[str]:
 
 
 def consistency_figure(points: list[dict[str, Any]], folder) -> list[str]:
-    """points: {task, consistency (zero-shot / best), data_sensitivity, param_sensitivity, relation}."""
+    """points: {task, consistency (zero-shot / best), lm_loss, data_sensitivity, param_sensitivity,
+    relation}. The x axis is `predict.PREDICTOR` (measured before any run, what `vlpeft advise --model`
+    predicts from) when every task has it, else zero-shot / best; with three tasks or more, the
+    least-squares line and its 90 % prediction band."""
+    from vlpeft.analysis import predict
+
     plt = _plt()
+    x_key = predict.PREDICTOR if points and all(p.get(predict.PREDICTOR) is not None for p in points) \
+        else "consistency"
+    x_label = {"consistency": "consistency: zero-shot / best fine-tuned score",
+               "lm_loss": "checkpoint's loss on the task's targets (lower: more consistent)"}.get(x_key, x_key)
+    fitted = predict.fit(points, x_key)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for ax, key, title in ((axes[0], "data_sensitivity", "10x data"), (axes[1], "param_sensitivity", "10x parameters")):
-        for p in points:
-            if p.get(key) is None or p.get("consistency") is None:
-                continue
-            ax.scatter(p["consistency"], p[key], s=30, color="#1f77b4")
-            ax.annotate(f"{p['task']}\n({p['relation']})", (p["consistency"], p[key]), fontsize=7,
+        pts = predict.usable(points, x_key, key)
+        for p in pts:
+            ax.scatter(p[x_key], p[key], s=30, color="#1f77b4")
+            ax.annotate(f"{p['task']}\n({p['relation']})", (p[x_key], p[key]), fontsize=7,
                         xytext=(5, -4), textcoords="offset points")
+        line = fitted[key]["line"]
+        if line is not None and line.sigma is not None:
+            xs = np.linspace(min(p[x_key] for p in pts), max(p[x_key] for p in pts), 50)
+            band = [predict.predict({key: fitted[key]}, float(x))[key] for x in xs]
+            ax.plot(xs, [b["value"] for b in band], color="#ff7f0e", lw=1, label="least-squares fit")
+            ax.fill_between(xs, [b["lo"] for b in band], [b["hi"] for b in band], color="#ff7f0e", alpha=0.15,
+                            label="90 % prediction interval")
+            ax.legend(fontsize=7, loc="best")
         ax.axhline(0, color="grey", lw=0.5)
         ax.margins(x=0.35, y=0.2)
-        ax.set_xlabel("consistency: zero-shot / best fine-tuned score")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(f"gain per {title}\n(share of the best score)")
     fig.suptitle("tasks by consistency with pre-training vs sensitivity")
     return _save(fig, folder, "consistency")

@@ -24,6 +24,7 @@ from vlpeft.analysis import advise as advise_mod
 from vlpeft.analysis import claims as claims_mod
 from vlpeft.analysis import consistency as cons
 from vlpeft.analysis import figures, findings
+from vlpeft.analysis import predict as predict_mod
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.errors import UserError
 from vlpeft.io import write_if_changed
@@ -51,22 +52,6 @@ def verdict_cell(claim: str, d: dict) -> str:
     return f"{v}" + (f" ({d['why']})" if d.get("why") else "")
 
 
-def sensitivity(rows: list[dict], cells: list[dict]) -> dict[str, dict[str, float | None]]:
-    """Per task: mean slope (per tenfold) over methods, as a share of the task's best cell mean."""
-    best = defaultdict(float)
-    for c in cells:
-        best[c["task"]] = max(best[c["task"]], abs(c["mean"]))
-    out = {}
-    for task in sorted({r["task"] for r in rows}):
-        mine = [r for r in rows if r["task"] == task and r["method"] != "frozen"]
-        data = [r["data_trend"]["slope"] for r in mine if "slope" in r["data_trend"]]
-        par = [r["param_trend"]["slope"] for r in mine if "slope" in r["param_trend"]]
-        scale = best[task] or 1.0
-        out[task] = {"data_sensitivity": float(np.mean(data)) / scale if data else None,
-                     "param_sensitivity": float(np.mean(par)) / scale if par else None}
-    return out
-
-
 def build(
     folder: str | Path, delta: float = claims_mod.DEFAULT_DELTA, consistency: dict | None = None
 ) -> dict[str, Any]:
@@ -79,8 +64,9 @@ def build(
     if consistency is None:
         consistency = json.loads(meta.get("consistency", "{}") or "{}")
     zs = cons.zero_shot(cells)
-    sens = sensitivity(verdicts, cells)
+    sens = predict_mod.sensitivity(verdicts, cells)
     points = [{"task": t, "consistency": zs.get(t), **sens.get(t, {}),
+               predict_mod.PREDICTOR: consistency.get(t, {}).get(predict_mod.PREDICTOR),
                "relation": next((c["relation"] for c in cells if c["task"] == t), "")} for t in sorted(sens)]
     figs = figures.all_figures(cells, points, folder / "figures") if cells else {}
     tasks = sorted({c["task"] for c in cells})
@@ -276,9 +262,11 @@ CAPTIONS = {
               "the most score per parameter.",
     "heatmap": "Mean score of each method's best budget at each data size: read a row left to right for the effect "
                "of data.",
-    "consistency": "Each task by its consistency with pre-training (zero-shot over best fine-tuned score) against "
-                   "its gain per tenfold data (left) and parameters (right): the paper expects consistent tasks "
-                   "(to the right) to gain little from data.",
+    "consistency": "Each task by its consistency with pre-training (the checkpoint's loss on the task's targets, "
+                   "or zero-shot over best fine-tuned score where that loss was not measured) against its gain per "
+                   "tenfold data (left) and parameters (right), with the least-squares line and its 90 % "
+                   "prediction interval from three tasks on (what `vlpeft advise --model` predicts a new task "
+                   "from): the paper expects consistent tasks to gain little from data.",
 }
 
 

@@ -188,3 +188,58 @@ def interior_peak(x: Sequence[float], y: Sequence[float], strata: Sequence, alph
     else:
         verdict = "inconclusive"
     return Peak(float(levels[k]), interior, g_low, g_high, p_low, p_high, verdict, len(levels))
+
+
+# Student t quantiles t_{0.95, df} (a two-sided 90 % interval), df = 1..30; df > 30 uses the nearest
+# smaller tabulated df (slightly wide, never narrow), df > 120 the normal 1.645.
+_T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,
+        11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753, 16: 1.746, 17: 1.740, 18: 1.734, 19: 1.729,
+        20: 1.725, 25: 1.708, 30: 1.697, 40: 1.684, 60: 1.671, 120: 1.658}
+
+
+def t95(df: int) -> float:
+    """t_{0.95, df}: the 90 % two-sided Student quantile."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df > 120:
+        return 1.645
+    return _T95[max(k for k in _T95 if k <= df)]
+
+
+@dataclass(frozen=True)
+class Line:
+    """Least-squares line y = a + b x over n points, with what a prediction interval needs."""
+    a: float
+    b: float
+    n: int
+    sigma: float | None  # residual standard deviation (n - 2 degrees of freedom); None for n <= 2
+    x_mean: float
+    sxx: float
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> Line:
+    """OLS of y on x. One point (or all x equal): a flat line at the mean of y, b = 0."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0:
+        raise ValueError("fit_line needs at least one point")
+    xm, ym = float(x.mean()), float(y.mean())
+    sxx = float(((x - xm) ** 2).sum())
+    b = float(((x - xm) * (y - ym)).sum() / sxx) if sxx > 0 else 0.0
+    a = ym - b * xm
+    sigma = None
+    if len(x) > 2:
+        resid = y - (a + b * x)
+        sigma = float(np.sqrt((resid ** 2).sum() / (len(x) - 2)))
+    return Line(a, b, len(x), sigma, xm, sxx)
+
+
+def predict_line(line: Line, x0: float) -> tuple[float, float | None, float | None]:
+    """(prediction, lo, hi) at x0: the 90 % prediction interval for a new point,
+    y_hat +- t_{0.95, n-2} sigma sqrt(1 + 1/n + (x0 - x_mean)^2 / Sxx); no interval (None, None)
+    with two points or fewer (the line fits them exactly: nothing estimates the scatter)."""
+    y = line.a + line.b * x0
+    if line.sigma is None:
+        return y, None, None
+    lever = (x0 - line.x_mean) ** 2 / line.sxx if line.sxx > 0 else 0.0
+    half = t95(line.n - 2) * line.sigma * float(np.sqrt(1 + 1 / line.n + lever))
+    return y, y - half, y + half

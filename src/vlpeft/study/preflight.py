@@ -1,0 +1,196 @@
+"""Advice for a new task before any grid: `vlpeft advise --model CKPT --task TASK [--from DIR ...]`.
+
+1. `assess`: the task's consistency with the checkpoint's pre-training, with the code a study uses
+   (`tasks.consistency.measure`: `lm_loss`, `feature_distance`), plus a short zero-shot evaluation
+   (the frozen model on a few test examples, as a study's `frozen` cells are run).
+2. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
+   per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
+   Tian et al. the task is expected to follow, recommends a method and budget from the study task
+   nearest in consistency, and writes the smallest study that would confirm it. Without studies
+   (or with studies of another checkpoint, whose consistency figures are not comparable) the paper's
+   rule on the task's declared relation stands in, said to be a rule and not a prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from vlpeft.analysis import advise as advise_mod
+from vlpeft.analysis import predict
+from vlpeft.analysis.findings import consistency_class
+from vlpeft.errors import UserError
+
+ZERO_SHOT_EXAMPLES = 200  # test examples of the zero-shot evaluation
+MEASURE_EXAMPLES = 256  # training examples (and images) of the consistency measures, as in a study
+CONFIRM_SEEDS = (0, 1)
+RULE_BUDGETS = {"prompt": [4, 8, 16], "prefix": [2, 8, 32], "adapter": [2, 8, 32], "lora": [1, 4, 16],
+                "mam": [4, 16, 64]}  # the quick preset's budgets, for a confirming grid without a study
+
+
+def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | None = None,
+           zero_shot_examples: int = ZERO_SHOT_EXAMPLES, n: int = MEASURE_EXAMPLES) -> dict[str, Any]:
+    """Consistency measures and zero-shot score of one task on one checkpoint, timed."""
+    import torch
+
+    from vlpeft.model.checkpoint import weights_digest
+    from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.recipes.finetune import finetune
+    from vlpeft.tasks import get_task, task_paths
+    from vlpeft.tasks.consistency import measure
+
+    if threads:
+        torch.set_num_threads(threads)
+    task = get_task(task_ref)
+    paths = {**task_paths(task, {}), **(paths or {})}
+    t0 = time.time()
+    m = measure(model, [(task_ref, paths)], n=n)[task.name]
+    t1 = time.time()
+    cfg = FinetuneConfig(model=model, task=task_ref, method="frozen", val_limit=1, test_limit=zero_shot_examples,
+                         paths=paths, evals=1)
+    rec = finetune(cfg, None, progress=False, log=lambda *a, **k: None)
+    t2 = time.time()
+    return {"task": task.name, "task_ref": task_ref, "model": model, "relation": task.relation,
+            "lm_loss": m["lm_loss"], "feature_distance": m["feature_distance"], "measured_on": m["n"],
+            "zero_shot": rec["test_score"], "metric": rec["metric"],
+            "majority": (rec.get("secondary") or {}).get("majority_baseline"),
+            "zero_shot_on": rec["n_test"], "pool": rec["train_pool"] or rec["data_size"],
+            "digest": rec["base_model_digest"] or weights_digest(model), "seconds": {"measures": round(t1 - t0, 1),
+                                                         "zero_shot": round(t2 - t1, 1)}}
+
+
+def _size(data_size, pool: int) -> int:
+    from vlpeft.data.subsets import resolve_size
+
+    if data_size is None:
+        return pool
+    if isinstance(data_size, str) and data_size.strip().isdigit():
+        data_size = int(data_size)
+    return resolve_size(data_size, pool, "advise: --data-size")
+
+
+def confirm_grid(a: dict[str, Any], n: int, label: str | None, grid: dict | None, budgets: list,
+                 training: dict) -> dict[str, Any]:
+    """The smallest study that tests the expected claims on the new task: the recommended method
+    (or, without one, the five methods) at three budgets, three data sizes over a decade up to n,
+    two seeds, and the frozen model."""
+    if label and grid is not None:
+        entry = {k: v for k, v in grid.items() if v not in ((), [], {}, "", None)}
+        methods = {label: {**entry, "budgets": budgets}}
+    else:
+        methods = {m: {"budgets": b} for m, b in RULE_BUDGETS.items()}
+    methods["frozen"] = {}
+    sizes = sorted({max(8, round(n / 10)), max(8, round(n / math.sqrt(10))), n})
+    spec = {"name": f"confirm-{a['task']}", "model": a["model"], "tasks": [a["task_ref"]], "methods": methods,
+            "data_sizes": sizes, "seeds": list(CONFIRM_SEEDS)}
+    if training:
+        spec["training"] = training
+    return spec
+
+
+def _neighbours(values: list, chosen) -> list:
+    """Three budgets around `chosen` among `values` (sorted numerically where they are numbers)."""
+    vals = sorted(values, key=lambda v: (0, float(v), "") if str(v).replace(".", "", 1).isdigit() else (1, 0, str(v)))
+    i = next((k for k, v in enumerate(vals) if str(v) == str(chosen)), len(vals) // 2)
+    i = min(max(i - 1, 0), max(len(vals) - 3, 0))
+    return [int(v) if str(v).isdigit() else v for v in vals[i:i + 3]]
+
+
+def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_params: int | None = None,
+                predictor: str = predict.PREDICTOR) -> dict[str, Any]:
+    """Advice for the assessed task `a` (see `assess`) from the studies in `folders`."""
+    n = _size(data_size, a["pool"])
+    points, other = [], []
+    for folder in folders:
+        if not (Path(folder) / "results.sqlite").is_file():
+            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
+        for p in predict.study_points(folder):
+            (points if not p["checkpoints"] or a["digest"] in p["checkpoints"] else other).append(p)
+    out: dict[str, Any] = {"task": a, "data_size": n, "max_params": max_params, "predictor": predictor,
+                           "studies": folders, "excluded": sorted({p["study"] for p in other}), "points": [
+                               {k: p.get(k) for k in ("study", "task", "relation", predictor, *predict.TARGETS)}
+                               for p in points]}
+    if points:
+        fitted = predict.fit(points, predictor)
+        pred = predict.predict(fitted, a[predictor])
+        out["prediction"] = pred
+        out["expected"] = predict.expectation(pred["data_sensitivity"])
+        out["basis"] = "prediction"
+        near = predict.nearest(points, predictor, a[predictor])
+        sizes = sorted({c["n_train"] for c in near["cells"]})
+        asked = min(max(n, sizes[0]), sizes[-1])
+        rec = advise_mod.advise(near["cells"], near["task"], asked, max_params)
+        out["nearest"] = {"study": near["study"], "task": near["task"], "relation": near["relation"],
+                          predictor: near[predictor], "asked_size": asked}
+        out["recommended"], out["runner_up"] = rec["recommended"], rec["runner_up"]
+        label = rec["recommended"]["label"]
+        base_label = label.split("@")[0]
+        budgets = sorted({c["budget"] for c in near["cells"] if c["label"] == label}, key=str)
+        training = {**near["training"], **near["task_training"]}
+        out["confirm"] = confirm_grid(a, n, base_label, near["methods"].get(base_label),
+                                      _neighbours(budgets, rec["recommended"]["budget"]), training)
+    else:
+        cls = consistency_class(a["relation"])
+        out["prediction"], out["basis"] = None, "rule"
+        out["expected"] = {"consistent": "likely consistent", "inconsistent": "likely inconsistent"}.get(cls)
+        out["recommended"] = out["runner_up"] = out["nearest"] = None
+        out["confirm"] = confirm_grid(a, n, None, None, [], {})
+    return out
+
+
+def _interval(q: dict | None) -> str:
+    if q is None:
+        return "no prediction (no study task has this figure)"
+    s = f"{q['value']:+.3f}"
+    if q["lo"] is None:
+        return s + f" (no interval: {q['n']} study task(s); three or more give one)"
+    return s + f" [90% prediction interval {q['lo']:+.3f}, {q['hi']:+.3f}] from {q['n']} study tasks"
+
+
+def advice_text(out: dict[str, Any]) -> str:
+    import yaml
+
+    a, x = out["task"], out["predictor"]
+    lines = [f"task {a['task']} ({a['relation']}), checkpoint {a['model']} (weights {a['digest']}):",
+             f"  consistency with pre-training: lm_loss {a['lm_loss']:.3f}, feature_distance "
+             f"{a['feature_distance']:.3f} (on {a['measured_on']} training examples); zero-shot {a['metric']} "
+             f"{a['zero_shot']:.4g} on {a['zero_shot_on']} test examples"
+             + (f" (majority answer {a['majority']:.4g})" if a.get("majority") is not None else ""),
+             f"  measured in {a['seconds']['measures'] + a['seconds']['zero_shot']:.0f} s "
+             f"(measures {a['seconds']['measures']:.0f} s, zero-shot {a['seconds']['zero_shot']:.0f} s)"]
+    if out["excluded"]:
+        lines.append(f"  not used: {', '.join(out['excluded'])} (another checkpoint: its consistency figures "
+                     f"are not comparable with this one's)")
+    if out["basis"] == "prediction":
+        pred = out["prediction"]
+        lines += [f"  predicted from {len(out['points'])} study task(s), a least-squares line on {x} "
+                  f"({predict.PREDICTORS[x]}):",
+                  f"    gain per tenfold data, share of the best score:       {_interval(pred['data_sensitivity'])}",
+                  f"    gain per tenfold parameters, share of the best score: {_interval(pred['param_sensitivity'])}"]
+    else:
+        lines.append("  no study given (--from) for this checkpoint: the paper's rule on the task's declared relation "
+                     "stands in; it is a rule, not a prediction")
+    if out["expected"]:
+        lines.append(f"  expected: {out['expected']}: {predict.PAPER_RULE[out['expected']]}")
+    else:
+        lines.append("  expected: no expectation (the task declares no relation to pre-training); run the grid below")
+    r = out["recommended"]
+    if r:
+        near = out["nearest"]
+        lines.append(f"  recommended for {out['data_size']:,} examples: {r['label']}"
+                     + (f" {r['knob']}={r['knob_value']}" if r["knob"] else "")
+                     + f" ({r['params']:,} params), the best on validation for the most similar study task, "
+                     f"{near['study']}/{near['task']} ({x} {near[x]:.3f}) at {near['asked_size']:,} examples "
+                     f"(its test score there: {r['expected']:.4g} [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}])")
+    spec = out["confirm"]
+    cells = sum(max(1, len(m.get("budgets", []))) for m in spec["methods"].values()) * len(spec["data_sizes"]) \
+        * len(spec["seeds"])
+    lines += [f"  the smallest grid that would confirm it ({cells} runs): save as confirm.yaml, run "
+              f"`vlpeft study confirm.yaml --out runs/confirm-{a['task']}`:",
+              *("    " + s for s in yaml.safe_dump(spec, sort_keys=False).rstrip().splitlines())]
+    return "\n".join(lines)
+
+
+__all__ = ["assess", "advise_task", "advice_text"]

@@ -1,0 +1,73 @@
+"""Advice for a new task before any grid: measured on a real (tiny) checkpoint, predicted from study
+stores, with the paper's rule when no comparable study is given; the CLI end to end."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fixtures_data import write_user_task
+from fixtures_study import fake_store
+from vlpeft.model.checkpoint import weights_digest
+from vlpeft.study import preflight
+from vlpeft.study.spec import expand, parse_spec
+
+
+@pytest.fixture(scope="module")
+def assessed(tiny_checkpoint):
+    ckpt, _ = tiny_checkpoint
+    return preflight.assess(str(ckpt), "scenes-caption", zero_shot_examples=16, n=32)
+
+
+def test_assess_measures_consistency_and_zero_shot(assessed, tiny_checkpoint):
+    a = assessed
+    assert a["task"] == "scenes-caption" and a["relation"].startswith("same data, same task")
+    assert 0 < a["lm_loss"] < 20 and 0 <= a["feature_distance"] < 2 and a["measured_on"] == 32
+    assert a["metric"] == "cider_d" and a["zero_shot"] >= 0 and a["zero_shot_on"] == 16
+    assert a["pool"] == 4000 and a["digest"] == weights_digest(tiny_checkpoint[0])
+    assert set(a["seconds"]) == {"measures", "zero_shot"}
+
+
+def test_advice_predicted_from_studies_of_the_same_checkpoint(assessed, tmp_path):
+    folder = fake_store(tmp_path / "study", digest=assessed["digest"])
+    out = preflight.advise_task(assessed, [str(folder)], data_size="10%")
+    assert out["basis"] == "prediction" and out["data_size"] == 400 and out["excluded"] == []
+    data = out["prediction"]["data_sensitivity"]
+    assert data["n"] == 4 and data["lo"] < data["value"] < data["hi"]
+    assert out["expected"] in ("likely consistent", "likely inconsistent", "uncertain")
+    assert out["recommended"]["label"] == "lora" and out["nearest"]["task"] in ("cap-a", "cap-b", "vqa-a", "vqa-b")
+    spec = parse_spec(out["confirm"], "confirm")  # the confirming grid is a study spec that runs as it is
+    assert spec.tasks == ("scenes-caption",) and spec.data_sizes == (40, 126, 400)
+    assert set(spec.methods) == {"lora", "frozen"} and out["confirm"]["methods"]["lora"]["budgets"] == [1, 4, 16]
+    assert len(expand(spec)) == (3 + 1) * 3 * 2
+    text = preflight.advice_text(out)
+    assert "90% prediction interval" in text and "recommended for 400 examples: lora" in text
+    yaml.safe_load("\n".join(line[4:] for line in text.splitlines() if line.startswith("    ")))
+
+
+def test_advice_falls_back_to_the_paper_rule_for_another_checkpoint(assessed, tmp_path):
+    folder = fake_store(tmp_path / "other", digest="not-this-one")
+    out = preflight.advise_task(assessed, [str(folder)])
+    assert out["basis"] == "rule" and out["excluded"] == ["other"] and out["prediction"] is None
+    assert out["expected"] == "likely consistent"  # scenes-caption: same data, same task
+    assert out["data_size"] == 4000 and set(out["confirm"]["methods"]) == {"prompt", "prefix", "adapter", "lora",
+                                                                           "mam", "frozen"}
+    text = preflight.advice_text(out)
+    assert "it is a rule, not a prediction" in text and "another checkpoint" in text
+
+
+def test_cli_advise_before_a_grid_on_a_task_file_of_ones_own_data(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint
+    task = write_user_task(tmp_path, "jsonl", "vqa")
+    folder = fake_store(tmp_path / "study", digest=weights_digest(ckpt))
+    cmd = [sys.executable, "-m", "vlpeft.cli", "advise", "--model", str(ckpt), "--task", str(task),
+           "--from", str(folder), "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for part in ("consistency with pre-training: lm_loss", "zero-shot vqa_accuracy", "predicted from 4 study task",
+                 "gain per tenfold data", "expected: ", "recommended for", "the smallest grid that would confirm"):
+        assert part in r.stdout, (part, r.stdout)
+    bad = subprocess.run(cmd[:-4] + ["--from", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a study folder" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
