@@ -154,7 +154,7 @@ def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
-    assert len(expand(s)) == {"quick": 192, "medium": 1152, "full": 2232, "paper-blip": 660}[preset]  # as documented
+    assert len(expand(s)) == {"quick": 192, "medium": 1104, "full": 2232, "paper-blip": 660}[preset]  # as documented
 
 
 def test_quick_and_full_presets_cover_what_the_study_needs():

@@ -77,8 +77,8 @@ def confirm_grid(a: dict[str, Any], n: int, label: str | None, grid: dict | None
     (or, without one, the five methods) at three budgets, three data sizes over a decade up to n,
     two seeds, and the frozen model."""
     if label and grid is not None:
-        entry = {k: v for k, v in grid.items() if v not in ((), [], {}, "", None)}
-        methods = {label: {**entry, "budgets": budgets}}
+        entry = {k: v for k, v in grid.items() if v not in ((), [], {}, "", None) and k != "budgets"}
+        methods = {label: {**entry, **({"budgets": budgets} if budgets else {})}}  # full, bitfit: no budget
     else:
         methods = {m: {"budgets": b} for m, b in RULE_BUDGETS.items()}
     methods["frozen"] = {}
@@ -127,7 +127,8 @@ def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_param
         out["recommended"], out["runner_up"] = rec["recommended"], rec["runner_up"]
         label = rec["recommended"]["label"]
         base_label = label.split("@")[0]
-        budgets = sorted({c["budget"] for c in near["cells"] if c["label"] == label}, key=str)
+        budgets = sorted({c["budget"] for c in near["cells"] if c["label"] == label and c["budget"] is not None},
+                         key=str)
         training = {**near["training"], **near["task_training"]}
         out["confirm"] = confirm_grid(a, n, base_label, near["methods"].get(base_label),
                                       _neighbours(budgets, rec["recommended"]["budget"]), training)
