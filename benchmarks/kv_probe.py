@@ -20,6 +20,7 @@ Only ratios within one invocation mean anything.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -75,7 +76,7 @@ def probe(name: str, loaded, path: str, threads: int, s: dict) -> dict:
     dev = bench.device()
     out = {}
     for method, which in (("lora", ("k",)), ("adapter", ("k", "v"))):
-        prep, cfg, model, encode = bench.prepared(loaded, path, method, s, 0, threads, dev)
+        prep, cfg, model, encode = bench.prepared(copy.deepcopy(loaded), path, method, s, 0, threads, dev)
         batch, ids = bench.task_batch(prep, cfg, s["batch"], dev)
         states = encode(ids)
         step = bench.vlpeft_step(prep, cfg, model, batch, ids, encode)

@@ -120,10 +120,9 @@ def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_param
         out["basis"] = "prediction"
         near = predict.nearest(points, predictor, a[predictor])
         sizes = sorted({c["n_train"] for c in near["cells"]})
-        asked = min(max(n, sizes[0]), sizes[-1])
-        rec = advise_mod.advise(near["cells"], near["task"], asked, max_params)
+        rec = advise_mod.advise(near["cells"], near["task"], min(max(n, sizes[0]), sizes[-1]), max_params)
         out["nearest"] = {"study": near["study"], "task": near["task"], "relation": near["relation"],
-                          predictor: near[predictor], "asked_size": asked}
+                          predictor: near[predictor], "study_size": rec["study_size"]}
         out["recommended"], out["runner_up"] = rec["recommended"], rec["runner_up"]
         label = rec["recommended"]["label"]
         base_label = label.split("@")[0]
@@ -183,7 +182,7 @@ def advice_text(out: dict[str, Any]) -> str:
         lines.append(f"  recommended for {out['data_size']:,} examples: {r['label']}"
                      + (f" {r['knob']}={r['knob_value']}" if r["knob"] else "")
                      + f" ({r['params']:,} params), the best on validation for the most similar study task, "
-                     f"{near['study']}/{near['task']} ({x} {near[x]:.3f}) at {near['asked_size']:,} examples "
+                     f"{near['study']}/{near['task']} ({x} {near[x]:.3f}) at {near['study_size']:,} examples "
                      f"(its test score there: {r['expected']:.4g} [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}])")
     spec = out["confirm"]
     cells = sum(max(1, len(m.get("budgets", []))) for m in spec["methods"].values()) * len(spec["data_sizes"]) \
