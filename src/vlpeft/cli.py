@@ -287,23 +287,19 @@ def advise_validate(args) -> int:
 
     if not args.from_dirs:
         raise UserError("advise --validate: give the studies to validate on with --from DIR (repeat for several)")
-    points = []
-    for folder in args.from_dirs:
-        if not (Path(folder) / "results.sqlite").is_file():
-            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
-        points += predict.study_points(folder)
+    points = [p for folder in args.from_dirs for p in predict.study_points(folder)]
     print(predict.loo_text(points))
     return 0
 
 
 def advise_before_grid(args) -> int:
+    from vlpeft.analysis.predict import require_study
     from vlpeft.study import preflight
 
     if args.dir:
         raise UserError(f"advise --model: give earlier studies with --from, not as a folder ({args.dir})")
-    for folder in args.from_dirs or []:
-        if not (Path(folder) / "results.sqlite").is_file():
-            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
+    for folder in args.from_dirs or []:  # before the measurement: a wrong folder costs nothing
+        require_study(folder)
     a = preflight.assess(args.model, args.task, threads=args.threads)
     print(preflight.advice_text(preflight.advise_task(a, args.from_dirs or [], args.data_size, args.max_params)))
     return 0

@@ -39,6 +39,7 @@ from vlpeft.analysis import claims as claims_mod
 from vlpeft.analysis import consistency as cons
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.analysis.stats import fit_line, predict_line
+from vlpeft.errors import UserError
 
 PREDICTOR = "lm_loss"
 PREDICTORS = {
@@ -64,9 +65,17 @@ def sensitivity(rows: list[dict], cells: list[dict]) -> dict[str, dict[str, floa
     return out
 
 
+def require_study(folder: str | Path) -> Path:
+    """`folder` if it holds a study's store; a one-line UserError if not."""
+    folder = Path(folder)
+    if not (folder / "results.sqlite").is_file():
+        raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
+    return folder
+
+
 def study_points(folder: str | Path) -> list[dict[str, Any]]:
     """One point per task of the study in `folder` that has finished runs."""
-    folder = Path(folder)
+    folder = require_study(folder)
     meta, rows = read_store(folder)
     runs = load_runs(folder, rows)
     cells = aggregate(runs)

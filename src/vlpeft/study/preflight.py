@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from vlpeft.analysis import advise as advise_mod
 from vlpeft.analysis import predict
 from vlpeft.analysis.findings import consistency_class
-from vlpeft.errors import UserError
 
 ZERO_SHOT_EXAMPLES = 200  # test examples of the zero-shot evaluation
 MEASURE_EXAMPLES = 256  # training examples (and images) of the consistency measures, as in a study
@@ -64,11 +62,7 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
 def _size(data_size, pool: int) -> int:
     from vlpeft.data.subsets import resolve_size
 
-    if data_size is None:
-        return pool
-    if isinstance(data_size, str) and data_size.strip().isdigit():
-        data_size = int(data_size)
-    return resolve_size(data_size, pool, "advise: --data-size")
+    return pool if data_size is None else resolve_size(data_size, pool, "advise: --data-size")
 
 
 def confirm_grid(a: dict[str, Any], n: int, label: str | None, grid: dict | None, budgets: list,
@@ -104,8 +98,6 @@ def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_param
     n = _size(data_size, a["pool"])
     points, other = [], []
     for folder in folders:
-        if not (Path(folder) / "results.sqlite").is_file():
-            raise UserError(f"advise: --from {folder}: not a study folder (no results.sqlite)")
         for p in predict.study_points(folder):
             (points if not p["checkpoints"] or a["digest"] in p["checkpoints"] else other).append(p)
     out: dict[str, Any] = {"task": a, "data_size": n, "max_params": max_params, "predictor": predictor,
