@@ -133,7 +133,9 @@ def _wait_for_running(out, proc, timeout=120):
 
 def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
-    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], training={**TRAINING, "steps": 40})
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], training={**TRAINING, "steps": 400})
+    # 400 steps: the winner must still be training when it is killed (40 finished before the kill on a
+    # fast 2-core Xeon)
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)]
     a, b = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
@@ -153,7 +155,7 @@ def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny
                                         f"(process {winner.pid} on {__import__('socket').gethostname()} since "
                                         + err.split(" since ", 1)[1].strip()]
     assert "then run again to resume" in err and "Traceback" not in err
-    assert _wait_for_running(out, winner)
+    assert _wait_for_running(out, winner), "the study ended before the kill: make its cells longer"
     winner.kill()
     winner.communicate(timeout=60)
     assert (out / ".vlpeft-study.holder").exists()  # left behind by the kill
