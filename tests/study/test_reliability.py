@@ -173,8 +173,11 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
     # 400 steps: long enough that the two cells are still training when the interrupts arrive (with 60
     # an idle machine could finish the study in the second before them, and exit 0)
     out = tmp_path / "study"
+    # SIGINT as a terminal leaves it: a test runner started in the background by a non-interactive
+    # shell ignores SIGINT, and a child would inherit that (and rightly keep ignoring Ctrl-C)
     p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for_running(out, p)
     deadline = time.time() + 60  # the two workers have started (the driver and the resource tracker are the others)
     while len(_session_processes(p.pid)) < 4 and time.time() < deadline and p.poll() is None:
