@@ -202,12 +202,14 @@ def test_imagefolder_base_is_the_metadata_folder(root):
     assert records[3].values["file_name"] == "3.png"  # as written: relative to validation/
 
 
-def test_csv_keeps_text_that_is_not_a_json_list(tmp_path):
-    (tmp_path / "t.csv").write_text('image,note,tags\na.png,[not json,"[1, 2]"\nb.png,"[""a""]",[]\n')
+def test_csv_reads_lists_and_keeps_other_text(tmp_path):
+    (tmp_path / "t.csv").write_text('image,note,tags\na.png,[not json,"[1, 2]"\nb.png,"[""a""]",[]\n'
+                                    'c.png,[a] dog,"[\'red\', \'dark red\']"\n')  # the last as pandas writes lists
     values = [r.values for r in read_csv(tmp_path / "t.csv")]
     assert values == [
         {"image": "a.png", "note": "[not json", "tags": [1, 2]},
         {"image": "b.png", "note": ["a"], "tags": []},
+        {"image": "c.png", "note": "[a] dog", "tags": ["red", "dark red"]},
     ]
 
 
@@ -341,6 +343,8 @@ BAD = [  # (case, builder, text the message must contain)
     ("CSV row with a missing cell", _csv("image,caption\na.png\n"), "d.csv: line 2: 1 cells but the header"),
     ("CSV header only", _csv("image,caption\n"), "d.csv: no records"),
     ("CSV quote never closed", _csv('image,caption\na.png,b\nc.png,"open\nd.png,e\n'), "d.csv: line 3: not valid CSV"),
+    ("CSV list that is not a list", _csv('image,answers\na.png,"[""red"", ""blue""]"\nb.png,"[oops ""x""]"\n'),
+     "d.csv: line 3: column 'answers' holds '[oops \"x\"]', in brackets but not a JSON list"),
     ("CSV repeated column", _csv("image,image\na,b\n"), "d.csv: line 1: header repeats column 'image'"),
     ("imagefolder without metadata", _imagefolder({"images/a.txt": "x"}),
      "f: no imagefolder metadata; expected metadata.jsonl or metadata.csv"),

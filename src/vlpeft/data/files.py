@@ -19,6 +19,7 @@ train/training, validation/valid/val/dev, test/testing/eval/evaluation; we call 
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -110,8 +111,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
 def read_csv(path: str | os.PathLike) -> list[Record]:
     """CSV with a header row (UTF-8, a byte-order mark is fine): each row -> {column: text}.
 
-    A cell holding a JSON list (text starting with "[" that parses, e.g. ["a dog", "a brown dog"]) becomes
-    that list. Quoted cells may span lines; a row's line is the physical line it starts on."""
+    A cell holding a list becomes that list: JSON (["a dog", "a brown dog"]) or a Python list literal
+    (['a dog', 'a brown dog'], how pandas writes a list column). A cell in brackets that is neither is an
+    error, not one long answer. Quoted cells may span lines; a row's line is the physical line it starts on."""
     path = _require_file(path)
     records = []
     with _open_text(path, newline="") as f:
@@ -130,7 +132,7 @@ def read_csv(path: str | os.PathLike) -> list[Record]:
                         f"{path}: line {start_line}: {len(cells)} cells but the header (line {header_line}) "
                         f"has {len(header)} columns"
                     )
-                values = {column: _csv_cell(cell) for column, cell in zip(header, cells)}
+                values = {column: _csv_cell(cell, path, start_line, column) for column, cell in zip(header, cells)}
                 records.append(_record(path, f"line {start_line}", values))
         except csv.Error as e:  # strict: a stray quote, or one never closed, is an error, not a swallowed file
             raise UserError(f"{path}: line {end_line + 1}: not valid CSV ({e})") from e
@@ -338,16 +340,24 @@ def _csv_header(cells: list[str], path: Path, line: int) -> list[str]:
     return header
 
 
-def _csv_cell(text: str) -> Any:
-    """A cell's text, or the list it spells when it is a JSON list."""
-    if text.startswith("["):
+def _csv_cell(text: str, path: Path, line: int, column: str) -> Any:
+    """A cell's text, or the list it spells: JSON first, then a Python literal of plain values."""
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return text
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text
-        if isinstance(value, list):
-            return value
-    return text
+            value = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = None
+        if not (isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)):
+            raise UserError(
+                f"{path}: line {line}: column {column!r} holds {_short(stripped)}, in brackets but not a JSON "
+                'list such as ["a", "b"] (nor a Python list of strings)'
+            ) from None
+    return value
 
 
 def _metadata_file(folder: Path) -> Path | None:
