@@ -1,15 +1,19 @@
 """Checkpoint loading: one copy of the weights, tied heads shared, stored dtypes cast to fp32."""
 
 import dataclasses
+import json
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import vlpeft
 from vlpeft.data.images import ImagePreprocess
+from vlpeft.errors import UserError
 from vlpeft.model.blip import Blip
 from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
+from vlpeft.model.hf import read_hf_weights
 from vlpeft.model.tokenizer import train_wordpiece
 
 
@@ -40,3 +44,71 @@ def test_half_precision_weights_load_as_fp32(tmp_path):
     got = vlpeft.load_model(tmp_path).model
     assert {p.dtype for p in got.parameters()} == {torch.float32}
     torch.testing.assert_close(got.vision.patch_embed[0].weight, ref.vision.patch_embed[0].weight.half().float())
+
+
+def _write_weights(folder, name, state, sharded=False):
+    """Write `state` as a transformers checkpoint folder holds it: `name` (model.safetensors or
+    pytorch_model.bin) as one file, or as two shards and the index naming each tensor's shard."""
+    folder.mkdir()
+    def write(tensors, path):
+        save_file(tensors, str(path)) if path.suffix == ".safetensors" else torch.save(tensors, path)
+    if not sharded:
+        return write(state, folder / name)
+    stem, ext = name.split(".")
+    keys = sorted(state)
+    shards = {f"{stem}-0000{i + 1}-of-00002.{ext}": {k: state[k] for k in part}
+              for i, part in enumerate([keys[:2], keys[2:]])}
+    for file, shard in shards.items():
+        write(shard, folder / file)
+    index = {"metadata": {}, "weight_map": {k: file for file, shard in shards.items() for k in shard}}
+    (folder / f"{name}.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_transformers_weights_are_read_in_every_layout(tmp_path, name, sharded):
+    state = {f"t{i}": torch.randn(3, i + 1) for i in range(4)}
+    _write_weights(tmp_path / "ckpt", name, state, sharded)
+    got = read_hf_weights(tmp_path / "ckpt")
+    assert sorted(got) == sorted(state) and all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_missing_or_unreadable_transformers_weights_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: no model.safetensors or pytorch_model.bin \(nor a sharded"):
+        read_hf_weights(tmp_path / "empty")
+    _write_weights(tmp_path / "torn", "pytorch_model.bin", {f"t{i}": torch.zeros(1) for i in range(4)}, sharded=True)
+    (tmp_path / "torn" / "pytorch_model-00002-of-00002.bin").unlink()  # a shard the index names is missing
+    with pytest.raises(UserError, match=r"torn: cannot read checkpoint weights \(FileNotFoundError"):
+        read_hf_weights(tmp_path / "torn")
+
+
+def test_a_hub_repo_with_pytorch_weights_only_is_downloaded_with_them(tmp_path, monkeypatch):
+    """`load_model("owner/name")` asks the hub for JSON, text and safetensors files; a repo without
+    safetensors (older uploads) is asked again for its pytorch_model*.bin. The hub is a local folder here."""
+    import fnmatch
+
+    import huggingface_hub
+
+    from vlpeft.model.checkpoint import _download
+
+    repo = tmp_path / "repo"
+    _write_weights(repo, "pytorch_model.bin", {"t0": torch.ones(2)})
+    (repo / "config.json").write_text("{}")
+    (repo / "tf_model.h5").write_bytes(b"never fetched")
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked.append(sorted(allow_patterns))
+        local = tmp_path / "cache" / repo_id.replace("/", "--")
+        local.mkdir(parents=True, exist_ok=True)
+        for f in repo.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                (local / f.name).write_bytes(f.read_bytes())
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    folder = _download("someone/old-blip")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
+    assert asked == [["*.json", "*.safetensors", "*.txt"], ["*.json", "*.txt", "pytorch_model*.bin"]]
+    assert torch.equal(read_hf_weights(folder)["t0"], torch.ones(2))

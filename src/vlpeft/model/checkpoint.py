@@ -178,7 +178,10 @@ def _download(hub_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        folder = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        if not any(folder.glob("*.safetensors")):  # an older repo: PyTorch weights only
+            folder = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.txt", "pytorch_model*.bin"]))
+        return folder
     except Exception as e:
         raise UserError(f"{hub_id}: not a local folder, and the hub download failed ({e.__class__.__name__})") from e
 

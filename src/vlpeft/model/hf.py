@@ -230,22 +230,23 @@ def convert_state_dict(hf_sd: dict[str, torch.Tensor], cfg: BlipConfig) -> dict[
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a transformers checkpoint folder (safetensors, sharded safetensors, or .bin)."""
+    """All tensors of a transformers checkpoint folder: safetensors, else PyTorch .bin; one file or
+    shards listed in an index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`)."""
     from safetensors.torch import load_file
 
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    def read_bin(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
     try:
-        if single.is_file():
-            return load_file(single)
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            sd: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                sd.update(load_file(folder / shard))
-            return sd
-        binary = folder / "pytorch_model.bin"
-        if binary.is_file():
-            return torch.load(binary, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or truncated weight files
+        for name, read in (("model.safetensors", load_file), ("pytorch_model.bin", read_bin)):
+            single, index = folder / name, folder / f"{name}.index.json"
+            if single.is_file():
+                return read(single)
+            if index.is_file():
+                sd: dict[str, torch.Tensor] = {}
+                for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                    sd.update(read(folder / shard))
+                return sd
+    except Exception as e:  # corrupt or truncated weight files, a shard missing
         raise UserError(f"{folder}: cannot read checkpoint weights ({e.__class__.__name__}: {str(e)[:200]})") from e
-    raise UserError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of either)")
