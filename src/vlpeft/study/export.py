@@ -1,4 +1,4 @@
-"""Exports of the store for readers: results.csv (+ results.parquet with pandas and pyarrow).
+"""Exports of the store for readers: results.csv and results.parquet (with pandas and pyarrow).
 
 Every file is written atomically and only when its content changed, so a rerun of a finished study
 leaves the folder exactly as it was. (The report is vlpeft.analysis.report's.)
@@ -43,6 +43,19 @@ def table_rows(con) -> list[dict[str, Any]]:
     return rows
 
 
+def one_type(values):
+    """A pandas column whose values mix kinds (a study's data sizes [100, "50%"]; bools beside numbers)
+    as text, for Parquet's one type per column; missing values stay missing. Other columns unchanged."""
+    import pandas as pd
+
+    if values.dtype != object:
+        return values
+    kinds = {type(v) for v in values[values.notna()]}
+    if len(kinds) <= 1 or kinds <= {int, float}:
+        return values
+    return values.map(lambda v: v if pd.isna(v) else str(v))
+
+
 def export_all(con, out: Path) -> None:
     rows = table_rows(con)
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -57,6 +70,8 @@ def export_all(con, out: Path) -> None:
             import pandas as pd  # optional: with pandas and pyarrow installed, Parquet too
 
             frame = pd.DataFrame(rows, columns=columns)
+            for column in frame.columns:
+                frame[column] = one_type(frame[column])
             with atomic_path(parquet) as tmp:
                 frame.to_parquet(tmp, index=False)
         except ImportError:
