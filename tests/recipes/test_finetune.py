@@ -1,6 +1,7 @@
 """One honest fine-tuning run on the tiny checkpoint: files, records, reproducibility, bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -142,7 +143,8 @@ def official_task_file(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt,kind", USER_CASES, ids=[f"{f}-{k}" for f, k in USER_CASES])
-def test_a_task_file_in_each_format_fine_tunes_and_scores_end_to_end(fmt, kind, tiny_checkpoint, tmp_path):
+def test_a_task_file_in_each_format_fine_tunes_and_scores_end_to_end(fmt, kind, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
     ckpt, _ = tiny_checkpoint
     task_file = write_user_task(tmp_path, fmt, kind) if fmt in USER_FORMATS else official_task_file(tmp_path, fmt)
     m = run(ckpt, tmp_path / "run", task=str(task_file), steps=2, evals=1, batch_size=4)
@@ -153,6 +155,16 @@ def test_a_task_file_in_each_format_fine_tunes_and_scores_end_to_end(fmt, kind, 
         assert "majority_baseline" in m["secondary"] and m["task_options"]["inference"] == "rank"
     assert (tmp_path / "run" / "peft_model.safetensors").is_file()
     assert evaluate_run(str(ckpt), tmp_path / "run", str(task_file))["test_score"] == m["test_score"]
+    if fmt == "vqav2":  # the run's task named as a user would: the file from its folder, or the task's name
+        monkeypatch.chdir(task_file.parent)
+        for ref in (task_file.name, m["task"]):
+            assert evaluate_run(str(ckpt), tmp_path / "run", ref)["test_score"] == m["test_score"]
+        moved = tmp_path.with_name(tmp_path.name + "-moved")  # data, task file and run moved: scored there
+        shutil.copytree(tmp_path, moved)
+        assert evaluate_run(str(ckpt), moved / "run", str(moved / "t.yaml"))["test_score"] == m["test_score"]
+        (moved / "other.yaml").write_text(task_file.read_text().replace("mine-vqav2", "other-vqa"))
+        with pytest.raises(UserError, match=r"this run was trained on 'mine-vqav2', not 'other-vqa' \(.*other.yaml\)"):
+            evaluate_run(str(ckpt), moved / "run", str(moved / "other.yaml"))
 
 
 def test_coco_caption_takes_its_files_from_the_command_line(tiny_checkpoint, tmp_path):

@@ -294,22 +294,28 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
 
 def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
                  allow_other_base: bool = False) -> dict[str, Any]:
-    """Re-score the saved PEFT weights of a run on its test split, with the run's own settings. The
-    base checkpoint must be the one the run adapted (same weights digest) unless `allow_other_base`."""
+    """Re-score the saved PEFT weights of a run on its test split, with the run's own settings: on its
+    recorded task, or on `task` when given (the task's name, or its task file moved or named by another
+    path, which must declare the run's task name). The base checkpoint must be the one the run adapted
+    (same weights digest) unless `allow_other_base`."""
     from vlpeft.io import read_json
     from vlpeft.model.checkpoint import weights_digest
 
     run_dir = Path(run_dir)
     record = RunRecord.from_dict(read_json(run_dir / "metrics.json", "run metrics"), str(run_dir / "metrics.json"))
     saved = record.config
-    if task is not None and task not in (record.task, record.task_ref):
-        raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {task!r}")
+    # another reference to the run's task (its task file moved, or named by another path) replaces the recorded one
+    if task in (record.task, record.task_ref):
+        task = None
+    if task is not None and get_task(task).name != record.task:
+        raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {get_task(task).name!r} ({task})")
     trained_on, given = record.base_model_digest, weights_digest(model_path)
     if trained_on is not None and trained_on != given and not allow_other_base:
         raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (weights {trained_on}), not {model_path} "
                         f"(weights {given}); give that checkpoint, or --allow-other-base to score this one anyway")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path})
+    cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path,
+                            **({"task": task} if task is not None else {})})
     prep = prepare(cfg)
     device = _device(cfg.device)
     model = prep.loaded.model.to(device)
