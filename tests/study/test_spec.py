@@ -249,3 +249,20 @@ def test_global_paths_go_to_the_tasks_that_know_them_and_task_paths_win(tmp_path
     assert {c.id.split(".")[0] for c in expand(s)} == {"coco-caption", "vqav2", "mine"}
     with pytest.raises(UserError, match="task_paths.mine: a task file names its own data"):
         parse_spec({**d, "task_paths": {"mine": {"image_root": "x"}}}, str(tmp_path / "s.yaml"))
+
+
+def test_two_task_files_declaring_one_name_are_refused_naming_both(tmp_path):
+    from fixtures_data import write_user_task
+
+    task_file = write_user_task(tmp_path, "jsonl", "caption", name="mine")
+    copy_file = tmp_path / "copy.yaml"
+    copy_file.write_text(task_file.read_text().replace("path: ", f"path: {task_file.parent.name}/", 1))
+    (tmp_path / "s.yaml").write_text("")
+    d = {**copy.deepcopy(GOOD), "tasks": ["jsonl-caption/task.yaml", "copy.yaml"]}
+    with pytest.raises(UserError) as e:
+        parse_spec(d, str(tmp_path / "s.yaml"))
+    assert str(e.value) == (f"{tmp_path / 's.yaml'}: tasks: {task_file.resolve()} and {copy_file.resolve()} both "
+                            "declare the task name 'mine'; cells are named by it, so give each task file its own name")
+    same = {**d, "tasks": ["jsonl-caption/task.yaml", "./jsonl-caption/task.yaml"]}  # one file, twice
+    with pytest.raises(UserError, match="tasks lists the task 'mine' twice"):
+        parse_spec(same, str(tmp_path / "s.yaml"))

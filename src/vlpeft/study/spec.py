@@ -358,6 +358,9 @@ def _tasks(raw, source: str) -> tuple[list[str], dict[str, str]]:
             task = get_task(str(path.resolve()))
         except UserError as e:
             raise UserError(f"{source}: tasks: {e}") from None
+        if task.name in files and files[task.name] != str(path.resolve()):
+            raise UserError(f"{source}: tasks: {files[task.name]} and {path.resolve()} both declare the task name "
+                            f"{task.name!r}; cells are named by it, so give each task file its own name")
         names.append(task.name)
         files[task.name] = str(path.resolve())
     if len(set(names)) != len(names):
