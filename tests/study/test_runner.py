@@ -124,6 +124,34 @@ def test_a_folder_holding_another_study_or_other_files_is_refused_untouched(tiny
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
 
+def test_a_task_file_whose_data_changed_is_another_study(tiny_checkpoint, tmp_path):
+    from fixtures_data import write_user_task
+    from vlpeft.study import store
+    from vlpeft.study.spec import fingerprint
+
+    ckpt, _ = tiny_checkpoint
+    task_file = write_user_task(tmp_path, "jsonl", "vqa", name="mine")
+    spec = write_spec(tmp_path, ckpt, tasks=[str(task_file)], methods={"frozen": {}}, data_sizes=[8])
+    out = tmp_path / "study"
+    run_study(load_spec(str(spec)), out, quiet=True)
+    assert run_study(load_spec(str(spec)), out, quiet=True)["ran"] == 0
+    data = task_file.parent / "data.jsonl"
+    original = data.read_text()
+    data.write_text(original.replace('"answers": ["', '"answers": ["no", "', 1))  # one more answer, same layout
+    before = digests(out)
+    with pytest.raises(UserError, match=r"holds a different study \(its task_data differ"):
+        run_study(load_spec(str(spec)), out, quiet=True)
+    assert digests(out) == before
+    data.write_text(original)
+    # a folder made before task data were compared (no task_data in its identity) still resumes
+    con = store.connect(out / "results.sqlite")
+    ident = json.loads(store.read_meta(out / "results.sqlite")["identity"])
+    del ident["task_data"]
+    store.set_meta(con, {"identity": json.dumps(ident, sort_keys=True), "fingerprint": fingerprint(ident)})
+    con.close()
+    assert run_study(load_spec(str(spec)), out, quiet=True)["ran"] == 0
+
+
 def test_unreachable_budget_and_oversized_data_fail_before_anything_is_written(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     bad = write_spec(tmp_path, ckpt, methods={"lora": {"budgets": ["params=50"]}})

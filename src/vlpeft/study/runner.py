@@ -32,6 +32,9 @@ NOT_RESULT_FIELDS = fields_where(result=False)
 
 def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
     """What every cell of the study shares; a folder whose store has another value is another study."""
+    from vlpeft.tasks import get_task
+    from vlpeft.tasks.files import data_digest
+
     models = sorted({spec.model, *spec.task_models.values()})
     results = lambda fields: {k: v for k, v in fields.items() if k not in NOT_RESULT_FIELDS}  # noqa: E731
     return {
@@ -44,6 +47,8 @@ def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
         # only when given, so folders of studies written before these existed still match
         **({"task_paths": spec.task_paths} if spec.task_paths else {}),
         **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
+        **({"task_data": {t: data_digest(get_task(f)) for t, f in sorted(spec.task_files.items())}}
+           if spec.task_files else {}),
         # only when given, so folders of studies written before task_training still match
         **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {}),
         **({"lengths": spec.lengths} if spec.lengths else {}),
@@ -161,7 +166,9 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
         )
         return con
     found = store.read_meta(path)  # read-only look first: a foreign store must stay untouched
-    if found.get("fingerprint") != fingerprint(ident):
+    # a folder made before the data of task files was compared has no task_data
+    older = {k: v for k, v in ident.items() if k != "task_data"}
+    if found.get("fingerprint") not in (fingerprint(ident), fingerprint(older)):
         theirs = json.loads(found.get("identity", "{}") or "{}")
         diff = [
             k

@@ -119,6 +119,28 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
     return task
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")  # what a task's records are stored in
+
+
+def data_digest(task: TaskDef) -> str:
+    """SHA-1 over the files holding a task file's records: `path` itself, or every .jsonl / .json / .csv
+    / .parquet / .arrow file under it (and `files`), by relative name and content. Images are not read:
+    the records name them. A study compares it on resume, so edited data is not mixed with old runs."""
+    s = task.settings
+    root = Path(s["path"])
+    found = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    found += [Path(f) for _, f in sorted(s["files"].items()) if Path(f).is_file()]
+    h = hashlib.sha1()
+    for p in found:
+        h.update(f"{p.relative_to(root) if p.is_relative_to(root) and p != root else p.name}\0".encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _field_map(tf: TaskFile, where: str) -> dict[str, str]:
     known = ROW_FIELDS + get_kind(tf.kind).fields
     out = {name: name for name in known}
