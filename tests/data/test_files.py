@@ -204,12 +204,14 @@ def test_imagefolder_base_is_the_metadata_folder(root):
 
 def test_csv_reads_lists_and_keeps_other_text(tmp_path):
     (tmp_path / "t.csv").write_text('image,note,tags\na.png,[not json,"[1, 2]"\nb.png,"[""a""]",[]\n'
-                                    'c.png,[a] dog,"[\'red\', \'dark red\']"\n')  # the last as pandas writes lists
+                                    'c.png,[a] dog,"[\'red\', \'dark red\']"\n'  # as pandas writes lists
+                                    'd.png,"[{\'answer\': \'red\'}]",[]\n')
     values = [r.values for r in read_csv(tmp_path / "t.csv")]
     assert values == [
         {"image": "a.png", "note": "[not json", "tags": [1, 2]},
         {"image": "b.png", "note": ["a"], "tags": []},
         {"image": "c.png", "note": "[a] dog", "tags": ["red", "dark red"]},
+        {"image": "d.png", "note": [{"answer": "red"}], "tags": []},
     ]
 
 

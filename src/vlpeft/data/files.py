@@ -352,10 +352,10 @@ def _csv_cell(text: str, path: Path, line: int, column: str) -> Any:
             value = ast.literal_eval(stripped)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             value = None
-        if not (isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)):
+        if not (isinstance(value, list) and all(isinstance(v, (str, int, float, dict)) for v in value)):
             raise UserError(
                 f"{path}: line {line}: column {column!r} holds {_short(stripped)}, in brackets but not a JSON "
-                'list such as ["a", "b"] (nor a Python list of strings)'
+                'list such as ["a", "b"] (nor a Python list of values)'
             ) from None
     return value
 
