@@ -221,6 +221,7 @@ def test_csv_reads_lists_and_keeps_other_text(tmp_path):
         ("img/a.png", None, ImageRef("/data/set/img/a.png", None, "img/a.png")),
         ("img/../b.png", None, ImageRef("/data/set/b.png", None, "img/../b.png")),
         ("img/a.png", "/images", ImageRef("/images/img/a.png", None, "img/a.png")),
+        ("file:///abs/my%20a.png", None, ImageRef("/abs/my a.png", None, "/abs/my a.png")),
         ("/abs/a.png", "/images", ImageRef("/abs/a.png", None, "/abs/a.png")),
         ({"bytes": None, "path": "c.png"}, None, ImageRef("/data/set/c.png", None, "c.png")),
         ({"bytes": b"\x89PNG", "path": "c.png"}, None, ImageRef("", b"\x89PNG", "c.png")),
@@ -236,6 +237,14 @@ def test_resolve_image_without_an_image(value):
     with pytest.raises(UserError) as err:
         resolve_image(value, "/data", "d.jsonl: line 7")
     assert str(err.value) == f"d.jsonl: line 7: no image (field value {value!r})"
+
+
+@pytest.mark.parametrize("url", ["http://example.com/a.jpg", "https://x.org/b.png", "s3://bucket/c.jpg",
+                                 "gs://bucket/d.png"])
+def test_an_image_url_is_refused_saying_images_are_read_offline(url):
+    with pytest.raises(UserError) as err:
+        resolve_image(url, "/data", "d.jsonl: line 7")
+    assert str(err.value).startswith(f"d.jsonl: line 7: image {url!r} is a URL; images are read offline")
 
 
 @pytest.mark.parametrize(

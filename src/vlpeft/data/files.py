@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -270,6 +271,11 @@ def resolve_image(
         written = value.get("path")
     if not isinstance(written, str) or not written:
         raise UserError(f"{where}: no image (field value {_short(value)})")
+    if written.startswith("file://"):
+        written = urllib.parse.unquote(urllib.parse.urlparse(written).path)
+    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", written):
+        raise UserError(f"{where}: image {_short(written)} is a URL; images are read offline: download them and "
+                        "name the local files (or embed them in a Parquet or datasets file)")
     start = image_root if image_root is not None else base
     return ImageRef(path=os.path.abspath(os.path.join(start, written)), data=None, name=written)
 
