@@ -169,7 +169,8 @@ def cmd_finetune(args) -> int:
         m = finetune(cfg, out, progress=not args.quiet)
     except Diverged as e:
         raise UserError(f"training diverged: {e}") from e
-    print(f"{m['task']} {m['method']} {m['knob']}={m['knob_value']} data={m['data_size']} seed={m['seed']}: "
+    knob = f" {m['knob']}={m['knob_value']}" if m["knob"] is not None else ""  # full, frozen, bitfit, ia3: none
+    print(f"{m['task']} {m['method']}{knob} data={m['data_size']} seed={m['seed']}: "
           f"test {m['metric']} {m['test_score']:.4g} (best val {m['best_val_score']:.4g}), "
           f"{m['trainable_params']:,} trainable params, {m['train_seconds']:.0f} s -> {out}")
     return 0
