@@ -205,13 +205,13 @@ def test_imagefolder_base_is_the_metadata_folder(root):
 def test_csv_reads_lists_and_keeps_other_text(tmp_path):
     (tmp_path / "t.csv").write_text('image,note,tags\na.png,[not json,"[1, 2]"\nb.png,"[""a""]",[]\n'
                                     'c.png,[a] dog,"[\'red\', \'dark red\']"\n'  # as pandas writes lists
-                                    'd.png,"[{\'answer\': \'red\'}]",[]\n')
+                                    'd.png,"[{\'answer\': \'red\'}]",[music playing]\n')
     values = [r.values for r in read_csv(tmp_path / "t.csv")]
     assert values == [
         {"image": "a.png", "note": "[not json", "tags": [1, 2]},
         {"image": "b.png", "note": ["a"], "tags": []},
         {"image": "c.png", "note": "[a] dog", "tags": ["red", "dark red"]},
-        {"image": "d.png", "note": [{"answer": "red"}], "tags": []},
+        {"image": "d.png", "note": [{"answer": "red"}], "tags": "[music playing]"},
     ]
 
 
@@ -356,6 +356,8 @@ BAD = [  # (case, builder, text the message must contain)
     ("CSV quote never closed", _csv('image,caption\na.png,b\nc.png,"open\nd.png,e\n'), "d.csv: line 3: not valid CSV"),
     ("CSV list that is not a list", _csv('image,answers\na.png,"[""red"", ""blue""]"\nb.png,"[oops ""x""]"\n'),
      "d.csv: line 3: column 'answers' holds '[oops \"x\"]', in brackets but not a JSON list"),
+    ("CSV list without quotes", _csv('image,answers\na.png,"[red, blue]"\n'),
+     "d.csv: line 2: column 'answers' holds '[red, blue]', in brackets but not a JSON list"),
     ("CSV repeated column", _csv("image,image\na,b\n"), "d.csv: line 1: header repeats column 'image'"),
     ("imagefolder without metadata", _imagefolder({"images/a.txt": "x"}),
      "f: no imagefolder metadata; expected metadata.jsonl or metadata.csv"),

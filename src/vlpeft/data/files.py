@@ -113,8 +113,9 @@ def read_csv(path: str | os.PathLike) -> list[Record]:
     """CSV with a header row (UTF-8, a byte-order mark is fine): each row -> {column: text}.
 
     A cell holding a list becomes that list: JSON (["a dog", "a brown dog"]) or a Python list literal
-    (['a dog', 'a brown dog'], how pandas writes a list column). A cell in brackets that is neither is an
-    error, not one long answer. Quoted cells may span lines; a row's line is the physical line it starts on."""
+    (['a dog', 'a brown dog'], how pandas writes a list column). A cell in brackets holding quotes or
+    commas that is neither is an error, not one long answer; other bracketed text stays text. Quoted
+    cells may span lines; a row's line is the physical line it starts on."""
     path = _require_file(path)
     records = []
     with _open_text(path, newline="") as f:
@@ -347,7 +348,8 @@ def _csv_header(cells: list[str], path: Path, line: int) -> list[str]:
 
 
 def _csv_cell(text: str, path: Path, line: int, column: str) -> Any:
-    """A cell's text, or the list it spells: JSON first, then a Python literal of plain values."""
+    """A cell's text, or the list it spells: JSON first, then a Python literal of plain values. A
+    bracketed cell with quotes or commas that is neither is a broken list: an error."""
     stripped = text.strip()
     if not (stripped.startswith("[") and stripped.endswith("]")):
         return text
@@ -359,6 +361,8 @@ def _csv_cell(text: str, path: Path, line: int, column: str) -> Any:
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             value = None
         if not (isinstance(value, list) and all(isinstance(v, (str, int, float, dict)) for v in value)):
+            if not any(c in stripped for c in "\"',"):  # "[music playing]": text in brackets, not a list
+                return text
             raise UserError(
                 f"{path}: line {line}: column {column!r} holds {_short(stripped)}, in brackets but not a JSON "
                 'list such as ["a", "b"] (nor a Python list of values)'
