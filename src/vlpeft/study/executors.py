@@ -16,6 +16,7 @@ Both keep at most as many cells in flight as there are slots, so a row marked 'r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -161,24 +162,47 @@ def _stop_workers(pool) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None, on_start: Callable,
-            on_done: Callable) -> None:
-    """Run payloads as Ray tasks (a local instance when address is None)."""
+def connect_ray(address: str | None) -> bool:
+    """Connect this process to Ray (a new local instance when address is None), unless it already is.
+    True when this call connected it (the caller then shuts it down)."""
     try:
         import ray
     except ImportError:
         from vlpeft.errors import UserError
 
         raise UserError("executor ray: Ray is not installed (pip install 'ray==2.60.0')") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **({} if address else {"num_cpus": os.cpu_count()}))
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            from vlpeft.errors import UserError
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        from vlpeft.errors import UserError
 
-            raise UserError(f"executor ray: cannot reach Ray at {address or 'a new local instance'} ({e})") from e
+        raise UserError(f"executor ray: cannot reach Ray at {address or 'a new local instance'} ({e})") from e
+    return True
+
+
+@contextlib.contextmanager
+def session(kind: str, address: str | None):
+    """The executor reached for the with block: Ray connected (and shut down after, if connected here)
+    before a study writes its store, so an unreachable cluster leaves no file; nothing for `local`."""
+    started = connect_ray(address) if kind == "ray" else False
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None, on_start: Callable,
+            on_done: Callable) -> None:
+    """Run payloads as Ray tasks (a local instance when address is None)."""
+    import ray
+
+    started_here = connect_ray(address)
     try:
         remote = ray.remote(run_cell).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
         cpus = ray.cluster_resources().get("CPU", 1)

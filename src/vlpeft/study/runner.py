@@ -262,9 +262,16 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
 
 
 def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
-    from vlpeft.study import executors, export
+    from vlpeft.study import executors
 
     ensure_model(spec, log=log)
+    with executors.session(spec.executor.kind, spec.executor.address):  # Ray reached before the store is written
+        return _run_grid(spec, out, cells, t0, quiet, log)
+
+
+def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
+    from vlpeft.study import executors, export
+
     ident = study_fingerprint(spec)
     con = open_store(out, spec, ident)
     try:
