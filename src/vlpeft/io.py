@@ -47,6 +47,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def hash_file(h, path: str | os.PathLike) -> None:
+    """Feed a file's bytes into the hashlib object `h`, 4 MB at a time (weights and datasets are large)."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -215,7 +215,7 @@ def test_killed_worker_fails_its_cell_the_study_goes_on_and_a_rerun_completes(ti
 
 
 def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkpoint, tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     ckpt, _ = tiny_checkpoint
     spec = write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1]}, "frozen": {}},
                       data_sizes=[16], seeds=[0, 1])
@@ -225,7 +225,6 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkp
     assert summary["done"] == local["done"] == 4
     assert scores(tmp_path / "ray") == scores(tmp_path / "local")
     assert len(rows(tmp_path / "ray")) == 4
-    ray = pytest.importorskip("ray")
     assert not ray.is_initialized()  # the local instance the study started is shut down
 
 

@@ -18,7 +18,7 @@ import torch
 
 from vlpeft.data.images import ImagePreprocess
 from vlpeft.errors import UserError
-from vlpeft.io import atomic_path, read_json, write_json
+from vlpeft.io import atomic_path, hash_file, read_json, write_json
 from vlpeft.model.blip import Blip
 from vlpeft.model.config import BlipConfig
 from vlpeft.model.tokenizer import TextTokenizer, load_tokenizer, save_tokenizer
@@ -203,9 +203,7 @@ def weights_digest(path_or_hub_id: str | Path) -> str:
     if key not in _DIGESTS:
         h = hashlib.sha256()
         for f in files:
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
+            hash_file(h, f)
         _DIGESTS[key] = h.hexdigest()[:16]
     return _DIGESTS[key]
 

@@ -307,8 +307,8 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     # another reference to the run's task (its task file moved, or named by another path) replaces the recorded one
     if task in (record.task, record.task_ref):
         task = None
-    if task is not None and get_task(task).name != record.task:
-        raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {get_task(task).name!r} ({task})")
+    if task is not None and (named := get_task(task).name) != record.task:
+        raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {named!r} ({task})")
     trained_on, given = record.base_model_digest, weights_digest(model_path)
     if trained_on is not None and trained_on != given and not allow_other_base:
         raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (weights {trained_on}), not {model_path} "

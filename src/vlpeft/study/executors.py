@@ -200,9 +200,9 @@ def session(kind: str, address: str | None):
 def run_ray(payloads: list[dict], threads: int, gpus: float, address: str | None, on_start: Callable,
             on_done: Callable) -> None:
     """Run payloads as Ray tasks (a local instance when address is None)."""
+    started_here = connect_ray(address)  # first: without Ray installed, its one-line error
     import ray
 
-    started_here = connect_ray(address)
     try:
         remote = ray.remote(run_cell).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
         cpus = ray.cluster_resources().get("CPU", 1)

@@ -40,7 +40,7 @@ from typing import Any
 from vlpeft.data import files as readers
 from vlpeft.data.images import ImageCache
 from vlpeft.errors import UserError, did_you_mean
-from vlpeft.io import expand_path
+from vlpeft.io import expand_path, hash_file
 from vlpeft.tasks.base import SPLIT_NAMES, LoadContext, TaskData, TaskDef, get_kind
 from vlpeft.tasks.rows import Rows
 from vlpeft.tasks.splits import carve, check_fraction, image_ids, sources_digest, split_sizes
@@ -131,13 +131,11 @@ def data_digest(task: TaskDef) -> str:
     found = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    found += [Path(f) for _, f in sorted(s["files"].items()) if Path(f).is_file()]
+    found += [Path(f) for _, f in sorted(s["files"].items()) if Path(f).is_file() and Path(f) not in found]
     h = hashlib.sha1()
     for p in found:
-        h.update(f"{p.relative_to(root) if p.is_relative_to(root) and p != root else p.name}\0".encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{p.name if p == root or not p.is_relative_to(root) else p.relative_to(root)}\0".encode())
+        hash_file(h, p)
     return h.hexdigest()[:16]
 
 
