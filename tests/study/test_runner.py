@@ -228,15 +228,19 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tiny_checkp
     assert not ray.is_initialized()  # the local instance the study started is shut down
 
 
-def test_an_unreachable_ray_cluster_is_one_line_and_writes_no_store(tiny_checkpoint, tmp_path, monkeypatch):
+def test_an_unreachable_ray_cluster_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ckpt, _ = tiny_checkpoint
     spec = with_executor(load_spec(str(write_spec(tmp_path, ckpt, tasks=["easyvqa-vqa"], methods={"frozen": {}},
                                                   data_sizes=[16]))), kind="ray", address="auto")
     with pytest.raises(UserError, match=r"^executor ray: cannot reach Ray at auto \("):
-        run_study(spec, tmp_path / "out", quiet=True)
-    assert not (tmp_path / "out" / "results.sqlite").exists()
+        run_study(spec, tmp_path / "new" / "out", quiet=True)
+    assert not (tmp_path / "new").exists()  # no store, and no empty folder made for it
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UserError, match=r"^executor ray: cannot reach Ray"):
+        run_study(spec, tmp_path / "kept", quiet=True)
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # a folder it did not make stays
 
 
 def test_local_workers_are_pinned_to_gpus_in_turn(tiny_checkpoint, tmp_path, monkeypatch):

@@ -256,9 +256,18 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
     check_writable(out, "study folder")
     if spec.pretrain is not None and not (Path(spec.model) / "config.json").exists():
         check_writable(spec.model, "checkpoint folder")
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this call makes, deepest first
     out.mkdir(parents=True, exist_ok=True)
-    with lock.hold(out):  # one study process per folder
-        return _run_held(spec, out, cells, t0, quiet, log)
+    try:
+        with lock.hold(out):  # one study process per folder
+            return _run_held(spec, out, cells, t0, quiet, log)
+    except BaseException:
+        for p in made:  # a study that failed before writing anything (Ray unreachable) leaves no new folder
+            try:
+                p.rmdir()  # only an empty folder: never anything a study wrote
+            except OSError:
+                break
+        raise
 
 
 def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
