@@ -24,7 +24,7 @@ class RunRecord:
     test_score: float = field(
         metadata={"help": "primary metric on the test split, with the validation-selected weights"}
     )
-    best_val_score: float = field(metadata={"help": "the best validation score (model selection)"})
+    best_val_score: float = field(metadata={"help": "the best validation score (model selection, step 0 included)"})
     data_size: int = field(metadata={"help": "training examples used"})
     status: str = field(default="done", metadata={"help": "'done' (a record is written only for a finished run)"})
     task_ref: str | None = field(default=None, metadata={"help": "the built-in name or the task file"})
@@ -54,12 +54,24 @@ class RunRecord:
     lr: float | None = field(default=None, metadata={"help": "peak learning rate"})
     steps: int | None = field(default=None, metadata={"help": "optimiser steps planned"})
     steps_done: int | None = field(default=None, metadata={"help": "optimiser steps run (early stopping)"})
+    steps_to_best: int | None = field(default=None, metadata={"help": "the step of the best validation score "
+                                                                     "(0: the starting model); its weights are kept"})
+    converged: bool | None = field(default=None, metadata={"help": "validation had stopped improving beyond its noise "
+                                                                  "when the run ended (vlpeft.convergence); None in "
+                                                                  "records from before it was judged"})
+    convergence: dict = field(default_factory=dict, metadata={"help": "the evidence: state, noise, threshold, window, "
+                                                                     "the levels compared, reason"})
+    stopped_by: str | None = field(default=None, metadata={"help": "converged (early stopping), cap (max_steps / "
+                                                                  "max_epochs), length (a fixed length) or untrained"})
+    best_val_se: float | None = field(default=None, metadata={"help": "standard error of the best validation score"})
     batch_size: int | None = field(default=None, metadata={"help": "examples per step"})
-    length_policy: str | None = field(default=None, metadata={"help": "epochs, steps or epochs_min_steps"})
+    length_policy: str | None = field(default=None, metadata={"help": "converge, epochs, steps or epochs_min_steps"})
     epochs: int | None = field(default=None, metadata={"help": "the policy's epochs"})
     min_steps: int | None = field(default=None, metadata={"help": "the policy's floor on steps"})
     train_seconds: float | None = field(default=None, metadata={"help": "training wall time"})
     eval_seconds: float | None = field(default=None, metadata={"help": "test evaluation wall time"})
+    val_seconds: float | None = field(default=None, metadata={"help": "validation wall time (all evaluations, "
+                                                                     "included in train_seconds)"})
     examples_per_second: float | None = field(default=None, metadata={"help": "training throughput"})
     peak_memory_mb: float | None = field(default=None, metadata={"help": "peak memory of the run"})
     precision: str | None = field(default=None, metadata={"help": "the precision used: fp32 or bf16 (autocast)"})

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from vlpeft.errors import UserError
-from vlpeft.recipes.finetune import FinetuneConfig, evaluate_run, finetune, train_steps
+from vlpeft.recipes.finetune import FinetuneConfig, eval_steps, evaluate_run, finetune, train_steps
 
 FAST = dict(length_policy="steps", steps=6, batch_size=16, val_limit=20, test_limit=30, evals=2)
 
@@ -34,7 +34,8 @@ def test_each_builtin_task_runs_end_to_end_and_reevaluates_exactly(task, tiny_ch
     if task.endswith("caption"):  # a captioning run never touches the text encoder
         assert on_disk["params"]["trainable_per_part"]["text_encoder"] == 0
     curve = json.loads((tmp_path / "run" / "curve.json").read_text())
-    assert [row["step"] for row in curve] == [3, 6]
+    assert [row["step"] for row in curve] == [0, 3, 6]  # step 0: the starting model is a candidate too
+    assert on_disk["converged"] is False and on_disk["convergence"]["state"] == "too_short"  # 3 evaluations
     again = evaluate_run(str(ckpt), tmp_path / "run", task)
     assert again["test_score"] == m["test_score"]
 
@@ -64,7 +65,7 @@ GOLDEN = {
 def test_a_six_step_run_gives_its_golden_losses_and_score(task, method, budget, tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     m = run(ckpt, tmp_path / "run", task=task, method=method, budget=budget, data_size=64)
-    losses = [row["loss"] for row in json.loads((tmp_path / "run" / "curve.json").read_text())]
+    losses = [row["loss"] for row in json.loads((tmp_path / "run" / "curve.json").read_text())[1:]]
     first, last, score = GOLDEN[task, method, budget]
     assert len(losses) == 2 and m["steps"] == 6
     assert losses[0] == pytest.approx(first, rel=1e-4) and losses[-1] == pytest.approx(last, rel=1e-4)
@@ -78,7 +79,7 @@ def test_bf16_autocast_trains_close_to_fp32(tiny_checkpoint, tmp_path):
     assert (auto["config"]["precision"], auto["precision"]) == ("auto", "fp32")
     assert (bf16["config"]["precision"], bf16["precision"]) == ("bf16", "bf16")
     # Not bit-equal (matmuls round to 8 mantissa bits), but the same training to within rounding.
-    loss = {p: json.loads((tmp_path / p / "curve.json").read_text())[0]["loss"] for p in ("fp32", "bf16")}
+    loss = {p: json.loads((tmp_path / p / "curve.json").read_text())[1]["loss"] for p in ("fp32", "bf16")}
     assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.02)
     with pytest.raises(UserError, match="precision 'fp16'"):
         FinetuneConfig(model=str(ckpt), task="scenes-caption", method="lora", precision="fp16")
@@ -96,10 +97,61 @@ def test_frozen_trains_nothing_and_budget_target_resolves(tiny_checkpoint, tmp_p
 def test_training_length_policies():
     def cfg(**kw):
         return FinetuneConfig(model="m", task="easyvqa-vqa", method="lora", batch_size=10, **kw)
+    assert FinetuneConfig(model="m", task="t", method="lora").length_policy == "converge"  # the default
+    assert train_steps(cfg(max_steps=500), 95) == 500  # converge: the cap
+    assert train_steps(cfg(max_steps=500, max_epochs=3), 95) == 30  # the smaller cap
+    assert eval_steps(cfg(eval_every=50), 230) == [50, 100, 150, 200, 230]
+    assert eval_steps(cfg(eval_every=50, eval_growth=1.5), 800) == [50, 100, 150, 225, 338, 507, 760, 800]
+    assert eval_steps(cfg(length_policy="steps", steps=10, evals=2), 10) == [5, 10]
     assert train_steps(cfg(length_policy="epochs", epochs=3), 95) == 30
     assert train_steps(cfg(length_policy="steps", steps=7), 95) == 7
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=50), 95) == 50
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=5), 95) == 30
+
+
+CONVERGE = dict(length_policy="converge", batch_size=16, val_limit=40, test_limit=30, min_steps=0, eval_growth=1.0)
+
+
+def test_early_stopping_keeps_the_best_weights_and_records_convergence(tiny_checkpoint, tmp_path):
+    """Stopped by the rule: the saved weights are the best evaluation's (re-evaluated on validation they
+    give the recorded best score), and the record says when, why and from what evidence."""
+    import torch
+
+    from vlpeft.peft import load_peft
+    from vlpeft.recipes.finetune import evaluate_split, prepare
+
+    ckpt, _ = tiny_checkpoint
+    cfg = FinetuneConfig(model=str(ckpt), task="easyvqa-vqa", method="lora", budget="4", data_size=64,
+                         max_steps=60, eval_every=5, patience=3, lr=3e-3, **CONVERGE)
+    m = finetune(cfg, tmp_path / "run", progress=False)
+    curve = json.loads((tmp_path / "run" / "curve.json").read_text())
+    assert [r["step"] for r in curve] == list(range(0, m["steps_done"] + 1, 5))
+    best = max(curve, key=lambda r: r["val_score"])
+    assert m["steps_to_best"] == best["step"] and m["best_val_score"] == best["val_score"]
+    assert m["convergence"]["state"] in ("converged", "still_improving", "flat_at_start")
+    assert m["converged"] == (m["convergence"]["state"] == "converged")
+    assert m["stopped_by"] == ("converged" if m["steps_done"] < 60 else "cap")
+    for r in curve:  # the score's own noise at every evaluation: the binomial standard error (exact match)
+        p = r["val_score"] / 100
+        assert r["val_se"] == pytest.approx(100 * (p * (1 - p) / (40 - 1)) ** 0.5, rel=1e-6)
+    prep = prepare(cfg)
+    load_peft(prep.loaded.model, tmp_path / "run")
+    torch.manual_seed(0)
+    again = evaluate_split(prep, cfg, prep.loaded.model, prep.val)["score"]
+    assert again == pytest.approx(m["best_val_score"], abs=1e-9)
+
+
+def test_a_run_that_only_hurts_validation_keeps_its_starting_weights(tiny_checkpoint, tmp_path):
+    """A learning rate far too high: every evaluation after step 0 is worse, so the rule stops as soon as
+    it can judge (two windows of `patience` evaluations) and the run keeps (and scores) the model it
+    started from."""
+    ckpt, _ = tiny_checkpoint
+    frozen = run(ckpt, None, task="scenes-caption", method="frozen", data_size=64, val_limit=40, test_limit=30)
+    m = run(ckpt, tmp_path / "run", task="scenes-caption", method="lora", budget="8", data_size=64, lr=0.5,
+            **{**CONVERGE, "max_steps": 40, "eval_every": 4, "patience": 2, "noise_z": 0.0})
+    assert m["steps_to_best"] == 0 and m["stopped_by"] == "converged" and m["steps_done"] == 16  # 2 windows of 2
+    assert m["best_val_score"] == frozen["best_val_score"] and m["test_score"] == frozen["test_score"]
+    assert m["converged"] is True and frozen["converged"] is True and frozen["convergence"]["state"] == "not_trained"
 
 
 def cli(*args):

@@ -14,7 +14,7 @@ from vlpeft.errors import UserError
 from vlpeft.recipes import defaults
 from vlpeft.validate import SEED_MAX, check_values
 
-LENGTH_POLICIES = ("epochs", "steps", "epochs_min_steps")
+LENGTH_POLICIES = ("converge", "epochs", "steps", "epochs_min_steps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -61,20 +61,47 @@ class FinetuneConfig:
         default=defaults.COMMON["length_policy"],
         metadata={
             "choices": LENGTH_POLICIES,
-            "help": "epochs (passes over the subset), steps (exactly `steps`) or epochs_min_steps "
-            "(epochs, at least `min_steps`): what a data-size curve means depends on it",
+            "help": "converge (train until validation stops improving beyond its noise: early stopping, best "
+            "weights kept, capped by max_steps / max_epochs), or a fixed length for compute-matched controls: "
+            "epochs (passes over the subset), steps (exactly `steps`), epochs_min_steps (epochs, at least "
+            "`min_steps`)",
         },
     )
     epochs: int = field(
         default=defaults.COMMON["epochs"], metadata={"min": 1, "help": "passes over the training subset"}
     )
     min_steps: int = field(
-        default=defaults.COMMON["min_steps"], metadata={"min": 0, "help": "floor on steps (epochs_min_steps)"}
+        default=defaults.COMMON["min_steps"],
+        metadata={"min": 0, "help": "floor on steps: epochs_min_steps trains at least this many; converge does "
+                                    "not stop before it"},
     )
     steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
+    max_steps: int = field(
+        default=defaults.COMMON["max_steps"],
+        metadata={"min": 1, "help": "converge: the cap on optimiser steps (a run that reaches it while still "
+                                    "improving is recorded as not converged)"},
+    )
+    max_epochs: float = field(
+        default=0, metadata={"min": 0, "help": "converge: a cap in passes over the subset as well (0 = none); "
+                                               "the smaller cap applies"}
+    )
+    eval_every: int = field(
+        default=defaults.COMMON["eval_every"],
+        metadata={"min": 1, "help": "converge: a validation evaluation every this many steps at first"},
+    )
+    eval_growth: float = field(
+        default=defaults.COMMON["eval_growth"],
+        metadata={"min": 1, "help": "converge: each evaluation at least this many times the step of the one "
+                                    "before (1 = every eval_every steps), so `patience` evaluations span a fixed "
+                                    "share of a long run, where learning is slower"},
+    )
     warmup_ratio: float = field(
         default=defaults.COMMON["warmup_ratio"],
-        metadata={"min": 0, "below": 1, "help": "warm-up fraction of the steps"},
+        metadata={"min": 0, "below": 1, "help": "linear warm-up over this fraction of the steps (converge: of "
+                                                "min_steps), then cosine decay to 0 (converge: constant)"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"min": 0, "help": "linear warm-up steps, overriding warmup_ratio (0: use the ratio)"}
     )
     weight_decay: float = field(
         default=defaults.COMMON["weight_decay"], metadata={"min": 0, "help": "AdamW weight decay on matrices"}
@@ -85,9 +112,17 @@ class FinetuneConfig:
     grad_clip: float = field(
         default=defaults.COMMON["grad_clip"], metadata={"min": 0, "help": "gradient-norm clip (0 = off)"}
     )
-    evals: int = field(default=5, metadata={"min": 1, "help": "validation evaluations over the run (model selection)"})
+    evals: int = field(default=5, metadata={"min": 1, "help": "fixed lengths: validation evaluations over the "
+                                                          "run, after the one at step 0"})
     patience: int = field(
-        default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0 = never)"}
+        default=defaults.COMMON["patience"],
+        metadata={"min": 1, "help": "evaluations judged together: converge stops after this many without an "
+                                    "improvement beyond the noise; every run's convergence is judged on its last "
+                                    "this many"},
+    )
+    noise_z: float = field(
+        default=1.0, metadata={"min": 0, "help": "an improvement counts when it exceeds this many standard errors "
+                                                 "of the validation score"}
     )
     val_limit: int = field(default=500, metadata={"min": 0, "help": "validation examples used for selection (0 = all)"})
     test_limit: int = field(default=0, metadata={"min": 0, "help": "test examples scored (0 = all)"})

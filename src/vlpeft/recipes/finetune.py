@@ -1,10 +1,12 @@
 """One cell of a study: fine-tune one model with one PEFT method at one budget on one task, one data
-size and one seed; select on validation; report the test score. A plain function: config in,
-run folder out.
+size and one seed; by default until the validation score stops improving beyond its noise
+(`vlpeft.convergence`), keeping the best evaluation's weights (step 0 included); report the test
+score and whether the run converged. A plain function: config in, run folder out.
 
 Run folder (every file written atomically; `metrics.json` last, so its presence means "complete"):
-    metrics.json           scores, sizes, timings, versions, the resolved config
-    curve.json             loss and validation score at every evaluation
+    metrics.json           scores, sizes, timings, versions, convergence, the resolved config
+    curve.json             step, training loss, validation score and its standard error, learning
+                           rate at every evaluation, step 0 (before training) first
     peft_config.json       the method and its config       } the PEFT weights (prefixes folded),
     peft_model.safetensors only the trained tensors         } reloadable with `vlpeft evaluate`
 """
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 import vlpeft
+from vlpeft.convergence import diagnose
 from vlpeft.data.subsets import resolve_size
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
@@ -38,13 +41,47 @@ from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_opti
 
 
 def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
-    """Optimiser steps for a training subset of n_train examples under cfg.length_policy."""
+    """Optimiser steps for a training subset of n_train examples under cfg.length_policy: the exact
+    length of a fixed policy, the cap of `converge` (max_steps, and max_epochs passes when set)."""
     per_epoch = math.ceil(n_train / cfg.batch_size)
+    if cfg.length_policy == "converge":
+        return min(cfg.max_steps, max(1, math.ceil(cfg.max_epochs * per_epoch))) if cfg.max_epochs else cfg.max_steps
     if cfg.length_policy == "steps":
         return cfg.steps
     if cfg.length_policy == "epochs":
         return cfg.epochs * per_epoch
     return max(cfg.epochs * per_epoch, cfg.min_steps)
+
+
+def eval_steps(cfg: FinetuneConfig, steps: int) -> list[int]:
+    """The steps after which validation is evaluated (step 0, before training, comes besides): every
+    `eval_every` steps and at the cap under converge; `evals` evenly spaced ones for a fixed length."""
+    if not steps:
+        return []
+    if cfg.length_policy == "converge":
+        at, step = [], 0
+        while step < steps:  # intervals of eval_every, growing with the run (a window of `patience` evaluations
+            step = min(steps, max(step + cfg.eval_every, round(step * cfg.eval_growth)))  # spans a fixed ratio)
+            at.append(step)
+        return at
+    return sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)})
+
+
+def lr_factor(cfg: FinetuneConfig, step: int, steps: int) -> float:
+    """The learning-rate factor at `step` (0-based): linear warm-up, then cosine decay to 0 over a fixed
+    length, or constant under converge (whose length is decided as it goes: see recipes/defaults.py)."""
+    if cfg.length_policy == "converge":
+        return min(1.0, (step + 1) / warmup_steps(cfg, steps))
+    return warmup_cosine(step, steps, warmup_steps(cfg, steps))
+
+
+def warmup_steps(cfg: FinetuneConfig, steps: int) -> int:
+    """Linear warm-up steps of a run of `steps` (the cap under converge): `warmup_steps` if given, else
+    `warmup_ratio` of the run (under converge, of min_steps: the length is not known in advance)."""
+    if cfg.warmup_steps:
+        return cfg.warmup_steps
+    base = min(cfg.min_steps, steps) if cfg.length_policy == "converge" else steps
+    return max(1, int(base * cfg.warmup_ratio))
 
 
 def _device(name: str) -> torch.device:
@@ -148,6 +185,7 @@ def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> 
                                   encode_images=encode_images)
     scores = prep.kind.score(preds, examples)
     scores["score"] = scores[prep.kind.metric]
+    scores["score_se"] = scores.get(f"{prep.kind.metric}_se", 0.0)  # the score's own noise (standard error)
     scores["examples"] = [
         {"id": getattr(ex, "question_id", ex.image_id), "prediction": p} for ex, p in zip(examples[:5], preds[:5])
     ]
@@ -179,12 +217,25 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep.train))
     rng = np.random.default_rng(cfg.seed)
     opt = adamw(model, cfg.weight_decay, lr) if steps else None
-    eval_at = sorted({max(1, round(steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}) if steps else []
-    curve, best, best_state, since_best = [], -math.inf, None, 0
+    eval_at = set(eval_steps(cfg, steps))
     started = time.time()
+    val_seconds = 0.0
+
+    def validate(step: int, loss: float | None, lr_now: float) -> dict:
+        nonlocal val_seconds
+        t = time.time()
+        val = evaluate_split(prep, cfg, model, prep.val, encode)
+        val_seconds += time.time() - t
+        return {"step": step, "loss": loss, "val_score": val["score"], "val_se": val["score_se"], "lr": lr_now,
+                "seconds": round(time.time() - started, 2)}
+
+    # Step 0: the model before training is a candidate too, so a run never ends worse on validation
+    # than it started (training that only hurts selects the starting weights).
+    curve = [validate(0, None, 0.0)]
+    best, best_state = curve[0]["val_score"], trainable_state(model) if steps else None
     order, pos = rng.permutation(len(prep.train)), 0
     bar = tqdm(range(steps), desc=f"{prep.task.name} {cfg.method}", disable=not progress, mininterval=2.0)
-    running = []
+    running, stopped_by = [], "length" if steps else "untrained"
     for step in bar:
         if pos + cfg.batch_size > len(order):
             order, pos = rng.permutation(len(prep.train)), 0
@@ -196,36 +247,34 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
         with autocast(cfg, device):
             states = encode([ex.image_id for ex in examples]) if encode else None
         for g in opt.param_groups:
-            g["lr"] = lr * warmup_cosine(step, steps, max(1, int(steps * cfg.warmup_ratio)))
+            g["lr"] = lr * lr_factor(cfg, step, steps)
         running.append(train_step(prep, cfg, model, opt, batch, states, step))
         if step + 1 in eval_at:
-            val = evaluate_split(prep, cfg, model, prep.val, encode)
-            row = {"step": step + 1, "loss": float(np.mean(running)), "val_score": val["score"],
-                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
+            row = validate(step + 1, float(np.mean(running)), opt.param_groups[0]["lr"])
             running = []
             curve.append(row)
-            bar.set_postfix(loss=round(row["loss"], 3), val=round(val["score"], 3))
-            if val["score"] > best:
-                best, best_state, since_best = val["score"], trainable_state(model), 0
-            else:
-                since_best += 1
-                if cfg.patience and since_best >= cfg.patience:
+            bar.set_postfix(loss=round(row["loss"], 3), val=round(row["val_score"], 3))
+            if row["val_score"] > best:
+                best, best_state = row["val_score"], trainable_state(model)
+            if cfg.length_policy == "converge":
+                stopped_by = "cap"
+                if step + 1 >= cfg.min_steps and diagnose(curve, cfg.patience, cfg.noise_z).converged:
+                    stopped_by = "converged"
                     break
     train_seconds = time.time() - started
-    steps_done = curve[-1]["step"] if curve else 0
-    if best_state is not None:  # the validation-selected weights
+    steps_done = curve[-1]["step"]
+    diagnosis = diagnose(curve, cfg.patience, cfg.noise_z, trained=bool(steps))
+    if best_state is not None:  # the validation-selected weights (the starting ones when step 0 was best)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for n, t in best_state.items():
                 params[n].copy_(t)
     fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
-    if not curve:  # nothing trained (frozen): validation score of the model as is
-        best = evaluate_split(prep, cfg, model, prep.val, encode)["score"]
     t0 = time.time()
     test = evaluate_split(prep, cfg, model, prep.test, encode)
     eval_seconds = time.time() - t0
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device,
-                         base_digest).to_dict()
+                         base_digest, diagnosis, stopped_by, val_seconds).to_dict()
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +285,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
 
 
 def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test,
-               device, base_digest: str) -> RunRecord:
+               device, base_digest: str, diagnosis, stopped_by: str, val_seconds: float) -> RunRecord:
     n_train, n_full = len(prep.train), len(prep.data.train)
     secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
     secondary.update(prep.kind.baselines(prep.data, prep.test))
@@ -272,12 +321,18 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
         lr=lr,
         steps=steps,
         steps_done=steps_done,
+        steps_to_best=diagnosis.best_step,
+        converged=diagnosis.converged,
+        convergence=diagnosis.to_dict(),
+        stopped_by=stopped_by,
+        best_val_se=diagnosis.noise,
         batch_size=cfg.batch_size,
         length_policy=cfg.length_policy,
         epochs=cfg.epochs,
         min_steps=cfg.min_steps,
         train_seconds=round(train_seconds, 2),
         eval_seconds=round(eval_seconds, 2),
+        val_seconds=round(val_seconds, 2),
         examples_per_second=round(steps_done * cfg.batch_size / train_seconds, 2)
         if train_seconds > 0 and steps_done
         else 0.0,
@@ -326,4 +381,4 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
             "same_base": trained_on is None or trained_on == given}
 
 
-__all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "Diverged"]
+__all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "eval_steps", "Diverged"]

@@ -59,6 +59,8 @@ class TaskKind:
         besides image, image_id and split; `rows` is a tasks.rows.Rows)
     describe(examples) -> dict of per-split figures for `vlpeft tasks check` (with "per_example", what
         is counted per example, e.g. "captions per image", and "per_example_range", [min, max])
+    ceiling: the metric's largest value (VQA accuracy: 100), or None where it has no useful one
+        (CIDEr-D); bounds the claims' margin before any run (`study --dry-run`'s noise check)
     """
 
     name: str
@@ -77,6 +79,7 @@ class TaskKind:
     fields: tuple[str, ...]
     from_rows: Callable[..., list]
     summary: str
+    ceiling: float | None = None
 
     def answer_list(self, examples: Sequence[Any], limit: int | None = None) -> tuple[str, ...]:
         """The candidate answers of `examples` (train + val), or () for a kind without them."""

@@ -80,8 +80,9 @@ def caption_scores(
     gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
-    scores: dict[str, Any] = {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider_d": float(cider)}
+    cider, per_image = Cider().compute_score(gts, res)
+    scores: dict[str, Any] = {"bleu4": float(bleu[3]), "rouge_l": float(rouge), "cider_d": float(cider),
+                              "cider_d_se": bootstrap_se(per_image)}
     ran = ["bleu4", "rouge_l", "cider_d"]
     skipped: dict[str, str] = {}
     if meteor is not False:
@@ -100,6 +101,33 @@ def caption_scores(
     if skipped:
         scores["metrics_skipped"] = skipped
     return scores
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of per-example scores: sd / sqrt(n) (sample sd, n - 1); 0 for one
+    value. For VQA accuracy with one answer per question (exact match) this is the binomial standard
+    error sqrt(p (1 - p) / n), up to n / (n - 1)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+
+
+BOOTSTRAPS = 1000
+
+
+def bootstrap_se(per_example: Sequence[float], boots: int = BOOTSTRAPS, seed: int = 0) -> float:
+    """Standard error of a corpus score that is the mean of per-image scores (pycocoevalcap's CIDEr-D),
+    by a seeded bootstrap over the images: the sd of the resampled means. (Each image's score keeps the
+    document frequencies of the whole scored corpus: the resampling moves images, not the idf.)"""
+    import numpy as np
+
+    v = np.asarray(per_example, float)
+    if len(v) < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    return float(v[rng.integers(0, len(v), size=(boots, len(v)))].mean(1).std(ddof=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +322,8 @@ def vqa_scores(
     if len(predictions) != len(answer_lists) or not predictions:
         raise ValueError(f"need one answer list per prediction ({len(predictions)} vs {len(answer_lists)})")
     accs = [vqa_accuracy(p, a) for p, a in zip(predictions, answer_lists)]
-    scores: dict[str, Any] = {"vqa_accuracy": 100.0 * sum(accs) / len(accs), "n": len(accs)}
+    scores: dict[str, Any] = {"vqa_accuracy": 100.0 * sum(accs) / len(accs), "n": len(accs),
+                              "vqa_accuracy_se": 100.0 * standard_error(accs)}
     if groups is not None:
         if len(groups) != len(accs):
             raise ValueError(f"need one group per prediction ({len(groups)} vs {len(accs)})")

@@ -214,4 +214,5 @@ KIND = register_kind(TaskKind(
     candidates=candidate_answers, fields=("question", "answers", "answer", "question_id", "question_type"),
     from_rows=questions_from_rows,
     summary="image + question -> answer: image-grounded question encoder, answer decoder; VQA accuracy",
+    ceiling=100.0,
 ))
