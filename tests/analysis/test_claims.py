@@ -108,3 +108,87 @@ def test_baseline_check_flags_the_cells_that_learned_nothing():
     assert (
         baseline_check([{**r, "majority": None} for r in runs if r["label"] != "full"], delta=0.05)[0]["flagged"] == []
     )
+
+
+def rising(n, p):
+    return 50 + 5 * np.log10(n)
+
+
+def test_a_claim_resting_on_a_run_still_improving_is_confounded():
+    runs = table(rising, budgets={1: 1_000, 2: 2_000, 4: 4_000})
+    for r in runs:
+        r["converged"] = not (r["n_train"] == 400 and r["budget"] == "2" and r["seed"] == 0)  # one middle cell
+    _, row = verdicts(runs)
+    assert row["data_trend"]["verdict"] == "confounded" and row["data_trend"]["measured"] == "holds"
+    assert row["data_trend"]["cells_not_converged"] == 1 and row["data_trend"]["cells"] == 12
+    assert row["data_trend"]["confounded_by"] == ["convergence"]
+    # "data does not matter" compares the smallest and the largest size only: the middle cell is not under it
+    assert row["data_flat"]["verdict"] == "does not hold" and row["data_flat"]["cells"] == 6
+    assert row["param_trend"]["verdict"] == "confounded"
+    everything = [{**r, "converged": True} for r in runs]
+    assert verdicts(everything)[0]["data_trend"] == "holds"
+    unknown = [{**r, "converged": None} for r in runs]  # records from before convergence was judged
+    assert verdicts(unknown)[0]["data_trend"] == "holds"
+
+
+def test_the_length_check_confounds_the_verdicts_it_changes():
+    # Trained as long as the grid: flat. Trained 4x longer, the checked run at the largest size gains 30 points.
+    runs = table(lambda n, p: 60.0, noise=0.3, budgets={1: 1_000, 2: 2_000, 4: 4_000})
+    checks = [{**r, "test": r["test"] + (30 if r["n_train"] == max(SIZES) else 0)}
+              for r in runs if r["budget"] == "2" and r["seed"] == 0 and r["n_train"] in (min(SIZES), max(SIZES))]
+    v, _ = verdicts(runs)
+    assert v["data_flat"] == "holds"
+    (row,) = judge_claims(runs, checks=checks)
+    assert row["length_check"]["runs"] == 2 and "data_flat" in row["length_check"]["changed"]
+    assert row["data_flat"]["verdict"] == "confounded" and row["data_flat"]["measured"] == "holds"
+    assert row["data_flat"]["confounded_by"] == ["length check"]
+    same = [dict(r) for r in checks]
+    for r in same:
+        r["test"] = next(x["test"] for x in runs if (x["budget"], x["size"], x["seed"]) ==
+                         (r["budget"], r["size"], r["seed"]))
+    (row,) = judge_claims(runs, checks=same)  # a check that changes nothing confounds nothing
+    assert row["length_check"]["changed"] == [] and row["data_flat"]["verdict"] == "holds"
+
+
+def test_benjamini_hochberg_matches_its_textbook_values():
+    p = [0.01, 0.04, 0.03, 0.005, 0.5]
+    assert stats.bh_adjust(p) == pytest.approx([0.025, 0.05, 0.05, 0.025, 0.5])
+    assert stats.bh_adjust([]) == [] and stats.bh_adjust([0.3]) == [0.3]
+
+
+def test_verdicts_use_adjusted_p_values_and_keep_the_raw_ones():
+    rows = judge_claims(table(rising, label="a") + table(lambda n, p: 50.0, label="b", seed=3))
+    for row in rows:
+        for claim in ("data_trend", "param_trend"):
+            d = row[claim]
+            assert d["p_adjusted"] >= d["p"] - 1e-12
+    from vlpeft.analysis.claims import table as claims_table
+
+    flat = claims_table(rows)
+    assert len(flat) == 8 and {r["claim"] for r in flat} == {"data_trend", "param_trend", "data_flat",
+                                                               "param_nonmonotonic"}
+    assert all(r["p_adjusted"] >= r["p"] - 1e-12 for r in flat if not np.isnan(r["p"]))
+
+
+def test_a_rise_smaller_than_delta_is_said_to_be_one():
+    runs = table(lambda n, p: 60 + 0.5 * np.log10(n), noise=0.1, seeds=4)  # rises by 0.9 over the sizes: δ = 3
+    v, row = verdicts(runs)
+    assert v["data_trend"] == "holds" and v["data_flat"] == "holds"
+    assert row["data_trend"]["small_effect"] and row["data_flat"]["small_effect"]
+    from vlpeft.analysis.findings import claim_sentence
+
+    assert "by less than δ for lora: a small effect" in claim_sentence([row], "data_trend")
+
+
+@pytest.mark.parametrize("where,state,verdict", [(max(SIZES), "still_improving", "holds"),
+                                                  (min(SIZES), "still_improving", "confounded"),
+                                                  (max(SIZES), "flat_at_start", "confounded"),
+                                                  (max(SIZES), "too_short", "confounded")])
+def test_only_a_rise_that_more_training_could_only_steepen_stands(where, state, verdict):
+    runs = table(rising)
+    for r in runs:
+        unfinished = r["n_train"] == where
+        r["converged"], r["state"] = not unfinished, state if unfinished else "converged"
+    _, row = verdicts(runs)
+    assert row["data_trend"]["verdict"] == verdict and row["data_trend"]["measured"] == "holds"
+    assert row["data_trend"]["length_robust"] == (verdict == "holds")

@@ -23,8 +23,9 @@ METHODS = {"lora": ("rank", {2: 12_000, 8: 48_000}), "adapter": ("bottleneck", {
            "full": (None, {None: 2_500_000}), "frozen": (None, {None: 0})}
 
 
-def fake_study(folder: Path, seed=0):
-    """A results.sqlite as a study writes it: two tasks, four methods, three sizes, three seeds."""
+def fake_study(folder: Path, seed=0, converged=lambda task, label, n, s: True):
+    """A results.sqlite as a study writes it: two tasks, four methods, three sizes, three seeds;
+    `converged(task, label, n, seed)` says which runs had converged."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     con = store.connect(folder / "results.sqlite")
@@ -87,6 +88,11 @@ def fake_study(folder: Path, seed=0):
                             "train_seconds": 1.0,
                             "secondary": {},
                             "environment": {"host": "h", "versions": {"torch": "x"}},
+                            "converged": converged(task, label, n, s),
+                            "convergence": {"state": "converged" if converged(task, label, n, s)
+                                            else "still_improving"},
+                            "steps_to_best": 200, "steps_done": 400, "best_val_se": 0.01, "n_val": 300,
+                            "stopped_by": "converged" if converged(task, label, n, s) else "cap",
                         }
                         store.mark_running(con, cell.id)
                         store.finish(con, cell.id, {"status": "done", "metrics": metrics, "started": 1.0, "ended": 2.0})
@@ -105,7 +111,8 @@ def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
     md = (folder / "report.md").read_text()
     order = ["## What this study found", "## Compared with Tian et al.", "## Embedding composition vs layer",
              "## Verdict matrix", "## Statistics behind each verdict", "## Setup", "## Figures", "## Advice",
-             "## Did the runs learn?", "## Consistency with pre-training", "## Every cell", "## Every run"]
+             "## Did the runs learn?", "## Did the runs converge?", "## Can the validation set tell δ from noise?",
+             "## Consistency with pre-training", "## Every cell", "## Every run"]
     assert [md.index(s) for s in order] == sorted(md.index(s) for s in order)
     # the planted data-size trend on the new task: a sentence, a symbol, and the statistics behind it
     assert "On easyvqa-vqa (new data, new task): performance rose with data size for 2 of 2 methods (adapter, lora)." \
@@ -125,6 +132,64 @@ def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
     report.build(folder)
     assert digests(folder) == before
     assert {v["label"] for v in out["verdicts"]} == {"lora", "adapter", "full"}
+
+
+def test_claims_csv_is_the_verdict_matrix_row_for_row(tmp_path):
+    import csv
+
+    folder = fake_study(tmp_path / "s")
+    out = report.build(folder)
+    rows = list(csv.DictReader((folder / "claims.csv").open()))
+    assert list(rows[0]) == list(report.claims_mod.TABLE_COLUMNS)
+    assert len(rows) == 4 * len(out["verdicts"])  # one per task x label x claim
+    md = (folder / "report.md").read_text()
+    matrix = md.split("## Verdict matrix")[1].split("\n\n")[1].splitlines()[2:]
+    symbols = {v: k for k, v in report.findings.SYMBOLS.items()}
+    for line in matrix:
+        task, label, *cells = [c.strip() for c in line.strip("|").split("|")]
+        mine = {r["claim"]: r for r in rows if r["task"] == task and r["label"] == label}
+        assert [symbols[c.split()[0]] for c in cells] == [mine[c]["verdict"] for c in report.claims_mod.CLAIMS]
+    import pandas as pd
+
+    frame = pd.read_parquet(folder / "claims.parquet")
+    assert len(frame) == len(rows) and frame["p"].dtype == float and frame["cells_not_converged"].dtype == "int64"
+
+
+def test_a_study_whose_runs_were_still_improving_says_so_everywhere(tmp_path):
+    import csv
+
+    # every lora run on easyvqa-vqa at the smallest size stopped while still improving
+    folder = fake_study(tmp_path / "s", converged=lambda task, label, n, s: not (
+        task == "easyvqa-vqa" and label == "lora" and n == 100))
+    report.build(folder)
+    md = (folder / "report.md").read_text()
+    assert "| easyvqa-vqa | lora | ⌛ | ⌛ | ⌛ | – |" in md
+    assert "performance rose with data size for 1 of 2 methods (adapter); 1 confounded by training length (lora)" in md
+    conv = md.split("## Did the runs converge?")[1].split("\n## ")[0]
+    assert "| easyvqa-vqa | lora | 12 of 18 | 6 | 0 | 0 | 6 | 200 | 400 |" in conv
+    rows = {(r["task"], r["label"], r["claim"]): r for r in csv.DictReader((folder / "claims.csv").open())}
+    flat = rows["easyvqa-vqa", "lora", "data_flat"]
+    assert (flat["verdict"], flat["measured"], flat["cells_not_converged"]) == ("confounded", "does not hold", "2")
+    assert rows["easyvqa-vqa", "adapter", "data_trend"]["verdict"] == "holds"
+    cells = aggregate(load_runs(folder))
+    a = advise(cells, "easyvqa-vqa", 100)  # the lora cells at 100 examples are left out of the advice
+    assert a["dropped"] == 2 and a["recommended"]["label"] != "lora"
+
+
+def test_runs_still_improving_where_more_training_only_strengthens_a_verdict_leave_it_standing(tmp_path):
+    import csv
+
+    # still improving at the largest size: the rise with data can only grow; a rise with parameters cannot
+    # be told (both budgets are unfinished there, and either could rise more)
+    folder = fake_study(tmp_path / "s", converged=lambda task, label, n, s: not (
+        task == "easyvqa-vqa" and label == "lora" and n == 1600))
+    report.build(folder)
+    rows = {(r["task"], r["label"], r["claim"]): r for r in csv.DictReader((folder / "claims.csv").open())}
+    trend, flat = rows["easyvqa-vqa", "lora", "data_trend"], rows["easyvqa-vqa", "lora", "data_flat"]
+    assert (trend["verdict"], trend["cells_not_converged"], trend["length_robust"]) == ("holds", "2", "True")
+    assert (flat["verdict"], flat["length_robust"]) == ("does not hold", "True")
+    assert rows["easyvqa-vqa", "lora", "param_trend"]["verdict"] == "confounded"
+    assert "| easyvqa-vqa | lora | ✓ | ⌛ | ✗ | – |" in (folder / "report.md").read_text()
 
 
 def test_advice_ranks_on_validation_and_respects_the_parameter_cap(tmp_path):

@@ -4,7 +4,9 @@ Candidates are the study's cells (method label x budget) at the study data size 
 one on a log scale, with at most `max_params` trainable parameters. They are ranked by their mean
 *validation* score over seeds (so the choice does not peek at test scores); the expected score is
 the chosen cell's mean test score with its 95 % bootstrap interval over seeds, so a runner-up may
-show a higher expected score than the recommendation. A data size outside the study's range by up
+show a higher expected score than the recommendation. Cells with a run that had not converged
+(still improving when it stopped) are left out, and counted (`dropped`): their scores measure the
+training length, not the method. A data size outside the study's range by up
 to `EXTRAPOLATION_LIMIT` times is answered from the nearest size and said to be an extrapolation;
 further out it is refused: the study says nothing there.
 """
@@ -50,7 +52,9 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
             f"reaches it"
         )
     nearest = min(sizes, key=lambda n: (abs(math.log(n) - math.log(data_size)), n))
-    pool = [c for c in mine if c["n_train"] == nearest and c["method"] != "frozen"]
+    at_size = [c for c in mine if c["n_train"] == nearest and c["method"] != "frozen"]
+    pool = [c for c in at_size if not c.get("not_converged")]
+    dropped = len(at_size) - len(pool)
     if max_params is not None:
         pool = [c for c in pool if c["params"] <= max_params]
         if not pool:
@@ -58,6 +62,10 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
             raise UserError(f"advise: no method of the study fits --max-params {max_params:,} "
                             f"(the smallest trained budget has {smallest:,} parameters)")
     if not pool:
+        if dropped:
+            raise UserError(f"advise: every cell of {task} at {nearest:,} examples had a run still improving when it "
+                            f"stopped ({dropped} cell(s)): the study cannot rank them; train longer (a larger "
+                            f"max_steps)")
         raise UserError(f"advise: the study trained no method on {task} (only the frozen model)")
     ranked = sorted(pool, key=lambda c: (-c["val"], c["params"]))
     frozen = next((c for c in mine if c["method"] == "frozen" and c["n_train"] == nearest), None)
@@ -72,7 +80,7 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
             "study_sizes": sizes, "extrapolation": factor if factor > 1 else None, "max_params": max_params,
             "recommended": pick(ranked[0]),
             "runner_up": pick(ranked[1] if len(ranked) > 1 else None), "frozen": pick(frozen),
-            "candidates": len(ranked)}
+            "candidates": len(ranked), "dropped": dropped}
 
 
 def advice_text(a: dict[str, Any]) -> str:
@@ -93,6 +101,9 @@ def advice_text(a: dict[str, Any]) -> str:
         lines.append(f"  runner-up:   {name(u)}: validation {u['val']:.4g}; expected test {u['expected']:.4g} "
                      f"[{u['ci'][0]:.4g}, {u['ci'][1]:.4g}]")
     lines.append("  (ranked by mean validation score: test scores are reported, never used to choose)")
+    if a.get("dropped"):
+        lines.append(f"  ({a['dropped']} cell(s) left out: a run there was still improving when it stopped, so its "
+                     f"score measures the training length)")
     if a["frozen"]:
         lines.append(f"  (frozen model, no training: {a['frozen']['expected']:.4g})")
     if a.get("extrapolation"):

@@ -44,7 +44,7 @@ PHRASES = {
     "param_nonmonotonic": ("a budget inside the range was best (a non-monotonic effect)",
                            "an end of the range was best"),
 }
-SYMBOLS = {"holds": "✓", "does not hold": "✗", "inconclusive": "?", "untestable": "–"}
+SYMBOLS = {"holds": "✓", "does not hold": "✗", "inconclusive": "?", "untestable": "–", "confounded": "⌛"}
 
 
 def consistency_class(relation: str | None) -> str | None:
@@ -76,11 +76,15 @@ def _where(task: str, length: str | None) -> str:
 
 def claim_sentence(rows: list[dict], claim: str) -> str:
     """'data size did not matter for 3 of 5 methods (prompt, prefix, lora); it did matter for adapter;
-    inconclusive for mam.' over the verdict rows of one task."""
+    inconclusive for mam.' over the verdict rows of one task; confounded verdicts are counted apart
+    ('2 confounded by training length (adapter, mam)'), and a rise smaller than δ is said to be one."""
     said, opposite = PHRASES[claim]
     by = {v: [r for r in rows if r[claim]["verdict"] == v] for v in SYMBOLS}
     n = len(rows)
-    parts = [f"{said} for {len(by['holds'])} of {n} methods" + (f" ({_names(by['holds'])})" if by["holds"] else "")]
+    small = [r for r in by["holds"] if r[claim].get("small_effect")]
+    parts = [f"{said} for {len(by['holds'])} of {n} methods" + (f" ({_names(by['holds'])})" if by["holds"] else "")
+             + (f", by less than δ for {_names(small)}: a small effect" if small and claim == "data_trend" else "")
+             + (f", though it rose by less than δ for {_names(small)}" if small and claim == "data_flat" else "")]
     if by["does not hold"]:
         if claim in ("data_trend", "param_trend"):  # refuted by a falling trend, or by no effect beyond ±δ
             fell = [r for r in by["does not hold"] if r[claim].get("rho", 0) < 0 and r[claim].get("p", 1) < 0.05]
@@ -91,6 +95,8 @@ def claim_sentence(rows: list[dict], claim: str) -> str:
             parts.append(f"{opposite} for {_names(by['does not hold'])}")
     if by["inconclusive"]:
         parts.append(f"inconclusive for {_names(by['inconclusive'])}")
+    if by["confounded"]:
+        parts.append(f"{len(by['confounded'])} confounded by training length ({_names(by['confounded'])})")
     if by["untestable"]:
         why = sorted({r[claim].get("why") or ("fewer than 3 budgets" if claim == "param_nonmonotonic" else "")
                       for r in by["untestable"]} - {""})
@@ -117,6 +123,7 @@ def paper_comparison(verdicts: list[dict], relations: dict[str, str]) -> list[di
         if cls and rows:
             n = len(rows)
             row["found"] = {c: _count(rows, c) for c in EXPECTED[cls] + OPPOSITE[cls]}
+            row["confounded"] = {c: _count(rows, c, "confounded") for c in EXPECTED[cls] + OPPOSITE[cls]}
             refuted = any(_count(rows, c, "does not hold") > n / 2 for c in EXPECTED[cls]) or \
                 any(_count(rows, c) > n / 2 for c in OPPOSITE[cls])
             shown = all(_count(rows, c) > n / 2 for c in EXPECTED[cls])
@@ -129,7 +136,9 @@ def found_text(row: dict[str, Any]) -> str:
     """'data size does not matter: 3 of 5; parameter size has a non-monotonic effect: 0 of 5' for a
     `paper_comparison` row."""
     against = OPPOSITE.get(row["class"], ())
+    confounded = row.get("confounded") or {}
     return "; ".join(("against it, " if c in against else "") + f"{CLAIMS[c]}: {k} of {row['methods']}"
+                     + (f" ({confounded[c]} confounded)" if confounded.get(c) else "")
                      for c, k in row["found"].items()) or "–"
 
 

@@ -9,7 +9,8 @@ consistent with pre-training should guide the PEFT strategy. Here that is made a
   best cell mean: 0.1 = ten times the data (or parameters) adds a tenth of the best score.
 - `study_points(folder)`: per task of a finished study, its consistency measures (`lm_loss` and
   `feature_distance`, measured on the checkpoint alone and stored by the study; `zero_shot` from its
-  runs), its two sensitivities, and its cells (for a recommendation).
+  runs), its two sensitivities, and its cells (for a recommendation), from its converged runs only
+  (`dropped`: the runs left out because they were still improving when they stopped).
 - `fit(points, predictor)`: per sensitivity s, the least-squares line s = a + b x on one consistency
   figure x (`PREDICTOR` = `lm_loss`: the checkpoint's mean loss on the task's training targets, which
   needs no run; a new task gets it in seconds). `predict` gives the value at a new task's x with the
@@ -37,7 +38,7 @@ import numpy as np
 
 from vlpeft.analysis import claims as claims_mod
 from vlpeft.analysis import consistency as cons
-from vlpeft.analysis.results import aggregate, load_runs, read_store
+from vlpeft.analysis.results import aggregate, converged_only, load_runs, read_store
 from vlpeft.analysis.stats import fit_line, predict_line
 from vlpeft.errors import UserError
 
@@ -77,7 +78,9 @@ def study_points(folder: str | Path) -> list[dict[str, Any]]:
     """One point per task of the study in `folder` that has finished runs."""
     folder = require_study(folder)
     meta, rows = read_store(folder)
-    runs = load_runs(folder, rows)
+    every = load_runs(folder, rows)
+    runs, _ = converged_only(every)  # a run still improving when it stopped measures its length, not the task
+    dropped_runs = [r for r in every if r.get("converged") is False]
     cells = aggregate(runs)
     verdicts = claims_mod.judge_claims(runs)
     measured = json.loads(meta.get("consistency", "{}") or "{}")
@@ -95,6 +98,7 @@ def study_points(folder: str | Path) -> list[dict[str, Any]]:
             **sens[task], "checkpoints": digests, "cells": [c for c in cells if c["task"] == task],
             "methods": spec.get("methods", {}), "training": spec.get("training", {}),
             "task_training": (spec.get("task_training") or {}).get(task, {}),
+            "dropped": sum(r["task"] == task for r in dropped_runs),
         })
     return points
 

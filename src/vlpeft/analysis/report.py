@@ -23,7 +23,7 @@ import numpy as np
 from vlpeft.analysis import advise as advise_mod
 from vlpeft.analysis import claims as claims_mod
 from vlpeft.analysis import consistency as cons
-from vlpeft.analysis import figures, findings
+from vlpeft.analysis import converged, figures, findings
 from vlpeft.analysis import predict as predict_mod
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.errors import UserError
@@ -40,10 +40,21 @@ def _fmt(v, digits: int = 3) -> str:
 
 def verdict_cell(claim: str, d: dict) -> str:
     v = d["verdict"]
+    if v == "confounded":
+        why = []
+        if d.get("cells_not_converged"):
+            why.append(f"{d['cells_not_converged']} of {d['cells']} cells had a run still improving when it stopped")
+        if "length check" in d.get("confounded_by", []):
+            why.append("the length check changes it")
+        return f"confounded: {'; '.join(why)}; as measured: " + verdict_cell(claim, {**d, "verdict": d["measured"]})
+    if d.get("small_effect"):
+        v += " (a rise smaller than δ: both “rises with data” and “data does not matter” hold)"
     if claim in ("data_trend", "param_trend") and "rho" in d:
-        return f"{v} (ρ={d['rho']:.2f}, p={d['p']:.3f}, slope {d['slope']:+.3g}/10×)"
+        return f"{v} (ρ={d['rho']:.2f}, p={d['p']:.3f}, adjusted {_fmt(d.get('p_adjusted'))}, " \
+               f"slope {d['slope']:+.3g}/10×)"
     if claim == "data_flat" and "effect" in d and not np.isnan(d["effect"]):
-        return f"{v} (Δ={d['effect']:+.3g}, 90% CI [{d['ci90'][0]:.3g}, {d['ci90'][1]:.3g}], δ=±{d['margin']:.3g})"
+        return (f"{v} (Δ={d['effect']:+.3g}, 90% CI [{d['ci90'][0]:.3g}, {d['ci90'][1]:.3g}], δ=±{d['margin']:.3g}; "
+                f"p equivalent {_fmt(d.get('p_adjusted'))}, different {_fmt(d.get('p_against_adjusted'))}, adjusted)")
     if claim == "param_nonmonotonic" and "levels" in d:
         if v == "untestable":
             return f"untestable ({d['levels']} budgets; needs ≥ 3)"
@@ -59,8 +70,9 @@ def build(
     folder = Path(folder)
     meta, rows = read_store(folder)
     runs = load_runs(folder, rows)
+    checks = load_runs(folder, rows, checks=True)
     cells = aggregate(runs)
-    verdicts = claims_mod.judge_claims(runs, delta=delta)
+    verdicts = claims_mod.judge_claims(runs, delta=delta, checks=checks)
     if consistency is None:
         consistency = json.loads(meta.get("consistency", "{}") or "{}")
     zs = cons.zero_shot(cells)
@@ -77,16 +89,44 @@ def build(
                 advice.append(advise_mod.advise(cells, task, n))
             except UserError:  # e.g. only the frozen model ran on this task
                 pass
-    context = {"meta": meta, "rows": rows, "runs": runs, "cells": cells, "verdicts": verdicts, "zero_shot": zs,
+    context = {"meta": meta, "rows": rows, "runs": runs, "checks": checks, "cells": cells, "verdicts": verdicts,
+               "zero_shot": zs,
                "sensitivity": sens, "consistency": consistency, "figures": figs, "advice": advice, "delta": delta,
                "setup": setup(meta, rows, runs)}
     secs = sections(context)
+    write_claims(folder, claims_mod.table(verdicts))
     write_if_changed(folder / "report.md", markdown(context, secs))
     write_if_changed(folder / "report.html", to_html(context, secs, folder))
     return {"verdicts": verdicts, "cells": cells, "summary": claims_mod.summary(verdicts), "setup": context["setup"]}
 
 
-LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps")  # FinetuneConfig's training-length fields
+# FinetuneConfig's training-length fields
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps", "max_steps", "max_epochs", "eval_every", "patience",
+                 "noise_z")
+
+
+def write_claims(folder: Path, table: list[dict[str, Any]]) -> None:
+    """claims.csv (and claims.parquet with pandas and pyarrow): one row per task x method label x
+    length x claim, the rows the verdict matrix is drawn from. Written atomically, only when changed."""
+    import csv
+    import io
+
+    from vlpeft.io import atomic_path
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(claims_mod.TABLE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in table)
+    changed = write_if_changed(folder / "claims.csv", buf.getvalue())
+    if changed or not (folder / "claims.parquet").exists():
+        try:
+            import pandas as pd
+
+            frame = pd.DataFrame(table, columns=list(claims_mod.TABLE_COLUMNS))
+            with atomic_path(folder / "claims.parquet") as tmp:
+                frame.to_parquet(tmp, index=False)
+        except ImportError:
+            pass
 
 
 def _budget_order(b) -> tuple:
@@ -103,7 +143,7 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     consistency = json.loads(meta.get("consistency", "{}") or "{}")
     env, pretrain, length = {}, None, {}
     for r in rows:
-        if r["metrics"]:  # a finished run records the settings in effect, defaults included
+        if r["metrics"] and not r.get("length_check"):  # a finished run records the settings in effect
             m = json.loads(r["metrics"])
             env = m.get("environment", {})
             length = {k: m["config"][k] for k in LENGTH_FIELDS
@@ -121,7 +161,11 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     status = defaultdict(int)
     for r in rows:
         status[r["status"]] += 1
+    val_s = [r["val_seconds"] for r in runs if r.get("val_seconds") is not None]
+    test_s = [r["eval_seconds"] for r in runs if r.get("eval_seconds") is not None]
     return {"name": meta.get("name"), "model": model, "checkpoints": ident.get("checkpoints"),
+            "eval_cost": {"validation": float(np.median(val_s)) if val_s else None,
+                          "test": float(np.median(test_s)) if test_s else None},
             "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec,
             "environment": env, "pretrain": pretrain,
             "tasks": {t: relation.get(t) or consistency.get(t, {}).get("relation") or "–"
@@ -162,6 +206,10 @@ def _pairs(d: dict) -> str:
 
 
 LENGTH_WORDS = {
+    "converge": "until validation stops improving beyond its noise (early stopping): an evaluation every "
+                "{eval_every} steps and at step 0, the best weights kept, stopped after {patience} evaluations "
+                "without an improvement above {noise_z} standard error(s), not before {min_steps} steps, capped at "
+                "{max_steps} steps; learning rate constant after its warm-up",
     "epochs": "equal epochs: {epochs} passes over every data subset (more data, more steps)",
     "steps": "equal optimiser steps (compute-matched): {steps} steps at every data size",
     "epochs_min_steps": "{epochs} epochs, at least {min_steps} optimiser steps",
@@ -175,7 +223,7 @@ def length_text(policy: str | None, length: dict, name: bool = False) -> str:
         return f"{policy} = " + length_text(length.get("length_policy"), length)
     if policy is None:
         return "–"
-    values = {"epochs": "?", "steps": "?", "min_steps": "?", **length}
+    values = {k: "?" for k in LENGTH_FIELDS} | {k: v for k, v in length.items() if v is not None}
     return f"{policy}: " + LENGTH_WORDS.get(policy, "{}").format(**values)
 
 
@@ -232,6 +280,13 @@ def setup_rows(s: dict) -> list[list[str]]:
         ["training length", "; ".join(length_text(n, v, name=True) for n, v in s["lengths"].items())
          + " (the grid runs under each)" if s["lengths"] else length_text(s["length_policy"], s["length"])],
         ["other training settings", _pairs(other)],
+        *([["length check", f"the smallest and the largest data size at each method's middle budget (first seed) "
+                            f"re-run {s['spec']['length_check']}× longer (cap and patience, or a fixed length)"]]
+          if (s["spec"] or {}).get("length_check") else []),
+        ["evaluation per run (median)", f"validation {_fmt(s['eval_cost']['validation'])} s over the whole run "
+                                        f"(step 0 included), test {_fmt(s['eval_cost']['test'])} s"],
+        ["multiple testing", "Benjamini–Hochberg over every test of the report (false discovery rate α = "
+                             f"{claims_mod.stats.ALPHA}); the raw p-values are in claims.csv beside the adjusted"],
         *([["per-task training", "; ".join(f"{k}: {_pairs(v)}" for k, v in sorted(s["task_training"].items()))]]
           if s["task_training"] else []),
         ["runs", f"{s['done']} done of {s['runs']}: " + ", ".join(f"{n} {k}" for k, n in sorted(s["status"].items()))],
@@ -250,7 +305,8 @@ SHORT = {"data_trend": "rises with data", "param_trend": "rises with parameters"
 
 def matrix_cell(claim: str, d: dict) -> tuple[str, str, str]:
     v = d["verdict"]
-    return (findings.SYMBOLS[v], "v-" + v.replace(" ", "-"), f"{v}: {verdict_cell(claim, d)}")
+    symbol = findings.SYMBOLS[v] + (" <δ" if d.get("small_effect") else "")
+    return (symbol, "v-" + v.replace(" ", "-"), f"{v}: {verdict_cell(claim, d)}")
 
 
 CAPTIONS = {
@@ -282,7 +338,12 @@ def sections(ctx) -> list[dict[str, Any]]:
     relations = s["tasks"]
     out: list[dict[str, Any]] = []
     lengths = findings.length_agreement(verdicts)
-    sentences = findings.task_sentences(verdicts, relations) + findings.length_sentences(lengths)
+    noise = converged.noise(ctx["runs"], ctx["delta"])
+    checked = converged.length_check(verdicts)
+    factor = (s["spec"] or {}).get("length_check") or None
+    sentences = findings.task_sentences(verdicts, relations) + findings.length_sentences(lengths) + [
+        converged.length_check_sentence(r, factor) for r in checked] + [
+        converged.noise_sentence(r) for r in noise if r["too_small"]]
     out.append({"title": "What this study found", "kind": "text", "items": sentences or [
         "No PEFT method has finished runs yet: nothing to report. The setup below describes the grid."]})
     comparison = findings.paper_comparison(verdicts, relations)
@@ -313,18 +374,23 @@ def sections(ctx) -> list[dict[str, Any]]:
                             + ". Where the verdicts differ, the data-size effect depends on how long the "
                             "smaller subsets are trained."})
     out.append({"title": "Verdict matrix", "kind": "table", "head": ["task", "method"] + list(SHORT.values()),
-                "body": [[v["task"], v["label"]] + [matrix_cell(c, v[c]) for c in claims_mod.CLAIMS]
-                         for v in verdicts],
-                "note": "✓ holds · ✗ does not hold · ? inconclusive · – untestable. The claims: "
+                "body": matrix_rows(verdicts),
+                "note": "✓ holds · ✗ does not hold · ? inconclusive · – untestable · ⌛ confounded: the test rests on "
+                        "a run that was still improving when it stopped, or the length check changes it (its "
+                        "verdict as measured is in the next table) · <δ: performance rises with data, by less than "
+                        "δ (both “rises with data” and “data does not matter” hold: a small effect). The claims: "
                         + "; ".join(f"{SHORT[c]} = “{t}”" for c, t in claims_mod.CLAIMS.items())
-                        + ". Each verdict's statistics are in the next table (and in the HTML, on hover)."})
+                        + ". Each verdict's statistics are in the next table (and in the HTML, on hover); every row is "
+                        "in claims.csv."})
     out.append({"title": "Statistics behind each verdict", "kind": "table", "collapsed": True,
                 "head": ["task", "method"] + list(claims_mod.CLAIMS.values()),
                 "body": [[v["task"], v["label"]] + [verdict_cell(c, v[c]) for c in claims_mod.CLAIMS]
                          for v in verdicts],
-                "note": f"Permutation and bootstrap tests at α = {claims_mod.stats.ALPHA}; δ = {ctx['delta']:.0%} of "
-                        "the task's best cell mean. Slopes are score change per tenfold more data (or parameters), "
-                        "inside each budget (or data size)."})
+                "note": f"Permutation and bootstrap tests; the false discovery rate over this report's "
+                        f"{len(claims_mod._tests(verdicts))} tests is held at α = {claims_mod.stats.ALPHA} "
+                        "(Benjamini–Hochberg: verdicts use the adjusted p-values; claims.csv has both). "
+                        f"δ = {ctx['delta']:.0%} of the task's best cell mean. Slopes are score change per tenfold "
+                        "more data (or parameters), inside each budget (or data size)."})
     out.append({"title": "Setup", "kind": "table", "head": ["item", "value"], "body": setup_rows(s), "note": ""})
     out.append({"title": "Figures", "kind": "figures"})
     adv = []
@@ -353,6 +419,29 @@ def sections(ctx) -> list[dict[str, Any]]:
                         "method's `methods.LABEL.task_training`), and "
                         "the claims about that method describe undertrained runs, not the method; where it is about "
                         "δ, the frozen model already does about as well as fine-tuning."})
+    conv = converged.table(ctx["runs"])
+    out.append({"title": "Did the runs converge?", "kind": "table",
+                "head": ["task", "method", "runs converged", "still improving", "flat at start", "too short",
+                         "reached the cap", "median steps to best", "median steps run"],
+                "body": [[c["task"], c["label"], f"{c['converged']} of {c['runs']}",
+                          str(c["states"].get("still_improving", 0)), str(c["states"].get("flat_at_start", 0)),
+                          str(c["states"].get("too_short", 0)), str(c["capped"]),
+                          _fmt(c["median_steps_to_best"]), _fmt(c["median_steps"])] for c in conv],
+                "note": "A run converged when its validation score had not improved beyond its own noise (one "
+                        "standard error by default: binomial for VQA accuracy, a bootstrap over images for "
+                        "CIDEr-D) over its last `patience` evaluations; still improving when those evaluations "
+                        "rose above everything before them; flat at start when validation never left its starting "
+                        "score while the training loss kept falling; too short with fewer evaluations than a "
+                        "judgement needs. A claim resting on a run that did not converge is ⌛ confounded."})
+    out.append({"title": "Can the validation set tell δ from noise?", "kind": "table",
+                "head": ["task", "validation examples", "median standard error", "δ", "reading"],
+                "body": [[r["task"], f"{r['n_val']:,}", _fmt(r["se"]), _fmt(r["delta"]),
+                          "–" if r["too_small"] is None else
+                          f"too small: about {r['needed']:,} examples would do" if r["too_small"] else "yes"]
+                         for r in noise],
+                "note": f"The standard error is the run's best validation score's; the split is too small when δ is "
+                        f"under {converged.NOISE_RATIO:g} standard errors (early stopping and selection would then "
+                        "decide at the level of noise)."})
     cons_rows = []
     for task in sorted(ctx["sensitivity"]):
         m, sens = ctx["consistency"].get(task, {}), ctx["sensitivity"][task]
@@ -382,6 +471,16 @@ def sections(ctx) -> list[dict[str, Any]]:
         out.append({"title": "Failed runs", "kind": "table", "head": ["id", "reason"],
                     "body": [[i, r or ""] for i, r in s["failed"]], "note": ""})
     return out
+
+
+def matrix_rows(verdicts: list[dict]) -> list[list]:
+    """The verdict matrix from claims.table's rows (the rows of claims.csv), one row per task x label."""
+    by: dict[tuple, dict] = {}
+    nested = {(v["task"], v["label"]): v for v in verdicts}
+    for r in claims_mod.table(verdicts):
+        by.setdefault((r["task"], r["label"]), {})[r["claim"]] = r
+    return [[task, label] + [matrix_cell(c, {**nested[task, label][c], "verdict": per[c]["verdict"]})
+                             for c in claims_mod.CLAIMS] for (task, label), per in by.items()]
 
 
 def _figure_groups(ctx) -> list[tuple[str, list[str]]]:
@@ -437,6 +536,7 @@ td.v-holds{background:#d4edda;color:#155724;text-align:center}
 td.v-does-not-hold{background:#f8d7da;color:#721c24;text-align:center}
 td.v-inconclusive{background:#fff3cd;color:#856404;text-align:center}
 td.v-untestable{background:#eee;color:#777;text-align:center}
+td.v-confounded{background:#dcd6f7;color:#3d2a8a;text-align:center}
 figure{margin:0 0 1.5em 0}summary{cursor:pointer;font-weight:bold}"""
 
 

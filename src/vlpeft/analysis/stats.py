@@ -9,12 +9,17 @@ fixed (e.g. the budget when testing data size), so that only x varies inside a s
   (exact null of "no relation"); slope from least squares of y on log10(x) with stratum means
   removed (score change per tenfold increase of x).
 - `equivalence`: the effect Δ = mean y at the largest x − mean y at the smallest x (strata pooled),
-  with a stratified bootstrap interval. Two one-sided tests at level α: "equivalent" when the
-  (1 − 2α) interval lies inside ±δ; "different" when the (1 − α) interval lies wholly outside ±δ.
+  with a stratified bootstrap distribution. Two one-sided tests (TOST): p_equivalent = the larger of
+  the bootstrap shares at or beyond −δ and +δ ("equivalent" when < α, i.e. the (1 − 2α) interval
+  lies inside ±δ); p_different = twice the smaller share on the near side of ±δ ("different" when
+  < α, i.e. the (1 − α) interval lies wholly outside ±δ).
 - `interior_peak`: the x with the best mean y; when it is interior, one-sided bootstrap tests that
-  it beats the smallest and the largest x (each at α/2, Bonferroni). "peaked" when both hold;
-  "monotone" when the best x is an end and beats the other end significantly.
+  it beats the smallest and the largest x (each at α/2, Bonferroni: p_peaked = 2 × the larger p).
+  "peaked" when both hold; "monotone" when the best x is an end and beats the other end
+  (p_monotone < α).
 - `bootstrap_ci`: percentile interval of a mean.
+- `bh_adjust`: Benjamini–Hochberg adjusted p-values, controlling the false discovery rate over the
+  tests of one report.
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ class Equivalence:
     ci95: tuple[float, float]
     margin: float
     verdict: str  # "equivalent" | "different" | "inconclusive"
+    p_equivalent: float = 1.0  # TOST p: small means |effect| < margin
+    p_different: float = 1.0  # small means |effect| > margin
 
 
 def equivalence(x: Sequence[float], y: Sequence[float], strata: Sequence, margin: float, alpha: float = ALPHA,
@@ -135,13 +142,11 @@ def equivalence(x: Sequence[float], y: Sequence[float], strata: Sequence, margin
     delta = float(np.concatenate([h for h, _ in pairs]).mean() - np.concatenate([w for _, w in pairs]).mean())
     ci90 = tuple(float(q) for q in np.quantile(dist, [alpha, 1 - alpha]))
     ci95 = tuple(float(q) for q in np.quantile(dist, [alpha / 2, 1 - alpha / 2]))
-    if -margin < ci90[0] and ci90[1] < margin:
-        verdict = "equivalent"
-    elif ci95[0] > margin or ci95[1] < -margin:
-        verdict = "different"
-    else:
-        verdict = "inconclusive"
-    return Equivalence(delta, ci90, ci95, margin, verdict)
+    share = lambda hit: float((1 + np.sum(hit)) / (boots + 1))  # noqa: E731  (a bootstrap p never reads 0)
+    p_equivalent = max(share(dist <= -margin), share(dist >= margin))
+    p_different = min(1.0, 2 * min(share(dist <= margin), share(dist >= -margin)))
+    verdict = "equivalent" if p_equivalent < alpha else "different" if p_different < alpha else "inconclusive"
+    return Equivalence(delta, ci90, ci95, margin, verdict, p_equivalent, p_different)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,16 @@ class Peak:
     p_high: float
     verdict: str  # "peaked" | "monotone" | "inconclusive" | "untestable"
     levels: int
+
+    @property
+    def p_peaked(self) -> float:
+        """p of "an interior x beats both ends" (each one-sided test at half the level)."""
+        return min(1.0, 2 * max(self.p_low, self.p_high)) if self.interior else 1.0
+
+    @property
+    def p_monotone(self) -> float:
+        """p of "the best x is an end and beats the other end"."""
+        return 1.0 if self.interior or self.verdict == "untestable" else min(self.p_low, self.p_high)
 
 
 def interior_peak(x: Sequence[float], y: Sequence[float], strata: Sequence, alpha: float = ALPHA,
@@ -188,6 +203,22 @@ def interior_peak(x: Sequence[float], y: Sequence[float], strata: Sequence, alph
     else:
         verdict = "inconclusive"
     return Peak(float(levels[k]), interior, g_low, g_high, p_low, p_high, verdict, len(levels))
+
+
+def bh_adjust(p_values: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (step-up): q_(i) = min_{j >= i} p_(j) m / j over the sorted
+    p-values, capped at 1. Rejecting q < α keeps the expected share of false discoveries among the
+    rejections at most α (independent or positively dependent tests; Benjamini & Hochberg 1995)."""
+    p = np.asarray(p_values, float)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p)
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return [float(x) for x in out]
 
 
 # Student t quantiles t_{0.95, df} (a two-sided 90 % interval), df = 1..30; df > 30 uses the nearest
