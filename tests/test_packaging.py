@@ -92,7 +92,10 @@ def test_an_installed_wheel_finds_its_presets_from_another_folder(wheel, tmp_pat
     assert listed.returncode == 0, listed.stdout + listed.stderr
     cells = [line.split()[0] for line in listed.stdout.splitlines() if line.endswith("training examples)")]
     assert cells == [c.id for c in expand(load_spec("quick"))]
-    assert f"{len(cells)} cells" in listed.stdout.splitlines()
+    checks = [line.split()[0] for line in listed.stdout.splitlines() if "length check: after the grid" in line]
+    assert len(checks) == 20 and all(c.endswith(".x2") for c in checks)  # 2 tasks x 5 methods x 2 sizes
+    assert f"{len(cells)} cells and 20 length-check cells" in listed.stdout.splitlines()
+    assert "validation noise not checked (the checkpoint is pre-trained when the study runs)" in listed.stdout
     assert list(elsewhere.iterdir()) == []
 
     unknown = run(

@@ -173,6 +173,13 @@ def cmd_finetune(args) -> int:
     print(f"{m['task']} {m['method']}{knob} data={m['data_size']} seed={m['seed']}: "
           f"test {m['metric']} {m['test_score']:.4g} (best val {m['best_val_score']:.4g}), "
           f"{m['trainable_params']:,} trainable params, {m['train_seconds']:.0f} s -> {out}")
+    c = m["convergence"]
+    state = {"converged": "converged", "not_trained": "nothing trained", "still_improving": "NOT converged: still "
+             "improving", "flat_at_start": "NOT converged: flat at its start while the loss falls",
+             "too_short": "NOT converged: too few evaluations to judge"}[c["state"]]
+    how = {"converged": "stopped early", "cap": "stopped at the cap", "length": "a fixed length",
+           "untrained": "nothing to train"}.get(m["stopped_by"], m["stopped_by"])
+    print(f"  {state} ({how}); best validation at step {m['steps_to_best']} of {m['steps_done']}: {c['reason']}")
     return 0
 
 
@@ -223,6 +230,7 @@ def cmd_tasks_check(args) -> int:
 
 def cmd_study(args) -> int:
     from vlpeft.study import dry_run, load_spec, run_study
+    from vlpeft.study.runner import dry_run_checks
     from vlpeft.study.spec import with_executor
 
     spec = with_executor(load_spec(args.spec), kind=args.executor, workers=args.workers, threads=args.threads,
@@ -230,10 +238,18 @@ def cmd_study(args) -> int:
     if args.address and spec.executor.kind != "ray":
         raise UserError("--address needs --executor ray")
     if args.dry_run:
+        from vlpeft.study.preflight import noise_text, validation_noise
+
         cells = dry_run(spec)
         for c in cells:
             print(f"{c['id']}  ({c['examples']} training examples)")
-        print(f"{len(cells)} cells")
+        checks = dry_run_checks(spec, cells)
+        for c in checks:
+            print(f"{c['id']}  ({c['examples']} training examples; length check: after the grid, {spec.length_check}x "
+                  f"as long as its run {c['of']})")
+        print(f"{len(cells)} cells" + (f" and {len(checks)} length-check cells" if checks else ""))
+        for r in validation_noise(spec):  # the frozen checkpoint on each task's validation split
+            print(noise_text(r))
         return 0
     if not args.out:
         raise UserError("study: give --out, the study folder (results.sqlite, reports, runs/)")

@@ -366,12 +366,51 @@ def test_a_study_under_two_training_lengths_runs_each_and_reports_whether_they_a
     assert "| easyvqa-vqa | lora@epochs |" in md and "| easyvqa-vqa | lora@steps |" in md  # verdicts per length
 
 
+def test_too_few_steps_confound_the_data_claims_and_training_to_convergence_does_not(tiny_checkpoint, tmp_path):
+    """The same grid twice: at 4 optimiser steps no run has converged and every data-size verdict reads
+    `confounded`; under the default policy (train until validation stops improving) the runs converge,
+    the verdicts are verdicts, and the length check re-runs its cells twice as long."""
+    import csv
+
+    ckpt, _ = tiny_checkpoint
+    grid = dict(tasks=["easyvqa-vqa"], methods={"lora": {"budgets": [1, 2, 4]}, "frozen": {}}, seeds=[0, 1])
+    short = run_study(load_spec(str(write_spec(tmp_path, ckpt, "short.yaml", **grid))), tmp_path / "short",
+                      quiet=True)
+    assert short["done"] == short["total"] == 16
+    assert {r["converged"] for r in rows(tmp_path / "short") if r["method"] == "lora"} == {0}
+    claims = list(csv.DictReader((tmp_path / "short" / "claims.csv").open()))
+    assert {r["verdict"] for r in claims if r["claim"] in ("data_trend", "data_flat")} == {"confounded"}
+    results = list(csv.DictReader((tmp_path / "short" / "results.csv").open()))
+    assert {r["converged"] for r in results} == {"False", "True"}  # a boolean column (the frozen model: True)
+    converge = {"length_policy": "converge", "batch_size": 8, "val_limit": 16, "test_limit": 16, "max_steps": 200,
+                "eval_every": 4, "patience": 2, "min_steps": 0, "noise_z": 1.0}
+    path = write_spec(tmp_path, ckpt, "converge.yaml", training=converge, length_check=2, **grid)
+    long = run_study(load_spec(str(path)), tmp_path / "long", quiet=True)
+    got = rows(tmp_path / "long")
+    checks = [r for r in got if r["length_check"]]
+    assert long["done"] == long["total"] == 16 + 2 and len(checks) == 2  # lora's middle budget at both sizes
+    assert sorted(r["id"] for r in checks) == ["easyvqa-vqa.lora.b2.n16.s0.x2", "easyvqa-vqa.lora.b2.n32.s0.x2"]
+    grid_runs = [r for r in got if not r["length_check"] and r["method"] == "lora"]
+    assert all(r["converged"] == 1 for r in grid_runs), [json.loads(r["metrics"])["convergence"] for r in grid_runs]
+    by_id = {r["id"]: r for r in got}
+    for r in checks:  # at least twice as long as the run it checks, under a cap twice as high, the same warm-up
+        config, original = json.loads(r["config"]), json.loads(by_id[r["id"][:-len(".x2")]]["metrics"])
+        assert config["min_steps"] == 2 * original["steps_done"] and config["max_steps"] == 400
+        assert json.loads(r["metrics"])["steps_done"] >= 2 * original["steps_done"]
+        assert config["warmup_steps"] == 1 and config["patience"] == 2
+    claims = list(csv.DictReader((tmp_path / "long" / "claims.csv").open()))
+    assert "confounded" not in {r["verdict"] for r in claims if r["claim"] in ("data_trend", "data_flat")} or \
+        {r["confounded_by"] for r in claims if r["verdict"] == "confounded"} == {"length check"}
+    md = (tmp_path / "long" / "report.md").read_text()
+    assert "## Did the runs converge?" in md and "the length check re-ran" in md
+
+
 def test_a_store_from_before_lengths_gains_the_column_and_keeps_its_rows(tmp_path):
     from vlpeft.study import store
 
     path = tmp_path / "results.sqlite"
     con = sqlite3.connect(path)
-    con.executescript(store.SCHEMA.replace(",\n    length TEXT\n", "\n"))
+    con.executescript(store.SCHEMA.replace(",\n    length TEXT, length_check INTEGER, converged INTEGER\n", "\n"))
     con.execute("INSERT INTO runs (id, task, label, method, data_size, seed, config, status) "
                 "VALUES ('a', 't', 'lora', 'lora', '16', 0, '{}', 'pending')")
     con.commit()
@@ -379,7 +418,7 @@ def test_a_store_from_before_lengths_gains_the_column_and_keeps_its_rows(tmp_pat
     con.close()
     con = store.connect(path)
     (row,) = store.rows(con)
-    assert row["id"] == "a" and row["length"] is None
+    assert row["id"] == "a" and row["length"] is None and row["length_check"] is None and row["converged"] is None
     con.close()
 
 

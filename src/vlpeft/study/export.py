@@ -36,6 +36,7 @@ def table_rows(con) -> list[dict[str, Any]]:
     rows = []
     for r in store.rows(con):
         flat = {k: r[k] for k in FIXED}
+        flat["converged"] = None if r["converged"] is None else bool(r["converged"])  # a boolean column
         flat.update({f"config.{k}": v for k, v in flatten(json.loads(r["config"])).items()})
         if r["metrics"]:
             flat.update({f"m.{k}": v for k, v in flatten(json.loads(r["metrics"])).items() if k != "config"})

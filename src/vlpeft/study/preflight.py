@@ -3,7 +3,12 @@
 1. `assess`: the task's consistency with the checkpoint's pre-training, with the code a study uses
    (`tasks.consistency.measure`: `lm_loss`, `feature_distance`), plus a short zero-shot evaluation
    (the frozen model on a few test examples, as a study's `frozen` cells are run).
-2. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
+2. `validation_noise`: before a study runs (`vlpeft study --dry-run`), whether each task's validation
+   split can tell the claims' margin δ from noise: the frozen checkpoint's validation score and its
+   standard error, against δ estimated as `delta` of the metric's ceiling (VQA accuracy: 100, so δ is
+   at most that) or, without one (CIDEr-D), of the frozen score. The report checks again with the
+   real δ (`analysis.converged.noise`).
+3. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
    per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
    Tian et al. the task is expected to follow, recommends a method and budget from the study task
    nearest in consistency, and writes the smallest study that would confirm it. Without studies
@@ -59,6 +64,50 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
                                                          "zero_shot": round(t2 - t1, 1)}}
 
 
+def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[str, Any]]:
+    """Per task of `spec` (a StudySpec): validation examples, the frozen model's validation score and
+    standard error, the estimated δ, and whether the split is too small (δ < 2 SE), with the size that
+    would do. A task whose checkpoint is not there yet (to be pre-trained) is skipped, said so."""
+    from pathlib import Path
+
+    from vlpeft.analysis.claims import DEFAULT_DELTA
+    from vlpeft.analysis.converged import NOISE_RATIO
+    from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.recipes.finetune import finetune
+    from vlpeft.study.spec import expand
+    from vlpeft.tasks import get_kind, get_task
+
+    delta = DEFAULT_DELTA if delta is None else delta
+    out = []
+    for task in spec.tasks:
+        cell = next(c for c in expand(spec) if c.task == task)
+        fields = {**cell.finetune_fields(spec), "method": "frozen", "budget": None, "method_options": {},
+                  "test_limit": 1, "lr": None}
+        if spec.pretrain is not None and not (Path(fields["model"]) / "config.json").exists():
+            out.append({"task": task, "skipped": "the checkpoint is pre-trained when the study runs"})
+            continue
+        rec = finetune(FinetuneConfig(**fields), None, progress=False, log=lambda *a, **k: None)
+        ceiling = get_kind(get_task(fields["task"]).kind).ceiling
+        scale = ceiling if ceiling else rec["best_val_score"]
+        margin, se = delta * scale, rec["best_val_se"]
+        too_small = NOISE_RATIO * se > margin
+        out.append({"task": task, "n_val": rec["n_val"], "score": rec["best_val_score"], "se": se, "delta": margin,
+                    "scale": "the metric's ceiling" if ceiling else "the frozen score", "too_small": too_small,
+                    "needed": math.ceil(rec["n_val"] * (NOISE_RATIO * se / margin) ** 2) if too_small else None})
+    return out
+
+
+def noise_text(r: dict[str, Any]) -> str:
+    if r.get("skipped"):
+        return f"{r['task']}: validation noise not checked ({r['skipped']})"
+    line = (f"{r['task']}: validation {r['n_val']:,} examples, frozen score {r['score']:.4g} ± {r['se']:.3g} "
+            f"(standard error); δ at most about {r['delta']:.3g} (5 % of {r['scale']})")
+    if r["too_small"]:
+        line += (f"\n  warning: too small to tell δ from noise (δ < 2 SE): early stopping and model selection would "
+                 f"decide at the level of noise; about {r['needed']:,} validation examples would do (val_limit)")
+    return line
+
+
 def _size(data_size, pool: int) -> int:
     from vlpeft.data.subsets import resolve_size
 
@@ -101,7 +150,8 @@ def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_param
         for p in predict.study_points(folder):
             (points if not p["checkpoints"] or a["digest"] in p["checkpoints"] else other).append(p)
     out: dict[str, Any] = {"task": a, "data_size": n, "max_params": max_params, "predictor": predictor,
-                           "studies": folders, "excluded": sorted({p["study"] for p in other}), "points": [
+                           "studies": folders, "excluded": sorted({p["study"] for p in other}),
+                           "dropped": sum(p.get("dropped", 0) for p in points), "points": [
                                {k: p.get(k) for k in ("study", "task", "relation", predictor, *predict.TARGETS)}
                                for p in points]}
     if points:
@@ -152,6 +202,9 @@ def advice_text(out: dict[str, Any]) -> str:
              + (f" (majority answer {a['majority']:.4g})" if a.get("majority") is not None else ""),
              f"  measured in {a['seconds']['measures'] + a['seconds']['zero_shot']:.0f} s "
              f"(measures {a['seconds']['measures']:.0f} s, zero-shot {a['seconds']['zero_shot']:.0f} s)"]
+    if out.get("dropped"):
+        lines.append(f"  left out: {out['dropped']} run(s) of those studies that were still improving when they "
+                     f"stopped (their scores measure the training length); predictions use converged runs only")
     if out["excluded"]:
         lines.append(f"  not used: {', '.join(out['excluded'])} (another checkpoint: its consistency figures "
                      f"are not comparable with this one's)")

@@ -24,7 +24,7 @@ from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
 from vlpeft.recipes.config import fields_where
 from vlpeft.study import store
-from vlpeft.study.spec import Cell, StudySpec, expand, fingerprint
+from vlpeft.study.spec import Cell, StudySpec, check_cells, expand, fingerprint
 
 # FinetuneConfig fields that do not change a run's result (so they are not compared on resume).
 NOT_RESULT_FIELDS = fields_where(result=False)
@@ -200,6 +200,80 @@ def _adoptable(run_dir: Path, config: dict) -> dict | None:
     return metrics if metrics.get("status") == "done" and _comparable(saved) == _comparable(config) else None
 
 
+def _adopted(con, out: Path, cell: Cell, fields: dict) -> dict | None:
+    """Record a finished run whose row was never updated (the driver killed in between); its metrics."""
+    adopted = _adoptable(out / "runs" / cell.id, fields)
+    if adopted is not None:
+        store.finish(con, cell.id, {"status": "done", "metrics": adopted})
+    return adopted
+
+
+def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]], quiet: bool) -> None:
+    """Run `todo` ((examples, cell, fields)) on the spec's executor, recording each result as it comes,
+    the largest subsets first (better packing, an honest ETA)."""
+    from vlpeft.study import executors
+
+    todo = sorted(todo, key=lambda t: -t[0])
+    ex = spec.executor
+    # Absolute paths: Ray workers need not share the driver's working folder.
+    cache = {"feature_cache_dir": str((out / "cache" / "features").resolve())}  # shared by the workers
+    payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
+                 "threads": ex.threads} for _, c, f in todo]
+    progress = Progress(len(todo), quiet=quiet)
+
+    def on_start(cell_id):
+        store.mark_running(con, cell_id)
+
+    def on_done(cell_id, result):
+        store.finish(con, cell_id, result)
+        progress.finished(cell_id, result)
+        crash_point("after_result")
+
+    try:
+        if ex.kind == "ray":
+            executors.run_ray(payloads, ex.threads, ex.gpus, ex.address, on_start, on_done)
+        else:
+            executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done, gpus=int(ex.gpus))
+    finally:
+        progress.close()
+
+
+def length_check_cells(spec: StudySpec, cells: list[tuple[Cell, dict, int]],
+                       rows: dict[str, dict]) -> list[tuple[Cell, dict, int]]:
+    """The length check's cells (`spec.length_check` = k), once the grid has run: the cells chosen by
+    `spec.check_cells` whose original run finished, each with the original's fields trained k times
+    longer (`spec.lengthened`, from how long the original actually trained)."""
+    fields_of = {c.id: f for c, f, _ in cells}
+    out = []
+    for cell, n in check_cells(spec, [(c, n) for c, _, n in cells]):
+        original = rows.get(cell.id.rsplit(".", 1)[0])
+        if original is None or original["status"] != "done":
+            continue
+        out.append((cell, lengthened(fields_of[original["id"]], spec.length_check, json.loads(original["metrics"])),
+                    n))
+    return out
+
+
+def lengthened(fields: dict[str, Any], k: int, original: dict[str, Any]) -> dict[str, Any]:
+    """The FinetuneConfig fields of a length-check run: a cell's `fields` trained k times longer than
+    its `original` run (its metrics) did. Under converge: at least k times the steps it ran
+    (min_steps), the cap (max_steps, max_epochs) k times higher, the same warm-up; then the usual
+    stopping rule. A fixed length (steps, epochs, the epochs_min_steps floor) k times over."""
+    from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.recipes.finetune import warmup_steps
+
+    cfg = FinetuneConfig(**fields)
+    longer = {
+        "converge": lambda: {"min_steps": k * int(original.get("steps_done") or 0), "max_steps": k * cfg.max_steps,
+                             "max_epochs": k * cfg.max_epochs, "warmup_steps": warmup_steps(cfg, int(
+                                 original.get("steps") or cfg.max_steps))},
+        "steps": lambda: {"steps": k * cfg.steps},
+        "epochs": lambda: {"epochs": k * cfg.epochs},
+        "epochs_min_steps": lambda: {"epochs": k * cfg.epochs, "min_steps": k * cfg.min_steps},
+    }[cfg.length_policy]()
+    return {**fields, **longer}
+
+
 def _fmt_seconds(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -279,7 +353,7 @@ def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
 
 
 def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
-    from vlpeft.study import executors, export
+    from vlpeft.study import export
 
     ident = study_fingerprint(spec)
     con = open_store(out, spec, ident)
@@ -293,46 +367,27 @@ def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
         interrupted = store.reset_interrupted(con)
         if interrupted:
             log(f"{interrupted} run(s) were interrupted last time: running them again")
-        todo = []
-        for cell, fields, n in cells:
-            row = existing[cell.id]
-            if row["status"] == "done":
-                continue
-            adopted = _adoptable(out / "runs" / cell.id, fields)
-            if adopted is not None:
-                store.finish(con, cell.id, {"status": "done", "metrics": adopted})
-                continue
-            todo.append((n, cell, fields))
-        todo.sort(key=lambda t: -t[0])  # longest first: better packing, honest ETA
+        todo = [(n, cell, fields) for cell, fields, n in cells
+                if existing[cell.id]["status"] != "done" and _adopted(con, out, cell, fields) is None]
         ex = spec.executor
-        # Absolute paths: Ray workers need not share the driver's working folder.
-        cache = {"feature_cache_dir": str((out / "cache" / "features").resolve())}  # shared by the workers
-        payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
-                     "threads": ex.threads} for _, c, f in todo]
         n_cells = len(cells)
         log(
             f"study {spec.name}: {n_cells} cells, {n_cells - len(todo)} done, {len(todo)} to run "
             f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) "
             f"-> {out}"
         )
-        progress = Progress(len(todo), quiet=quiet)
-
-        def on_start(cell_id):
-            store.mark_running(con, cell_id)
-
-        def on_done(cell_id, result):
-            store.finish(con, cell_id, result)
-            progress.finished(cell_id, result)
-            crash_point("after_result")
-
         grid_started = time.time()
-        try:
-            if ex.kind == "ray":
-                executors.run_ray(payloads, ex.threads, ex.gpus, ex.address, on_start, on_done)
-            else:
-                executors.run_local(payloads, ex.workers, ex.threads, on_start, on_done, gpus=int(ex.gpus))
-        finally:
-            progress.close()
+        _execute(con, spec, out, todo, quiet)
+        ran = len(todo)
+        checks = length_check_cells(spec, cells, {r["id"]: r for r in store.rows(con)})
+        if checks:
+            store.add_cells(con, [(c, f) for c, f, _ in checks])
+            existing = {r["id"]: r for r in store.rows(con)}
+            todo = [(n, c, f) for c, f, n in checks if existing[c.id]["status"] != "done"
+                    and _adopted(con, out, c, f) is None]
+            log(f"length check: {len(checks)} cell(s) trained {spec.length_check}x longer, {len(todo)} to run")
+            _execute(con, spec, out, todo, quiet)
+            cells, ran = cells + checks, ran + len(todo)
         grid_seconds = time.time() - grid_started
         ids = [c.id for c, _, _ in cells]
         record_study(con, spec, log)
@@ -347,8 +402,8 @@ def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
                 counts[r["status"]] = counts.get(r["status"], 0) + 1
     finally:
         con.close()
-    summary = {"total": n_cells, "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-               "ran": len(todo), "seconds": round(time.time() - t0, 1), "grid_seconds": round(grid_seconds, 1)}
+    summary = {"total": len(cells), "done": counts.get("done", 0), "failed": counts.get("failed", 0), "ran": ran,
+               "seconds": round(time.time() - t0, 1), "grid_seconds": round(grid_seconds, 1)}
     return summary
 
 
@@ -377,6 +432,14 @@ def record_study(con, spec: StudySpec, log=print) -> None:
 def dry_run(spec: StudySpec) -> list[dict[str, Any]]:
     """The cells the spec expands to, checked, without writing anything."""
     return [{"id": c.id, "examples": n} for c, _, n in resolve_cells(spec)]
+
+
+def dry_run_checks(spec: StudySpec, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The length check's cells of a dry run (`dry_run`'s cells): id, examples, and the run they lengthen."""
+    examples = {c["id"]: c["examples"] for c in cells}
+    grid = {c.id: c for c in expand(spec)}
+    return [{"id": c.id, "examples": n, "of": c.id.rsplit(".", 1)[0]}
+            for c, n in check_cells(spec, [(grid[i], n) for i, n in examples.items()])]
 
 
 __all__ = ["run_study", "dry_run", "resolve_cells"]

@@ -15,11 +15,12 @@ A spec (see the presets in src/vlpeft/configs/*.yaml for complete, commented exa
       prefix: {budgets: [8], task_training: {easyvqa-vqa: {steps: 600}}}   # a label's own training fields
     data_sizes: [250, "10%", 1.0]
     seeds: [0, 1]
-    training: {length_policy: epochs_min_steps, epochs: 5, min_steps: 300}   # FinetuneConfig fields
+    training: {max_steps: 3000, val_limit: 800}   # FinetuneConfig fields (default length: converge)
     lengths:                  # optional: the whole grid under each training length (cells get `.L<name>`)
       epochs: {length_policy: epochs, epochs: 5}        # equal epochs: more data, more steps
       steps: {length_policy: steps, steps: 300}         # equal optimiser steps (compute-matched)
     task_training: {easyvqa-vqa: {min_steps: 1000}, scenes-caption: {task_options: {num_beams: 3}}}  # per task
+    length_check: 2           # once the grid has run: a few cells again, at least twice as long
     executor: {kind: local, workers: 2, threads: 1}
 
 A cell is task x method label x budget x data size x seed x learning rate. Its ID is built from those
@@ -48,7 +49,8 @@ from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_map
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
 EXECUTORS = ("local", "ray")
-LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps")
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps", "max_steps", "max_epochs", "eval_every",
+                 "eval_growth", "patience", "noise_z", "warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,21 @@ class StudySpec:
     )
     lengths: dict = field(
         default_factory=dict,
-        metadata={"help": "name -> training-length fields (length_policy, epochs, min_steps, steps): the grid runs "
-                          "under each, so the report can compare equal epochs with equal optimiser steps"},
+        metadata={"help": "name -> training-length fields (length_policy and its numbers: epochs, steps, "
+                          "min_steps, max_steps, ...): the grid runs under each, so the report can compare training "
+                          "to convergence with equal optimiser steps"},
     )
     paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
                                                                "vqav2): each task takes the keys it knows"})
     task_paths: dict = field(default_factory=dict, metadata={"help": "task -> data files of that task alone, "
                                                                     "overriding `paths`"})
+    length_check: int = field(
+        default=0,
+        metadata={"help": "k >= 2: once the grid has run, re-run for each task x method label the smallest and the "
+                          "largest data size at the middle budget (first seed) k times longer (at least k times "
+                          "the steps the run took, under a cap k times higher; or a fixed length times k); the "
+                          "report says whether any verdict would change, and makes those `confounded`. 0: none"},
+    )
     executor: ExecutorSpec = field(default_factory=ExecutorSpec, metadata={"help": "how runs are executed"})
     source: str = field(default="spec", metadata={"help": "where the spec came from (for messages)"})
     task_files: dict = field(default_factory=dict, metadata={"help": "task name -> its task file (absolute path), "
@@ -139,6 +149,7 @@ class Cell:
     seed: int
     lr: float | None
     length: str | None = None  # a name of the spec's `lengths`, or None: `training` alone
+    check: int | None = None  # k: a length-check cell, trained k times longer (None: a cell of the grid)
 
     def finetune_fields(self, spec: StudySpec) -> dict[str, Any]:
         """The FinetuneConfig fields of this cell (model, threads and device are the executor's):
@@ -312,6 +323,9 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             raise UserError(f"{source}: methods.{label}: {clash!r} would override the study's lengths (each "
                             "length must mean the same for every method); set it in lengths instead")
 
+    length_check = _typed(d.get("length_check", 0), "int", f"{source}: length_check")
+    if length_check == 1 or length_check < 0:
+        raise UserError(f"{source}: length_check must be 0 (no check) or a factor k >= 2, got {length_check}")
     executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
     _check_gpus(executor, f"{source}: executor.gpus")
     return StudySpec(
@@ -327,6 +341,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
         training=training,
         task_training=task_training,
         lengths=lengths,
+        length_check=length_check,
         paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
         task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
         executor=executor,
@@ -450,7 +465,8 @@ def _token(value) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", text)
 
 
-def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | None, length: str | None = None) -> str:
+def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | None, length: str | None = None,
+            check: int | None = None) -> str:
     parts = [task, label]
     if budget is not None:
         parts.append(f"b{_token(budget)}")
@@ -459,6 +475,8 @@ def cell_id(task: str, label: str, budget, data_size, seed: int, lr: float | Non
         parts.append(f"lr{lr:g}")
     if length is not None:
         parts.append(f"L{length}")
+    if check is not None:
+        parts.append(f"x{check}")
     return ".".join(parts)
 
 
@@ -482,6 +500,35 @@ def expand(spec: StudySpec) -> list[Cell]:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise UserError(f"{spec.source}: two cells share the ID {dup!r} (a budget or size written twice?)")
     return cells
+
+
+def check_cells(spec: StudySpec, sized: list[tuple[Cell, int]]) -> list[tuple[Cell, int]]:
+    """The length check's cells (`spec.length_check` = k): for each task x trained method label (x lr,
+    x length), the middle budget at the smallest and the largest data size (by resolved examples) with
+    the first seed, each trained k times longer. `sized`: the grid's cells with their examples; returns
+    the check cells with theirs."""
+    if not spec.length_check:
+        return []
+    first_seed = spec.seeds[0]
+    out, seen = [], set()
+    for cell, _ in sized:
+        grid = spec.methods[cell.label]
+        key = (cell.task, cell.label, cell.lr, cell.length)
+        if cell.method == "frozen" or key in seen:
+            continue
+        seen.add(key)
+        budgets = [None if b is None else str(b) for b in (grid.budgets or (None,))]
+        middle = budgets[len(budgets) // 2]
+        mine = [(c, n) for c, n in sized if (c.task, c.label, c.lr, c.length) == key and c.budget == middle
+                and c.seed == first_seed]
+        ends = {min(mine, key=lambda t: t[1])[0].data_size, max(mine, key=lambda t: t[1])[0].data_size}
+        for c, n in mine:
+            if c.data_size in ends:
+                out.append((dataclasses.replace(
+                    c, check=spec.length_check,
+                    id=cell_id(c.task, c.label, c.budget, c.data_size, c.seed, c.lr if len(grid.lr) > 1 else None,
+                               c.length, spec.length_check)), n))
+    return out
 
 
 def fingerprint(obj: Any) -> str:

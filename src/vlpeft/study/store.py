@@ -9,6 +9,8 @@ is the primary key). Rows:
     task, label, method, budget, data_size, seed, lr   the grid coordinates
     config      the full resolved FinetuneConfig (JSON) reason   why it failed (one line)
     metric, test_score, best_val_score                  metrics  every field of the run's metrics.json
+    converged   1 / 0: validation had stopped improving when the run ended (NULL: not judged)
+    length      a name of the spec's `lengths`          length_check  k for a length-check cell (NULL: the grid)
     host, started, ended (unix seconds), attempts
 """
 
@@ -34,11 +36,13 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
     reason TEXT, metric TEXT, test_score REAL, best_val_score REAL, metrics TEXT,
     host TEXT, started REAL, ended REAL, attempts INTEGER NOT NULL DEFAULT 0,
-    length TEXT
+    length TEXT, length_check INTEGER, converged INTEGER
 );
 """
 COLUMNS = ("id", "task", "label", "method", "budget", "data_size", "seed", "lr", "config", "status", "reason",
-           "metric", "test_score", "best_val_score", "metrics", "host", "started", "ended", "attempts", "length")
+           "metric", "test_score", "best_val_score", "metrics", "host", "started", "ended", "attempts", "length",
+           "length_check", "converged")
+ADDED = {"length": "TEXT", "length_check": "INTEGER", "converged": "INTEGER"}  # columns newer than the first stores
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -48,8 +52,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm files beside the store
         con.execute("PRAGMA synchronous=FULL")
         con.executescript(SCHEMA)
-        if "length" not in {r[1] for r in con.execute("PRAGMA table_info(runs)")}:  # a store from before `lengths`
-            con.execute("ALTER TABLE runs ADD COLUMN length TEXT")
+        have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+        for column, kind in ADDED.items():  # a store from before the column existed
+            if column not in have:
+                con.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
     except sqlite3.DatabaseError as e:
         raise UserError(f"{path}: not a vlpeft results store ({e})") from e
     con.row_factory = sqlite3.Row
@@ -89,9 +95,9 @@ def add_cells(con, cells: Iterable[tuple[Any, dict]]) -> int:
         for cell, config in cells:
             cur = con.execute(
                 "INSERT OR IGNORE INTO runs (id, task, label, method, budget, data_size, seed, lr, config, status, "
-                "length) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                "length, length_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (cell.id, cell.task, cell.label, cell.method, cell.budget, str(cell.data_size), cell.seed, cell.lr,
-                 json.dumps(config, sort_keys=True), cell.length))
+                 json.dumps(config, sort_keys=True), cell.length, cell.check))
             new += cur.rowcount
     return new
 
@@ -110,10 +116,12 @@ def finish(con, cell_id: str, result: dict[str, Any]) -> None:
     """Record a run's outcome: {"status": "done", "metrics": {...}} or {"status": "failed", "reason": "..."}."""
     m = result.get("metrics") or {}
     with transaction(con):
+        converged = m.get("converged")
         con.execute("UPDATE runs SET status = ?, reason = ?, metric = ?, test_score = ?, best_val_score = ?, "
-                    "metrics = ?, host = ?, started = COALESCE(?, started), ended = ? WHERE id = ?",
+                    "metrics = ?, converged = ?, host = ?, started = COALESCE(?, started), ended = ? WHERE id = ?",
                     (result["status"], result.get("reason"), m.get("metric"), m.get("test_score"),
                      m.get("best_val_score"), json.dumps(m) if m else None,
+                     None if converged is None else int(converged),
                      result.get("host") or socket.gethostname(), result.get("started"),
                      result.get("ended") or time.time(), cell_id))
         crash_point("result_write")
