@@ -30,7 +30,9 @@ With evaluations spaced further apart as a run goes on (`eval_growth`), w evalua
 share of the run, so a rise that slows as training goes on (as most do) is still seen.
 
 Early stopping (`length_policy: converge`) stops the first time the diagnosis reads `converged` at
-or after `min_steps`; a run that reaches its cap with any other state is recorded as not converged.
+or after both `min_steps` and `patience_ratio` times the step of the best evaluation so far (patience
+that grows with the run: on VQA a plateau a few hundred steps in is often followed by a second
+rise); a run that reaches its cap with any other state is recorded as not converged.
 Peers: PETL_Vision (early stopping on validation), Chen et al., "Revisiting Parameter-Efficient
 Tuning", EMNLP 2022 (training iterations drive PEFT instability; best-on-validation selection).
 """

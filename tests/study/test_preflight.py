@@ -71,3 +71,29 @@ def test_cli_advise_before_a_grid_on_a_task_file_of_ones_own_data(tiny_checkpoin
     bad = subprocess.run(cmd[:-4] + ["--from", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a study folder" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_dry_run_warns_when_a_validation_split_cannot_tell_delta_from_noise(tiny_checkpoint):
+    ckpt, _ = tiny_checkpoint
+
+    def spec(val_limit):
+        return parse_spec({"name": "n", "model": str(ckpt), "tasks": ["easyvqa-vqa"], "methods": {"lora": {}},
+                           "data_sizes": [16], "training": {"val_limit": val_limit}})
+
+    (small,) = preflight.validation_noise(spec(20))
+    # VQA accuracy is in [0, 100]: its standard error on 20 questions is at most 50 / sqrt(20) = 11.2 points,
+    # over half of δ = 5 (5 % of 100)
+    assert small["n_val"] == 20 and small["too_small"] and small["se"] == pytest.approx(50 / 20 ** 0.5)
+    assert small["needed"] in (400, 401)  # (2 x 50 / 5) ** 2 = 400, whatever n: the bound needs 400 questions
+    assert "warning: too small to tell δ from noise" in preflight.noise_text(small)
+    (large,) = preflight.validation_noise(spec(0))  # the whole split
+    assert large["n_val"] >= 400 and not large["too_small"]
+
+
+def test_the_dry_run_measures_caption_noise_on_the_frozen_checkpoint(tiny_checkpoint):
+    ckpt, _ = tiny_checkpoint
+    spec = parse_spec({"name": "n", "model": str(ckpt), "tasks": ["scenes-caption"], "methods": {"lora": {}},
+                       "data_sizes": [16], "training": {"val_limit": 400}})
+    (r,) = preflight.validation_noise(spec)
+    assert r["probe"] == 200 and r["n_val"] == 400 and r["score"] is not None and r["se"] > 0
+    assert r["delta"] == pytest.approx(0.05 * r["score"]) and "measured on 200 and scaled" in r["basis"]

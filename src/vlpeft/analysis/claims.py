@@ -132,7 +132,7 @@ def _measure(rs: list[dict[str, Any]], margin: float, delta: float, seed: int) -
     return row
 
 
-def _tests(rows: list[dict[str, Any]]) -> list[tuple[dict, str]]:
+def family(rows: list[dict[str, Any]]) -> list[tuple[dict, str]]:
     """(claim dict, p key) of every test the report makes: the family whose false discovery rate is
     controlled."""
     return [(row[c], key) for row in rows for c in CLAIMS if row[c]["testable"]
@@ -141,7 +141,7 @@ def _tests(rows: list[dict[str, Any]]) -> list[tuple[dict, str]]:
 
 def _adjust(rows: list[dict[str, Any]]) -> None:
     """Benjamini–Hochberg over every test of `rows`: each `p` and `p_against` gets its adjusted value."""
-    tests = _tests(rows)
+    tests = family(rows)
     for (d, key), q in zip(tests, stats.bh_adjust([d[key] for d, key in tests])):
         d[key + "_adjusted"] = q
 

@@ -49,6 +49,9 @@ def verdict_cell(claim: str, d: dict) -> str:
         return f"confounded: {'; '.join(why)}; as measured: " + verdict_cell(claim, {**d, "verdict": d["measured"]})
     if d.get("small_effect"):
         v += " (a rise smaller than δ: both “rises with data” and “data does not matter” hold)"
+    if d.get("length_robust"):
+        v += (f" ({d['cells_not_converged']} of {d['cells']} cells still improving where more training could only "
+              f"strengthen it)")
     if claim in ("data_trend", "param_trend") and "rho" in d:
         return f"{v} (ρ={d['rho']:.2f}, p={d['p']:.3f}, adjusted {_fmt(d.get('p_adjusted'))}, " \
                f"slope {d['slope']:+.3g}/10×)"
@@ -387,7 +390,7 @@ def sections(ctx) -> list[dict[str, Any]]:
                 "body": [[v["task"], v["label"]] + [verdict_cell(c, v[c]) for c in claims_mod.CLAIMS]
                          for v in verdicts],
                 "note": f"Permutation and bootstrap tests; the false discovery rate over this report's "
-                        f"{len(claims_mod._tests(verdicts))} tests is held at α = {claims_mod.stats.ALPHA} "
+                        f"{len(claims_mod.family(verdicts))} tests is held at α = {claims_mod.stats.ALPHA} "
                         "(Benjamini–Hochberg: verdicts use the adjusted p-values; claims.csv has both). "
                         f"δ = {ctx['delta']:.0%} of the task's best cell mean. Slopes are score change per tenfold "
                         "more data (or parameters), inside each budget (or data size)."})

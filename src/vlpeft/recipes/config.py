@@ -120,6 +120,12 @@ class FinetuneConfig:
                                     "improvement beyond the noise; every run's convergence is judged on its last "
                                     "this many"},
     )
+    patience_ratio: float = field(
+        default=defaults.COMMON["patience_ratio"],
+        metadata={"min": 1, "help": "converge: nor stop before this many times the step of the best evaluation so "
+                                    "far (patience that grows with the run: a plateau early in a run is not its "
+                                    "end)"},
+    )
     noise_z: float = field(
         default=1.0, metadata={"min": 0, "help": "an improvement counts when it exceeds this many standard errors "
                                                  "of the validation score"}

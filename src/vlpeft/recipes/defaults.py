@@ -3,12 +3,15 @@
 
 Training length policy (what a data-size curve means depends on it):
 - "converge" (default): train until the validation score stops improving beyond its own noise
-  (`vlpeft.convergence`): a validation evaluation every `eval_every` steps, step 0 included, the
-  best weights kept, stopped once the last `patience` evaluations show no improvement (not before
-  `min_steps`), capped at `max_steps` (and `max_epochs`); a run stopped by the cap while still
-  improving is recorded as not converged. The learning rate is constant after its warm-up: a
-  schedule tied to the run's length would depend on the cap, and a cosine decaying to zero at the
-  cap flattens the validation curve by itself, which the convergence rule would read as converged.
+  (`vlpeft.convergence`): a validation evaluation every `eval_every` steps (spaced out by
+  `eval_growth`), step 0 included, the best weights kept, stopped once the level of the last
+  `patience` evaluations is no higher than that of the ones before, but not before `min_steps` nor
+  before `patience_ratio` times the step of the best evaluation so far (a plateau early in a run,
+  followed by a second rise, is common on VQA), capped at `max_steps` (and `max_epochs`); a run
+  stopped by the cap while still improving is recorded as not converged. The learning rate is
+  constant after its warm-up: a schedule tied to the run's length would depend on the cap, and a
+  cosine decaying to zero at the cap flattens the validation curve by itself, which the convergence
+  rule would read as converged.
 - "epochs": `epochs` passes over the training subset (small subsets get few steps);
 - "steps": exactly `steps` optimiser steps whatever the subset size (compute-matched: small subsets
   are revisited);
@@ -30,6 +33,7 @@ COMMON = {
     "eval_every": 50,
     "eval_growth": 1.25,
     "patience": 4,
+    "patience_ratio": 2.0,
     "label_smoothing": 0.1,  # BLIP's captioning/answer loss
     "grad_clip": 1.0,
 }

@@ -258,7 +258,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
                 best, best_state = row["val_score"], trainable_state(model)
             if cfg.length_policy == "converge":
                 stopped_by = "cap"
-                if step + 1 >= cfg.min_steps and diagnose(curve, cfg.patience, cfg.noise_z).converged:
+                judged = diagnose(curve, cfg.patience, cfg.noise_z)
+                if step + 1 >= max(cfg.min_steps, cfg.patience_ratio * judged.best_step) and judged.converged:
                     stopped_by = "converged"
                     break
     train_seconds = time.time() - started

@@ -4,10 +4,10 @@
    (`tasks.consistency.measure`: `lm_loss`, `feature_distance`), plus a short zero-shot evaluation
    (the frozen model on a few test examples, as a study's `frozen` cells are run).
 2. `validation_noise`: before a study runs (`vlpeft study --dry-run`), whether each task's validation
-   split can tell the claims' margin δ from noise: the frozen checkpoint's validation score and its
-   standard error, against δ estimated as `delta` of the metric's ceiling (VQA accuracy: 100, so δ is
-   at most that) or, without one (CIDEr-D), of the frozen score. The report checks again with the
-   real δ (`analysis.converged.noise`).
+   split can tell the claims' margin δ from noise: the validation score's standard error (for a metric
+   with a ceiling, VQA accuracy, its bound ceiling / (2 sqrt(n)); else the frozen checkpoint's,
+   measured) against δ estimated as `delta` of the ceiling or, without one (CIDEr-D), of the frozen
+   score. The report checks again with the real δ and standard errors (`analysis.converged.noise`).
 3. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
    per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
    Tian et al. the task is expected to follow, recommends a method and budget from the study task
@@ -65,9 +65,11 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
 
 
 def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[str, Any]]:
-    """Per task of `spec` (a StudySpec): validation examples, the frozen model's validation score and
-    standard error, the estimated δ, and whether the split is too small (δ < 2 SE), with the size that
-    would do. A task whose checkpoint is not there yet (to be pre-trained) is skipped, said so."""
+    """Per task of `spec` (a StudySpec): validation examples, the validation score's standard error (its
+    bound where the metric has a ceiling; else the frozen model's, measured), the estimated δ, and
+    whether the split is too small (δ < 2 SE), with the size that would do. A task whose checkpoint is
+    not there yet (to be pre-trained) is skipped, said so."""
+    import dataclasses
     from pathlib import Path
 
     from vlpeft.analysis.claims import DEFAULT_DELTA
@@ -82,26 +84,39 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
     for task in spec.tasks:
         cell = next(c for c in expand(spec) if c.task == task)
         fields = {**cell.finetune_fields(spec), "method": "frozen", "budget": None, "method_options": {},
-                  "test_limit": 1, "lr": None}
+                  "test_limit": 1, "lr": None, "device": "auto"}
         if spec.pretrain is not None and not (Path(fields["model"]) / "config.json").exists():
             out.append({"task": task, "skipped": "the checkpoint is pre-trained when the study runs"})
             continue
-        rec = finetune(FinetuneConfig(**fields), None, progress=False, log=lambda *a, **k: None)
+        cfg = FinetuneConfig(**fields)
         ceiling = get_kind(get_task(fields["task"]).kind).ceiling
-        scale = ceiling if ceiling else rec["best_val_score"]
-        margin, se = delta * scale, rec["best_val_se"]
+        # the split's size from a run's record; a score is measured only where no bound exists
+        rec = finetune(dataclasses.replace(cfg, val_limit=1 if ceiling else NOISE_PROBE), None, progress=False,
+                       log=lambda *a, **k: None)
+        split = rec["task_details"]["sizes"]["val"]["examples"]
+        n_val, probe = min(cfg.val_limit or split, split), rec["n_val"]
+        if ceiling:  # per-example scores in [0, ceiling]: the standard error is at most ceiling / (2 sqrt(n))
+            se, margin = ceiling / (2 * math.sqrt(n_val)), delta * ceiling
+            basis, scale, score = "its bound for scores in [0, the ceiling]", "the metric's ceiling", None
+        else:  # the standard error of a mean scales as 1/sqrt(n): measured on a probe of the split, scaled to it
+            se, margin = rec["best_val_se"] * math.sqrt(probe / max(n_val, 1)), delta * rec["best_val_score"]
+            basis, scale, score = (f"the frozen model's, measured on {probe:,} and scaled", "the frozen score",
+                                   rec["best_val_score"])
         too_small = NOISE_RATIO * se > margin
-        out.append({"task": task, "n_val": rec["n_val"], "score": rec["best_val_score"], "se": se, "delta": margin,
-                    "scale": "the metric's ceiling" if ceiling else "the frozen score", "too_small": too_small,
-                    "needed": math.ceil(rec["n_val"] * (NOISE_RATIO * se / margin) ** 2) if too_small else None})
+        out.append({"task": task, "n_val": n_val, "probe": probe, "score": score, "se": se, "basis": basis,
+                    "delta": margin, "scale": scale, "too_small": too_small,
+                    "needed": math.ceil(n_val * (NOISE_RATIO * se / margin) ** 2) if too_small else None})
     return out
+
+
+NOISE_PROBE = 200  # validation examples the dry run's frozen evaluation scores
 
 
 def noise_text(r: dict[str, Any]) -> str:
     if r.get("skipped"):
         return f"{r['task']}: validation noise not checked ({r['skipped']})"
-    line = (f"{r['task']}: validation {r['n_val']:,} examples, frozen score {r['score']:.4g} ± {r['se']:.3g} "
-            f"(standard error); δ at most about {r['delta']:.3g} (5 % of {r['scale']})")
+    line = (f"{r['task']}: validation {r['n_val']:,} examples, standard error ± {r['se']:.3g} ({r['basis']}); "
+            f"δ about {r['delta']:.3g} (5 % of {r['scale']})")
     if r["too_small"]:
         line += (f"\n  warning: too small to tell δ from noise (δ < 2 SE): early stopping and model selection would "
                  f"decide at the level of noise; about {r['needed']:,} validation examples would do (val_limit)")
