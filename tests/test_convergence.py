@@ -73,3 +73,8 @@ def test_too_few_evaluations_cannot_be_judged_and_nothing_trained_is_converged()
 def test_the_threshold_is_a_number_of_standard_errors(z, state):
     # the last window's level (median 71.5) beats the one before it (69) by 2.5 SE
     assert diagnose(curve([40, 60, 70, 69, 71.5, 71, 72]), window=3, noise_z=z).state == state
+
+
+def test_the_plateau_starts_where_the_score_first_came_within_the_noise_of_the_best():
+    d = diagnose(curve([20, 60, 68, 70.5, 69.8, 71, 70.2, 70.6, 70.1]), window=4)
+    assert d.best_step == 250 and d.plateau_step == 150  # 70.5 at 150 is within 1 SE of 71

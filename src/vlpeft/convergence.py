@@ -30,9 +30,12 @@ With evaluations spaced further apart as a run goes on (`eval_growth`), w evalua
 share of the run, so a rise that slows as training goes on (as most do) is still seen.
 
 Early stopping (`length_policy: converge`) stops the first time the diagnosis reads `converged` at
-or after both `min_steps` and `patience_ratio` times the step of the best evaluation so far (patience
-that grows with the run: on VQA a plateau a few hundred steps in is often followed by a second
-rise); a run that reaches its cap with any other state is recorded as not converged.
+or after both `min_steps` and `patience_ratio` times the step of the best evaluation so far
+(patience that grows with the run: on easy-VQA a plateau a few hundred steps in is often followed by
+a second rise, and a run whose best is recent is not done); a run that reaches its cap with any other
+state is recorded as not converged. (Counting from `plateau_step`, the first step within the noise
+of the best, stops flat runs sooner but stopped LoRA and MAM on their first plateau, 5 to 6 points
+below where they went on to: docs/notes/2026-12-06-converged-verdicts.md.)
 Peers: PETL_Vision (early stopping on validation), Chen et al., "Revisiting Parameter-Efficient
 Tuning", EMNLP 2022 (training iterations drive PEFT instability; best-on-validation selection).
 """
@@ -53,6 +56,7 @@ class Diagnosis:
     converged: bool
     best_step: int  # the step of the best validation score (0: the starting model)
     best_score: float
+    plateau_step: int  # the first step whose score is within the noise (threshold) of the best
     start_score: float
     noise: float  # standard error of the validation score at the best evaluation
     threshold: float  # an improvement counts beyond this: noise_z * noise
@@ -93,8 +97,9 @@ def diagnose(curve: Sequence[dict[str, Any]], window: int, noise_z: float = 1.0,
     noise = float(curve[k].get("val_se") or 0.0)
     threshold = noise_z * noise
     w = max(1, int(window))
-    base = dict(best_step=int(curve[k]["step"]), best_score=best, start_score=start, noise=noise,
-                threshold=threshold, window=w, evaluations=len(scores))
+    plateau = next(int(r["step"]) for r, v in zip(curve, scores) if v >= best - threshold)
+    base = dict(best_step=int(curve[k]["step"]), best_score=best, plateau_step=plateau, start_score=start,
+                noise=noise, threshold=threshold, window=w, evaluations=len(scores))
     if not trained:
         return Diagnosis("not_trained", True, earlier=None, recent=None, loss_falling=None,
                          reason="nothing was trained", **base)

@@ -131,6 +131,9 @@ def test_early_stopping_keeps_the_best_weights_and_records_convergence(tiny_chec
     assert m["convergence"]["state"] in ("converged", "still_improving", "flat_at_start")
     assert m["converged"] == (m["convergence"]["state"] == "converged")
     assert m["stopped_by"] == ("converged" if m["steps_done"] < 60 else "cap")
+    if m["stopped_by"] == "converged":  # never before twice the step of the best evaluation (patience_ratio)
+        assert m["steps_done"] >= 2 * m["steps_to_best"]
+    assert m["convergence"]["plateau_step"] <= m["steps_to_best"]
     for r in curve:  # the score's own noise at every evaluation: the binomial standard error (exact match)
         p = r["val_score"] / 100
         assert r["val_se"] == pytest.approx(100 * (p * (1 - p) / (40 - 1)) ** 0.5, rel=1e-6)

@@ -7,8 +7,9 @@ Training length policy (what a data-size curve means depends on it):
   `eval_growth`), step 0 included, the best weights kept, stopped once the level of the last
   `patience` evaluations is no higher than that of the ones before, but not before `min_steps` nor
   before `patience_ratio` times the step of the best evaluation so far (a plateau early in a run,
-  followed by a second rise, is common on VQA), capped at `max_steps` (and `max_epochs`); a run
-  stopped by the cap while still improving is recorded as not converged. The learning rate is
+  followed by a second rise, is common on VQA), capped at
+  `max_steps` (and `max_epochs`); a run stopped by the cap while still improving is recorded as not
+  converged. The learning rate is
   constant after its warm-up: a schedule tied to the run's length would depend on the cap, and a
   cosine decaying to zero at the cap flattens the validation curve by itself, which the convergence
   rule would read as converged.

@@ -50,7 +50,7 @@ from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_map
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
 EXECUTORS = ("local", "ray")
 LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps", "max_steps", "max_epochs", "eval_every",
-                 "eval_growth", "patience", "noise_z", "warmup_steps")
+                 "eval_growth", "patience", "patience_ratio", "noise_z", "warmup_steps")
 
 
 @dataclass(frozen=True)
