@@ -98,13 +98,17 @@ def test_finetune_flags_come_from_the_config_fields():
     assert (args.feature_cache, args.lr, args.scene_seed, args.seed) == (False, 3e-4, 5, None)
 
 
-def test_finetune_prints_one_summary_line_naming_the_knob_only_where_there_is_one(tiny_checkpoint, tmp_path, capsys):
+def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_its_convergence(tiny_checkpoint, tmp_path,
+                                                                                                capsys):
     ckpt, _ = tiny_checkpoint
     common = ["--model", str(ckpt), "--task", "easyvqa-vqa", "--data-size", "16", "--length-policy", "steps",
               "--steps", "1", "--evals", "1", "--val-limit", "8", "--test-limit", "8", "--quiet"]
     assert main(["finetune", *common, "--method", "lora", "--budget", "2", "--out", str(tmp_path / "lora")]) == 0
     assert main(["finetune", *common, "--method", "bitfit", "--out", str(tmp_path / "bitfit")]) == 0
-    lora, bitfit = capsys.readouterr().out.strip().splitlines()
+    lora, lora_conv, bitfit, bitfit_conv = capsys.readouterr().out.strip().splitlines()
+    # one evaluation after step 0 is too few to judge, and a fixed length says so
+    assert lora_conv.startswith("  NOT converged: too few evaluations to judge (a fixed length); best validation at step")
+    assert bitfit_conv.startswith("  NOT converged")
     assert lora.startswith("easyvqa-vqa lora rank=2 data=16 seed=0: test vqa_accuracy ")
     assert bitfit.startswith("easyvqa-vqa bitfit data=16 seed=0: test vqa_accuracy ")
     assert lora.endswith(f"-> {tmp_path / 'lora'}") and "None" not in bitfit
