@@ -159,6 +159,34 @@ def test_tasks_check_prints_what_was_read(tmp_path, capsys):
     assert main(["tasks"]) == 0 and "easyvqa-vqa" in capsys.readouterr().out
 
 
+def test_one_file_named_three_ways_is_one_image_and_never_in_two_splits(tmp_path):
+    """`images/x.png`, `./images//x.png` and a symbolic link to it are one image: carving by image
+    keeps every spelling on one side (before, 40 files became 64/8/8 images, 6 of 7 test files also in train)."""
+    write_user_images(tmp_path / "images")
+    (tmp_path / "links").mkdir()
+    rows = []
+    for i, (c, _) in USER_COLOURS.items():
+        (tmp_path / "links" / f"{i}.png").symlink_to(tmp_path / "images" / f"{i}.png")
+        for written in (f"images/{i}.png", f"./images//{i}.png", f"links/{i}.png"):
+            rows.append({"image": written, "caption": f"a {c} square"})
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_task(str(write_task_file(tmp_path / "t.yaml", name="three-ways", kind="caption", format="jsonl",
+                                         path="d.jsonl")))
+    train, val, test = image_ids(data.train), image_ids(data.val), image_ids(data.test)
+    assert len(train | val | test) == len(USER_COLOURS) and not (train & val or train & test or val & test)
+    assert all(i.startswith("images/") for i in train | val | test)  # the first spelling names the image
+    assert {len(e.captions) for e in data.train} == {3}  # each image's three rows, one example
+
+
+def test_two_image_ids_for_one_file_are_refused_naming_both_rows(tmp_path):
+    rows = [dict(r, image_id=r["image"].split("/")[1][:-4]) for r in caption_rows()]
+    rows.append({"image": "./images/im03.png", "image_id": "another", "caption": "again"})
+    task_file = jsonl_task(tmp_path, rows)
+    with pytest.raises(UserError, match=r"d.jsonl: line 13: image id 'another' names ./images/im03.png, the file "
+                                        r"that .*d.jsonl: line 4 calls 'im03'; one file is one image"):
+        load_task(str(task_file))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad data: one line naming the file and row, exit 2, nothing written
 

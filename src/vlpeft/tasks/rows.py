@@ -1,12 +1,15 @@
 """From a user's table rows to examples: what both kinds' `from_rows` share.
 
 A `Rows` reads the fields of one table (`fields`: vlpeft field -> the user's column), resolves each
-row's image, and keeps a book of images: an image id names one file, and an image belongs to one
-split. Every problem is a one-line UserError starting with the row's "<file>: line N".
+row's image, and keeps a book of images: an image id names one file, one file has one image id (a
+file is known by its resolved path, links followed, or an embedded image by its bytes, so
+`img/1.png`, `./img/1.png` and a link to it are one image), and an image belongs to one split. Every problem is a one-line UserError starting with the row's "<file>: line N".
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from vlpeft.data import files as readers
@@ -19,6 +22,7 @@ class Rows:
         self.refs: dict[str, readers.ImageRef] = {}  # image id -> its image
         self.splits: dict[str, str | None] = {}  # image id -> the split the data gives it (None: none)
         self.first_row: dict[str, str] = {}  # image id -> where it first appears
+        self.by_file: dict[str, str] = {}  # file_identity(ref) -> its image id
 
     def value(self, rec, name: str, required: bool = True) -> Any:
         """The row's value of field `name` (through the remapping); None if absent and not required."""
@@ -54,11 +58,20 @@ class Rows:
         split entered in the book: one id naming two files, or one image in two splits, is refused."""
         ref = readers.resolve_image(self.value(rec, "image"), rec.base, rec.where, self.image_root)
         given = self.value(rec, "image_id", required=False)
-        image_id = str(given) if given not in (None, "") else ref.name
+        identity = file_identity(ref)
+        known_id = self.by_file.get(identity)
+        if given not in (None, ""):
+            image_id = str(given)
+            if known_id is not None and known_id != image_id:
+                raise UserError(f"{rec.where}: image id {image_id!r} names {ref.name}, the file that "
+                                f"{self.first_row[known_id]} calls {known_id!r}; one file is one image")
+        else:
+            image_id = known_id if known_id is not None else ref.name
         split_value = self.value(rec, "split", required=False)
         split = rec.split if split_value in (None, "") else readers.normalise_split(str(split_value), rec.where)
         known = self.refs.setdefault(image_id, ref)
-        if (known.path, known.data) != (ref.path, ref.data):
+        self.by_file.setdefault(identity, image_id)
+        if file_identity(known) != identity:
             raise UserError(f"{rec.where}: image id {image_id!r} names {ref.name}, but {self.first_row[image_id]} "
                             f"gave it {known.name}")
         self.first_row.setdefault(image_id, rec.where)
@@ -67,3 +80,11 @@ class Rows:
             raise UserError(f"{rec.where}: image {image_id!r} is in split {split or '(none)'} here but in "
                             f"{seen or '(none)'} at {self.first_row[image_id]}; an image belongs to one split")
         return image_id
+
+
+def file_identity(ref: readers.ImageRef) -> str:
+    """What makes two rows' images one image: the file's resolved path (symbolic links followed, `.`,
+    `..` and doubled slashes gone) or, for an image embedded in the table, its bytes' hash."""
+    if ref.data is not None:
+        return "sha256:" + hashlib.sha256(ref.data).hexdigest()
+    return os.path.realpath(ref.path)
