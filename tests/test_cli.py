@@ -98,8 +98,8 @@ def test_finetune_flags_come_from_the_config_fields():
     assert (args.feature_cache, args.lr, args.scene_seed, args.seed) == (False, 3e-4, 5, None)
 
 
-def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_its_convergence(tiny_checkpoint, tmp_path,
-                                                                                                capsys):
+def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_convergence(tiny_checkpoint, tmp_path,
+                                                                                             capsys):
     ckpt, _ = tiny_checkpoint
     common = ["--model", str(ckpt), "--task", "easyvqa-vqa", "--data-size", "16", "--length-policy", "steps",
               "--steps", "1", "--evals", "1", "--val-limit", "8", "--test-limit", "8", "--quiet"]
@@ -107,7 +107,7 @@ def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_i
     assert main(["finetune", *common, "--method", "bitfit", "--out", str(tmp_path / "bitfit")]) == 0
     lora, lora_conv, bitfit, bitfit_conv = capsys.readouterr().out.strip().splitlines()
     # one evaluation after step 0 is too few to judge, and a fixed length says so
-    assert lora_conv.startswith("  NOT converged: too few evaluations to judge (a fixed length); best validation at step")
+    assert lora_conv.startswith("  NOT converged: too few evaluations to judge (a fixed length); best validation")
     assert bitfit_conv.startswith("  NOT converged")
     assert lora.startswith("easyvqa-vqa lora rank=2 data=16 seed=0: test vqa_accuracy ")
     assert bitfit.startswith("easyvqa-vqa bitfit data=16 seed=0: test vqa_accuracy ")

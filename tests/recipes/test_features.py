@@ -135,7 +135,8 @@ def test_concurrent_workers_share_one_folder_safely(tiny_checkpoint, tmp_path):
     model, task, pp, encode = _frozen_encoder(ckpt, cache)
     ids = [ex.image_id for ex in task.val[:40]]
     assert len(list(cache.rglob("*.npy"))) == 40
-    stored = torch.stack([features.disk_cache(cache, features.vision_digest(model), "test", 8192).get(i) for i in ids])
+    disk = features.disk_cache(cache, features.vision_digest(model), "test", 8192)
+    stored = torch.stack([disk.get(i, task.image.digest(i)) for i in ids])
     plain = model.encode_image(preprocess([task.image(i) for i in ids], pp))
     torch.testing.assert_close(stored, plain, rtol=1e-5, atol=1e-6)
 
@@ -153,3 +154,34 @@ def test_disk_cached_runs_score_exactly_as_plain_runs_and_off_writes_nothing(tin
     assert got["plain"] == got["cold"] == got["warm"]
     assert not (tmp_path / "unused").exists()
     assert list((tmp_path / "c").rglob("*.npy"))
+
+
+def test_a_replaced_image_file_is_encoded_again_never_served_old_states(tiny_checkpoint, tmp_path):
+    """The disk tier's key holds each image's content (the SHA-1 of its file), not only its id: after
+    every file is replaced by a black one under the same name, a new process encodes the new pixels."""
+    from PIL import Image
+
+    from fixtures_data import write_user_task
+    from vlpeft.tasks import load_task
+
+    ckpt, _ = tiny_checkpoint
+    task_file = write_user_task(tmp_path, "jsonl", "caption")
+
+    def encode_all():
+        features.clear()  # a new process: memory empty, disk kept
+        loaded = vlpeft.load_model(str(ckpt))
+        model = loaded.model.eval()
+        apply_peft(model, "frozen", make_config("frozen"))
+        data = load_task(str(task_file))
+        ids = sorted(data.image._sources)
+        encode = features.image_encoder(model, data, loaded.preprocess, data.image_source, cache_dir=tmp_path / "c")
+        plain = model.encode_image(preprocess([data.image(i) for i in ids], loaded.preprocess))
+        return encode(ids), plain
+
+    before, _ = encode_all()
+    for png in (task_file.parent / "images").glob("*.png"):
+        Image.new("RGB", Image.open(png).size, (0, 0, 0)).save(png)
+    after, black = encode_all()
+    torch.testing.assert_close(after, black, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after, before, atol=1e-3)
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 2 * len(before)  # the old states stay, unused

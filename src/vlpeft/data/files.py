@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import io
 import json
 import os
@@ -35,7 +36,7 @@ import pyarrow
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from vlpeft.data.images import load_image, to_rgb
+from vlpeft.data.images import file_digest, load_image, to_rgb
 from vlpeft.errors import UserError
 
 # The Hub's split keywords (datasets.data_files.SPLIT_KEYWORDS), mapped onto our three names.
@@ -291,6 +292,11 @@ def check_image_files(refs: Sequence[ImageRef | tuple[str, ImageRef]], listed_in
         named_at = f"named at {where}; " if where else ""
         count = f"{len(missing)} of {len(pairs)} images listed in {listed_in} are missing"
         raise UserError(f"{ref.path}: image not found ({named_at}{count})")
+
+
+def image_digest(ref: ImageRef) -> str:
+    """What identifies the image's content: the SHA-1 of its file's bytes, or of the embedded bytes."""
+    return hashlib.sha1(ref.data).hexdigest() if ref.data is not None else file_digest(ref.path)
 
 
 def decode_image(ref: ImageRef) -> np.ndarray:

@@ -11,6 +11,7 @@ checkpoint sees the pixels it was trained on:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -161,15 +162,46 @@ def check_images_exist(paths: Sequence[str | os.PathLike], listed_in: str | os.P
 IMAGE_CACHE_BYTES = 2 * 1024**3  # decoded images kept in memory; every built-in task fits (< 100 MB)
 
 
+_FILE_DIGESTS: dict[tuple, str] = {}  # (resolved path, inode, size, mtime ns) -> SHA-1 of the file's bytes
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes: what identifies an image's content (never its name, size or time).
+    Remembered per process under the file's stat, so an unchanged file is read once; a rewritten one
+    (another inode, size or modification time) is hashed again. A file that cannot be read -> ''."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return ""
+    key = (real, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha1()
+        try:
+            with open(real, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            return ""
+        if len(_FILE_DIGESTS) > 1_000_000:
+            _FILE_DIGESTS.clear()
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
 class ImageCache:
     """image_id -> read-only uint8 (H, W, 3), decoded by `decode(source)` on first use and kept;
     beyond `max_bytes` the least recently used images are dropped (and decoded again if asked).
-    Thread-safe: evaluation and training threads of one process share it."""
+    `digest(image_id)` identifies the image's content (by default the SHA-1 of its file's bytes, for
+    a source that is a path; `digest=` for other sources; '' where the source itself identifies it, e.g.
+    a generated scene). Thread-safe: evaluation and training threads of one process share it."""
 
     def __init__(self, sources: dict[str, Any], decode: Callable[[Any], np.ndarray],
-                 max_bytes: int = IMAGE_CACHE_BYTES):
+                 max_bytes: int = IMAGE_CACHE_BYTES, digest: Callable[[Any], str] | None = None):
         self._sources = sources
         self._decode = decode
+        self._digest = digest if digest is not None else (
+            lambda source: file_digest(source) if isinstance(source, (str, os.PathLike)) else "")
         self._max_bytes = max_bytes
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -184,6 +216,10 @@ class ImageCache:
     def source(self, image_id: str) -> Any:
         """Where the image comes from (a path, embedded bytes, a generated scene)."""
         return self._sources[image_id]
+
+    def digest(self, image_id: str) -> str:
+        """The content identity of the image (see class doc)."""
+        return self._digest(self._sources[image_id])
 
     def __call__(self, image_id: str) -> np.ndarray:
         with self._lock:

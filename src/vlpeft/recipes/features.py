@@ -11,7 +11,9 @@ the training batches need no pixels). Two tiers:
   1024; 0 turns the whole cache off); past the cap images are encoded as usual;
 - disk (shared by every worker of a study, and by later studies of the same checkpoint): one `.npy`
   file per image under `cache_dir/<key>/`, where key = SHA-1 of (the vision weights, the data
-  source, the preprocessing) and the file name is the SHA-1 of the image id. Files are written to
+  source, the preprocessing) and the file name is the SHA-1 of the image id and the image's content
+  (`ImageCache.digest`: the SHA-1 of the file's bytes), so a file replaced under the same name is
+  encoded again, never served old states. The memory tier is keyed the same way. Files are written to
   a unique temporary name and renamed into place, so concurrent workers never read half a file (two
   workers encoding the same image write the same bytes; the last rename wins). A file that does not
   load is treated as missing. Writes stop once the folder holds `disk_cap_mb` (re-measured every
@@ -93,17 +95,17 @@ class DiskCache:
             self.enabled = False
         self.used = folder_bytes(root) if self.enabled else 0
 
-    def path(self, image_id: str) -> Path:
-        h = hashlib.sha1(image_id.encode()).hexdigest()
+    def path(self, image_id: str, content: str) -> Path:
+        h = hashlib.sha1(f"{image_id}\0{content}".encode()).hexdigest()
         return self.folder / h[:2] / f"{h}.npy"
 
-    def get(self, image_id: str) -> torch.Tensor | None:
+    def get(self, image_id: str, content: str) -> torch.Tensor | None:
         try:
-            return torch.from_numpy(np.load(self.path(image_id), allow_pickle=False))
+            return torch.from_numpy(np.load(self.path(image_id, content), allow_pickle=False))
         except (OSError, ValueError, EOFError):
             return None
 
-    def put(self, image_id: str, state: torch.Tensor) -> None:
+    def put(self, image_id: str, content: str, state: torch.Tensor) -> None:
         if not self.enabled:
             return
         if self.writes % RESCAN_EVERY == RESCAN_EVERY - 1:
@@ -112,7 +114,7 @@ class DiskCache:
         size = array.nbytes + 128  # + the .npy header
         if self.used + size > self.cap:
             return
-        path = self.path(image_id)
+        path = self.path(image_id, content)
         data = io.BytesIO()
         np.save(data, array, allow_pickle=False)
         try:
@@ -171,23 +173,25 @@ def image_encoder(model, task, pp, source: str, cache_dir: str | os.PathLike | N
     prefix = (digest, source)
     disk = disk_cache(cache_dir, digest, source, disk_cap_mb) if cache_dir is not None else None
 
-    def remember(i: str, s: torch.Tensor) -> None:
+    def remember(key: tuple, s: torch.Tensor) -> None:
         global _BYTES
         if _BYTES + s.numel() * s.element_size() <= cache_limit_bytes():
-            _STORE[(prefix, i)] = s
+            _STORE[key] = s
             _BYTES += s.numel() * s.element_size()
 
     def cached(ids: Sequence[str]) -> torch.Tensor:
         device = next(model.parameters()).device
+        content = {i: task.image.digest(i) for i in dict.fromkeys(ids)}  # the image's bytes, not its name
+        key = {i: (prefix, i, c) for i, c in content.items()}
         fresh: dict[str, torch.Tensor] = {}
         missing = []
-        for i in dict.fromkeys(ids):
-            if (prefix, i) in _STORE:
+        for i in content:
+            if key[i] in _STORE:
                 continue
-            s = disk.get(i) if disk is not None else None
+            s = disk.get(i, content[i]) if disk is not None else None
             if s is not None:
                 fresh[i] = s.to(device)
-                remember(i, fresh[i])
+                remember(key[i], fresh[i])
             else:
                 missing.append(i)
         for start in range(0, len(missing), 64):
@@ -197,10 +201,10 @@ def image_encoder(model, task, pp, source: str, cache_dir: str | os.PathLike | N
             for i, s in zip(chunk, states):
                 s = s.clone()
                 fresh[i] = s
-                remember(i, s)
+                remember(key[i], s)
                 if disk is not None:
-                    disk.put(i, s)
-        return torch.stack([fresh[i] if i in fresh else _STORE[(prefix, i)] for i in ids])  # (B, N, D)
+                    disk.put(i, content[i], s)
+        return torch.stack([fresh[i] if i in fresh else _STORE[key[i]] for i in ids])  # (B, N, D)
 
     return cached
 

@@ -191,7 +191,7 @@ def load_file_task(task: TaskDef, ctx: LoadContext) -> TaskData:
                "answers": len(answers), "embedded_images": sum(1 for r in sources.values() if r.data is not None)}
     digest = sources_digest({i: r.data if r.data is not None else r.path for i, r in sources.items()})
     return TaskData(task, splits["train"], splits["val"], splits["test"], answers,
-                    ImageCache(sources, readers.decode_image), f"files:{digest}", details)
+                    ImageCache(sources, readers.decode_image, digest=readers.image_digest), f"files:{digest}", details)
 
 
 def _splits(examples, given: dict[str, str | None], rule: dict, where: str) -> tuple[dict[str, list], dict]:

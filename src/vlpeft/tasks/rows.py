@@ -3,7 +3,8 @@
 A `Rows` reads the fields of one table (`fields`: vlpeft field -> the user's column), resolves each
 row's image, and keeps a book of images: an image id names one file, one file has one image id (a
 file is known by its resolved path, links followed, or an embedded image by its bytes, so
-`img/1.png`, `./img/1.png` and a link to it are one image), and an image belongs to one split. Every problem is a one-line UserError starting with the row's "<file>: line N".
+`img/1.png`, `./img/1.png` and a link to it are one image), and an image belongs to one split.
+Every problem is a one-line UserError starting with the row's "<file>: line N".
 """
 
 from __future__ import annotations
