@@ -163,3 +163,24 @@ def test_a_16_bit_image_is_not_white(tmp_path):
 def test_a_folder_is_not_an_image(tmp_path):
     with pytest.raises(UserError, match=r": is a folder, not an image file"):
         load_image(tmp_path)
+
+
+@pytest.mark.parametrize("orientation, shape", [(1, (32, 64, 3)), (6, (64, 32, 3)), (3, (32, 64, 3)), (8, (64, 32, 3))])
+def test_exif_orientation_is_applied_from_a_file_and_from_embedded_bytes(tmp_path, orientation, shape):
+    """A JPEG stored 64x32 with Orientation 6 (a phone photo) is 32 wide and 64 high, as every viewer
+    and datasets.Image show it; the red left edge as stored is on top after turning it clockwise."""
+    from vlpeft.data.files import ImageRef, decode_image
+
+    pixels = np.zeros((32, 64, 3), np.uint8)  # (H, W, 3) as stored
+    pixels[:, :8] = (255, 0, 0)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    image.save(path, exif=exif, quality=95)
+    from_file = np.asarray(load_image(path))
+    embedded = decode_image(ImageRef(path="", data=path.read_bytes(), name="phone.jpg"))
+    assert from_file.shape == shape and np.array_equal(from_file, embedded)
+    red = from_file[..., 0] > 200
+    where = {1: red[:, :4].all(), 6: red[:4, :].all(), 3: red[:, -4:].all(), 8: red[-4:, :].all()}[orientation]
+    assert where, orientation

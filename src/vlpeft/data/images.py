@@ -21,13 +21,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vlpeft.errors import UserError, did_you_mean
 
 # OpenAI CLIP statistics, which BLIP (LAVIS and transformers) uses for normalisation.
 BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ORIENTATION = 0x0112  # the EXIF tag
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -58,7 +60,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`, its content kept whatever its mode:
+    """RGB copy of `image`, upright and its content kept whatever its mode:
+    - an EXIF Orientation tag (phone photos: stored sideways, shown upright) is applied, as every
+      viewer, `datasets.Image` and transformers' `load_image` do;
     - 16- and 32-bit integer images (I;16, I;16B, I; e.g. 16-bit PNGs) are scaled from 0..65535 to
       0..255 (v / 257, rounded; values outside 0..65535 clipped), float images (F) from [0, 1] when
       every value lies there, else clipped to 0..255; Pillow's own conversion clips them, so a
@@ -67,6 +71,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
       transformers does;
     - every other mode (1, L, P, CMYK, YCbCr, ...) goes through Pillow's conversion.
     A mode Pillow cannot convert is a one-line UserError."""
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)  # (H, W)
         if image.mode == "F":
