@@ -233,6 +233,11 @@ BAD = {  # name -> (build(root) -> task file, what the one line says)
         lambda r: jsonl_task(r, vqa_rows(r5={"answers": []}), kind="vqa"),
         "{d}: line 6: the question has no answer",
     ),
+    "answer that normalises to nothing": (
+        lambda r: jsonl_task(r, vqa_rows(r3={"answers": ["A"]}, r9={"answers": ["the"]}), kind="vqa"),
+        "{d}: line 4: answer 'A' is empty after VQA answer normalisation (articles and punctuation are dropped), "
+        "so it could never be predicted nor trained on (2 answers in all)",
+    ),
     "duplicate id": (
         lambda r: jsonl_task(r, vqa_rows(r7={"question_id": "im00-c"}), kind="vqa"),
         "{d}: line 8: question id 'im00-c' appears twice (also at {d}: line 1)",

@@ -176,6 +176,7 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
     """One example per row: the question, its answers (a list of strings or of {"answer": ...}
     objects, or one answer), an id (given, or "q<row index>") that must not repeat."""
     examples, ids = [], {}
+    vanishing: list[tuple[str, str]] = []  # (row, answer) whose answer normalises to nothing
     for k, rec in enumerate(records):
         image_id = rows.image(rec)
         question = rows.text(rec, rows.value(rec, "question"), "question")
@@ -186,6 +187,7 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
         if not raw:
             raise UserError(f"{rec.where}: the question has no answer (empty list)")
         answers = tuple(rows.text(rec, a.get("answer") if isinstance(a, dict) else a, "answer") for a in raw)
+        vanishing += [(rec.where, a) for a in answers if not normalize_vqa_answer(a)]
         qid = rows.value(rec, "question_id", required=False)
         qid = str(qid) if qid not in (None, "") else f"q{k}"
         if qid in ids:
@@ -204,6 +206,12 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
                 answer_type=answer_type(majority.lower()),
             )
         )
+    if vanishing:  # "A", "The", "-": the VQA normalisation drops articles and punctuation
+        where, answer = vanishing[0]
+        more = f" ({len(vanishing)} answers in all)" if len(vanishing) > 1 else ""
+        raise UserError(f"{where}: answer {answer!r} is empty after VQA answer normalisation (articles and "
+                        f"punctuation are dropped), so it could never be predicted nor trained on{more}; "
+                        "write such answers as words, e.g. 'option a'")
     return examples
 
 
