@@ -262,3 +262,48 @@ def test_a_read_only_output_folder_is_refused_before_any_training(world, tmp_pat
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Read-only file system" in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert list(ro.iterdir()) == [] and time.time() - t0 < 60  # refused up front, not after training
+
+
+def _finetune_argv(world, out, rank):
+    return ["finetune", "--model", str(world / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora", "--budget",
+            str(rank), "--data-size", "16", "--length-policy", "steps", "--steps", "2", "--batch-size", "8",
+            "--val-limit", "8", "--test-limit", "8", "--out", str(out), "--quiet"]
+
+
+def test_finetune_refuses_a_folder_it_does_not_own_and_one_another_finetune_holds(world, tmp_path, capsys):
+    from vlpeft import lock
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "curve.json").write_text('{"the user": "own data"}')
+    before = snapshot(mine)
+    assert main(_finetune_argv(world, mine, 2)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not empty and not a vlpeft run folder" in err and snapshot(mine) == before
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with lock.hold(busy, "finetune"):  # another finetune writing it
+        assert main(_finetune_argv(world, busy, 2)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another vlpeft finetune is writing this run folder (process" in err
+    assert not (busy / "metrics.json").exists()
+
+
+def test_a_kill_while_force_replaces_a_run_leaves_no_mix_of_old_record_and_new_weights(world, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    assert main(_finetune_argv(world, run, 2)) == 0
+    env = dict(os.environ, VLPEFT_CRASH="run_weights_written")
+    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", *_finetune_argv(world, run, 8), "--force"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr  # killed between the new weights and the new record
+    assert not (run / "metrics.json").exists()  # the old record (rank 2) went first
+    assert json.loads((run / "peft_config.json").read_text())["config"]["rank"] == 8
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(world / "ckpt"), "--peft", str(run), "--task", "easyvqa-vqa"]) == 2
+    assert main(_finetune_argv(world, run, 8)) == 0  # an unfinished run is taken over without --force
+    assert json.loads((run / "metrics.json").read_text())["knob_value"] == 8

@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vlpeft"
 UTILITIES = {"vlpeft", "vlpeft.errors", "vlpeft.io", "vlpeft.validate", "vlpeft.faults", "vlpeft.runrecord",
-             "vlpeft.convergence"}
+             "vlpeft.convergence", "vlpeft.lock"}
 # package -> the vlpeft packages (or modules) it may import, besides itself and the utilities
 ALLOWED = {
     "data": set(),

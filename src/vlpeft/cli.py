@@ -155,6 +155,9 @@ def cmd_finetune(args) -> int:
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.force:
         raise UserError(f"{out}: already holds a finished run (use --force to replace it)")
+    if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
+        raise UserError(f"{out}: not empty and not a vlpeft run folder (no peft_config.json); finetune writes "
+                        "only into an empty or new folder or over an earlier run: choose another --out")
     try:
         options = json.loads(args.options) if args.options else {}
     except json.JSONDecodeError as e:
@@ -181,6 +184,18 @@ def cmd_finetune(args) -> int:
            "untrained": "nothing to train"}.get(m["stopped_by"], m["stopped_by"])
     print(f"  {state} ({how}); best validation at step {m['steps_to_best']} of {m['steps_done']}: {c['reason']}")
     return 0
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder vlpeft finetune wrote (its PEFT config) or is writing (its holder file)."""
+    from vlpeft.lock import HOLDER
+
+    try:
+        config = json.loads((folder / "peft_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    return (isinstance(config, dict) and config.get("format") == "vlpeft-peft") or \
+        (folder / HOLDER.format("finetune")).exists()
 
 
 def cmd_evaluate(args) -> int:

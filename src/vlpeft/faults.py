@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("train_step", "result_write", "after_result")
+POINTS = ("train_step", "result_write", "after_result", "run_weights_written")
 _seen: dict[str, int] = {}
 
 

@@ -151,10 +151,10 @@ def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny
     winner = b if loser is a else a
     err = loser.stderr.read()
     assert loser.returncode == 2, err
-    assert err.strip().splitlines() == [f"vlpeft: error: {out}: another vlpeft study is running in this folder "
+    assert err.strip().splitlines() == [f"vlpeft: error: {out}: another vlpeft study is writing this study folder "
                                         f"(process {winner.pid} on {__import__('socket').gethostname()} since "
                                         + err.split(" since ", 1)[1].strip()]
-    assert "then run again to resume" in err and "Traceback" not in err
+    assert "let it finish or stop it, then run again" in err and "Traceback" not in err
     assert _wait_for_running(out, winner), "the study ended before the kill: make its cells longer"
     winner.kill()
     winner.communicate(timeout=60)

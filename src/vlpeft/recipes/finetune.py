@@ -13,6 +13,7 @@ Run folder (every file written atomically; `metrics.json` last, so its presence 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 import vlpeft
+from vlpeft import lock
 from vlpeft.convergence import diagnose
 from vlpeft.data.subsets import resolve_size
 from vlpeft.errors import UserError
@@ -192,16 +194,36 @@ def evaluate_split(prep: Prepared, cfg, model, examples, encode_images=None) -> 
     return scores
 
 
+RUN_FILES = ("metrics.json", "curve.json", "peft_config.json", "peft_model.safetensors", "error.log")
+
+
 def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True, loaded=None,
              log=print) -> dict[str, Any]:
     """Train, select on validation, score the test split; write the run folder `out` (if given).
-    Everything that can be checked is checked before the first step, `out` being writable included."""
+    Everything that can be checked is checked before the first step, `out` being writable included.
+    `out` is held for the whole run (a second finetune into it is refused at once) and replaced as a
+    whole: the old record goes first, so a kill while writing leaves an unfinished run, never the old
+    record beside new weights. A failure before any file is written leaves no folder behind."""
+    if out is None:
+        return _finetune(cfg, None, progress, loaded)
+    out = Path(out)
+    check_writable(out, "run folder")
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock.hold(out, "finetune"):
+            return _finetune(cfg, out, progress, loaded)
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: the run failed before writing anything
+
+
+def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vlpeft.model.checkpoint import weights_digest
 
-    if out is not None:
-        check_writable(out, "run folder")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepare(cfg, loaded)
@@ -277,9 +299,10 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device,
                          base_digest, diagnosis, stopped_by, val_seconds).to_dict()
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:  # metrics.json first: until the new one is written the run is unfinished
+            (out / name).unlink(missing_ok=True)
         save_peft(model, out, extra={"task": prep.task.name, "base_model": cfg.model, "base_model_digest": base_digest})
+        crash_point("run_weights_written")
         write_json(out / "curve.json", curve)
         write_json(out / "metrics.json", metrics)  # last: marks the run complete
     return metrics

@@ -321,8 +321,8 @@ class Progress:
 
 def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) -> dict[str, Any]:
     """Run (or resume) the study into `out`; returns a summary {total, done, failed, ran, seconds}."""
+    from vlpeft import lock
     from vlpeft.io import check_writable
-    from vlpeft.study import lock
 
     out = Path(out)
     t0 = time.time()
