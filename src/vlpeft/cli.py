@@ -75,16 +75,23 @@ def cmd_caption(args) -> int:
         named = [(str(p), load_image(p)) for p in args.images]  # every image read before any output
     tok = loaded.tokenizer
     start = None
+    positions = loaded.model.cfg.text.max_positions
+    max_new = args.max_new_tokens
     if args.prompt:
-        ids, _ = tok.encode_batch([args.prompt], max_len=loaded.model.cfg.text.max_positions, add_sep=False)
+        n = len(tok.tokenizer.encode(args.prompt, add_special_tokens=False).ids)
+        if 1 + n + 2 > positions:
+            raise UserError(f"--prompt: {n} tokens, which leaves no room for a caption in the checkpoint's "
+                            f"{positions} text positions; shorten it")
+        ids, _ = tok.encode_batch([args.prompt], max_len=positions, add_sep=False)
         ids[:, 0] = tok.dec_id
         start = ids
+    max_new = min(max_new, positions - (1 if start is None else start.shape[1]))  # generation stays in the positions
     with torch.inference_mode():
         for i in range(0, len(named), 32):
             chunk = named[i:i + 32]
             img = loaded.model.encode_image(preprocess([im for _, im in chunk], loaded.preprocess))
             s = None if start is None else start.expand(len(chunk), -1)
-            out = generate(loaded.model, img, start_ids=s, max_new_tokens=args.max_new_tokens, num_beams=args.beams)
+            out = generate(loaded.model, img, start_ids=s, max_new_tokens=max_new, num_beams=args.beams)
             for (name, _), tokens in zip(chunk, out):
                 text = tok.decode(tokens)
                 print(f"{name}\t{(args.prompt + ' ' + text).strip() if args.prompt else text}")

@@ -124,6 +124,7 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     for part in kind.parts:
         if getattr(model, part) is None:
             raise UserError(f"{cfg.model}: task {task.name} needs a {part}, which this checkpoint lacks")
+    check_text(cfg, kind, options, loaded, task.name)
     scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
     data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
     n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
@@ -133,6 +134,21 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     if check_images:
         data.check_images([ex.image_id for ex in train + val + test])
     return Prepared(loaded, task, kind, data, options, train, val, test, method_cfg, resolved, scene_seed)
+
+
+def check_text(cfg: FinetuneConfig, kind, options, loaded, task: str) -> None:
+    """Before any work: the text length fits the checkpoint's positions, and what the kind gives the
+    decoder before its target (a caption prompt: [DEC] prompt) leaves room for at least 2 target
+    tokens, in training (max_text_len) and in generation (the positions)."""
+    positions = loaded.model.cfg.text.max_positions
+    if cfg.max_text_len > positions:
+        raise UserError(f"max_text_len {cfg.max_text_len}: more than the checkpoint's {positions} text positions "
+                        f"({cfg.model})")
+    given = kind.given_tokens(loaded.tokenizer, options)
+    room = min(cfg.max_text_len, positions) - 1 - given - 1  # [DEC]/[CLS], the given tokens, [SEP]
+    if given and room < 2:
+        raise UserError(f"task {task}: the prompt is {given} tokens, which leaves {max(room, 0)} of the "
+                        f"{min(cfg.max_text_len, positions)} text positions for the caption; shorten it")
 
 
 def make_batch(prep: Prepared, cfg, examples, rng, pixels: bool = True):

@@ -61,6 +61,8 @@ class TaskKind:
         is counted per example, e.g. "captions per image", and "per_example_range", [min, max])
     ceiling: the metric's largest value (VQA accuracy: 100), or None where it has no useful one
         (CIDEr-D); bounds the claims' margin before any run (`study --dry-run`'s noise check)
+    given_tokens(tok, opts) -> how many tokens the kind puts before the decoder's target (a caption
+        prompt); checked against the text length before any work
     """
 
     name: str
@@ -80,6 +82,7 @@ class TaskKind:
     from_rows: Callable[..., list]
     summary: str
     ceiling: float | None = None
+    given_tokens: Callable[[Any, Any], int] = lambda tok, opts: 0
 
     def answer_list(self, examples: Sequence[Any], limit: int | None = None) -> tuple[str, ...]:
         """The candidate answers of `examples` (train + val), or () for a kind without them."""

@@ -76,7 +76,7 @@ def predict_captions(model, examples: Sequence[CaptionExample], data, loaded, op
     encode = encode_images or pixel_encoder(model, data, loaded)
     device = next(model.parameters()).device
     start = [tok.dec_id] + prompt_ids(tok, opts.prompt)
-    max_new = min(opts.max_new_tokens, model.cfg.text.max_positions - 8)
+    max_new = min(opts.max_new_tokens, model.cfg.text.max_positions - len(start))  # checked >= 2 by check_text
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
@@ -118,4 +118,5 @@ KIND = register_kind(TaskKind(
     score=score_captions, baselines=lambda data, examples: {}, describe=describe_captions, stratum=None,
     candidates=None, fields=("caption", "captions"), from_rows=captions_from_rows,
     summary="image -> caption: the image-grounded decoder, next-token loss on the caption; CIDEr-D",
+    given_tokens=lambda tok, opts: len(prompt_ids(tok, opts.prompt)),
 ))
