@@ -55,6 +55,10 @@ def world(tiny_checkpoint, tmp_path_factory):
             d.pop("methods")
         (root / name).write_text(yaml.safe_dump(d))
     (root / "bad.yaml").write_text("name: [x\nmodel: y\n")
+    bomb = "name: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"k{i}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    (root / "bomb.yaml").write_text(bomb)  # 429 bytes standing for 10^9 values
+    (root / "long.yaml").write_text(yaml.safe_dump(dict(spec, seeds="zero " * 20000)))
     (root / "zero.yaml").write_text("")
     from fixtures_data import write_coco
 
@@ -115,6 +119,8 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["pretrain", "--steps", "0", "--out", "{w}/x"], "steps must be positive"),
     (["pretrain", "--out", "{w}/ckpt"], "already holds a checkpoint"),
     (["pretrain", "--out", "{w}/x", "--force", "--if-missing"], "not allowed with argument"),
+    (["study", "{w}/bomb.yaml", "--dry-run"], "bomb.yaml: its aliases expand to more than 100,000 values"),
+    (["study", "{w}/long.yaml", "--dry-run"], "seeds must be an integer, got 'zero zero"),
     (["caption", "--model", "{w}/nowhere", "--scenes", "2"], "nowhere"),
     (["caption", "--model", "{w}/ckpt", "--scenes", "2", "--prompt", " ".join(["a red square"] * 21)],
      "--prompt: 63 tokens, which leaves no room for a caption in the checkpoint's 64 text positions"),
@@ -314,3 +320,13 @@ def test_a_kill_while_force_replaces_a_run_leaves_no_mix_of_old_record_and_new_w
     assert main(["evaluate", "--model", str(world / "ckpt"), "--peft", str(run), "--task", "easyvqa-vqa"]) == 2
     assert main(_finetune_argv(world, run, 8)) == 0  # an unfinished run is taken over without --force
     assert json.loads((run / "metrics.json").read_text())["knob_value"] == 8
+
+
+def test_an_echoed_value_is_cut_and_costs_nothing_to_show():
+    from vlpeft.errors import MAX_MESSAGE, UserError, shown
+
+    nested = ["x"] * 10
+    for _ in range(8):
+        nested = [nested] * 10  # 10^9 items behind 90 references
+    assert len(shown(nested)) <= 120 and len(shown("y" * 10**6)) <= 120
+    assert len(str(UserError("z" * 10**6))) <= MAX_MESSAGE and "characters, cut" in str(UserError("z" * 10**6))

@@ -122,7 +122,11 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
 
     path = Path(path)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+        if _expanded_size(data, YAML_MAX_VALUES) > YAML_MAX_VALUES:
+            raise UserError(f"{path}: its aliases expand to more than {YAML_MAX_VALUES:,} values; "
+                            "write the values out (a config needs far fewer)")
+        return data
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read {what} ({e.__class__.__name__})") from e
     except _DuplicateKey as e:
@@ -131,6 +135,24 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from e
+
+
+YAML_MAX_VALUES = 100_000  # values of a YAML file once its aliases are expanded (`a: &x [..]`, `b: *x`)
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values `data` holds with every alias expanded, counted up to just past `limit`
+    (a few aliases of aliases stand for billions: the count stops, it never expands them)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 class _DuplicateKey(Exception):

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from vlpeft.errors import UserError, did_you_mean
+from vlpeft.errors import UserError, did_you_mean, shown
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -40,17 +40,17 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if item is str and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list, got {value!r}")
+            raise UserError(f"{where} must be a list, got {shown(value)}")
         if item is str and not all(isinstance(v, str) for v in value):
-            raise UserError(f"{where} must be a list of names, got {value!r}")
+            raise UserError(f"{where} must be a list of names, got {shown(value)}")
         return tuple(v if item is Any else coerce(v, item, f"{where}[{k}]") for k, v in enumerate(value))
     if hint is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}")
+            raise UserError(f"{where} must be true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}")
+            raise UserError(f"{where} must be an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, str):
@@ -59,14 +59,14 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r}")
+            raise UserError(f"{where} must be a number, got {shown(value)}")
         return float(value)
     if hint is str and not isinstance(value, str):
-        raise UserError(f"{where} must be a string, got {value!r}")
+        raise UserError(f"{where} must be a string, got {shown(value)}")
     if (hint is dict or origin is dict) and not isinstance(value, dict):
-        raise UserError(f"{where} must be a mapping, got {value!r}")
+        raise UserError(f"{where} must be a mapping, got {shown(value)}")
     if (hint is list or origin is list) and not isinstance(value, list):
-        raise UserError(f"{where} must be a list, got {value!r}")
+        raise UserError(f"{where} must be a list, got {shown(value)}")
     return value
 
 
@@ -76,7 +76,7 @@ def check_keys(cls: type, data: Any, where: str, what: str = "keys", skip: tuple
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{where}: {what} must be a mapping, got {data!r}")
+        raise UserError(f"{where}: {what} must be a mapping, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
     one = what[:-1] if what.endswith("s") else what
     for key in data:
@@ -127,7 +127,7 @@ def check_values(obj: Any, where: str) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and getattr(obj, f.name) not in choices:
             value = getattr(obj, f.name)
-            raise UserError(f"{where}: {f.name} {value!r} is not one of {', '.join(map(str, choices))}"
+            raise UserError(f"{where}: {f.name} {shown(value)} is not one of {', '.join(map(str, choices))}"
                             f"{did_you_mean(str(value), choices)}")
         rules = {k: f.metadata[k] for k in ("min", "max", "below") if k in f.metadata}
         value = getattr(obj, f.name)
@@ -140,4 +140,5 @@ def check_values(obj: Any, where: str) -> None:
             parts = [f">= {rules['min']}" if "min" in rules else "", f"<= {rules['max']}" if "max" in rules else "",
                      f"< {rules['below']}" if "below" in rules else ""]
             kind = "a finite number" if isinstance(value, float) or isinstance(f.default, float) else "an integer"
-            raise UserError(f"{where}: {f.name} must be {kind} {' and '.join(p for p in parts if p)}, got {value!r}")
+            rule = " and ".join(p for p in parts if p)
+            raise UserError(f"{where}: {f.name} must be {kind} {rule}, got {shown(value)}")

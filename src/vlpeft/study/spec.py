@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlpeft.errors import UserError, did_you_mean
+from vlpeft.errors import UserError, did_you_mean, shown
 from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_mapping
 
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
@@ -212,7 +212,7 @@ def _typed(value, kind, where: str):
             "list": "a list",
             "dict": "a mapping",
         }
-        raise UserError(f"{where} must be {article[kind]}, got {value!r}")
+        raise UserError(f"{where} must be {article[kind]}, got {shown(value)}")
     return value
 
 
