@@ -103,6 +103,34 @@ def test_four_workers_one_store_no_lost_or_duplicated_rows(tiny_checkpoint, tmp_
     assert table(tmp_path / "study") == reference  # also: the same scores as one in-process worker
 
 
+def test_workers_die_with_a_study_process_killed_by_sigkill(tiny_checkpoint, tmp_path):
+    """As the out-of-memory killer does: SIGKILL to the driver alone. Its workers (and the resource
+    tracker) must not live on under init, computing cells beside a resume or blocked on a pipe."""
+    import time
+
+    ckpt, _ = tiny_checkpoint
+    spec = spec_file(tmp_path, ckpt, data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
+                     training={**TRAINING, "steps": 400}, executor={"kind": "local", "workers": 2, "threads": 1})
+    out = tmp_path / "study"
+    p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert _wait_for_running(out, p)
+        deadline = time.time() + 60  # the driver, the resource tracker and two workers
+        while len(_session_processes(p.pid)) < 4 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert p.poll() is None and len(_session_processes(p.pid)) >= 4, "the study ended before the kill"
+        p.kill()
+        p.wait(timeout=30)
+        deadline = time.time() + 10
+        while _session_processes(p.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _session_processes(p.pid) == []
+    finally:
+        for pid in _session_processes(p.pid):  # a failing run of this test leaves nothing behind
+            os.kill(pid, signal.SIGKILL)
+
+
 def _session_processes(sid):
     """Live (not zombie) processes of session `sid`."""
     alive = []

@@ -6,7 +6,7 @@
   cells in the driver process itself). With `gpus` G > 0, worker i sees only GPU i mod G
   (CUDA_VISIBLE_DEVICES), so the workers spread over the machine's GPUs (and share them when N > G).
   A worker that dies (killed, out of memory) fails the cells it held; the pool is rebuilt and the
-  study goes on.
+  study goes on. A worker dies with the study process, however that is killed (`_die_with`).
 - `ray`: each cell is a Ray task asking for `threads` CPUs (and `gpus` GPUs); results come back to the
   driver through `ray.wait`. `address=None` starts a local Ray instance; otherwise it joins a cluster
   on which vlpeft is installed on every node.
@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -36,9 +37,9 @@ def gpu_slots(workers: int, gpus: int) -> list[str | None]:
     return [str(i % gpus) if gpus else None for i in range(workers)]
 
 
-def _init_worker(threads: int, slots=None) -> None:
-    import signal
-
+def _init_worker(threads: int, slots=None, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with(parent)
     # Ctrl-C in a terminal reaches every process of the group: the driver alone handles it (and stops
     # the workers), so a worker never prints a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,6 +47,27 @@ def _init_worker(threads: int, slots=None) -> None:
     if gpu is not None:  # before CUDA initialises: the worker sees that one GPU, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _set_threads(threads)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the study process `parent` dies, even by SIGKILL (the out-of-memory killer),
+    instead of living on under init: on Linux the kernel sends SIGKILL at the parent's death
+    (prctl PR_SET_PDEATHSIG); everywhere, and for a parent that died before that was set, a daemon
+    thread checks every second that the parent is still this process's parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vlpeft-parent-watch", daemon=True).start()
 
 
 def _set_threads(threads: int) -> None:
@@ -119,7 +141,8 @@ def run_local(payloads: list[dict], workers: int, threads: int, on_start: Callab
                 slots = ctx.Queue()
                 for gpu in gpu_slots(workers, gpus):
                     slots.put(gpu)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, slots))
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                           initargs=(threads, slots, os.getpid()))
             while pending and len(inflight) < workers:
                 p = pending.popleft()
                 on_start(p["id"])
