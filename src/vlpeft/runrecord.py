@@ -79,7 +79,11 @@ class RunRecord:
     task_options: dict = field(default_factory=dict, metadata={"help": "the task kind's options"})
     scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed (scenes tasks)"})
     task_details: dict = field(default_factory=dict, metadata={"help": "how the task was loaded and split"})
-    base_model_digest: str | None = field(default=None, metadata={"help": "weights digest of the base checkpoint"})
+    base_model_digest: str | None = field(default=None, metadata={"help": "digest of the base checkpoint: weights, "
+                                                                          "config, tokenizer, preprocessing (weights "
+                                                                          "alone in older records)"})
+    task_data_digest: str | None = field(default=None, metadata={"help": "digest of a task file's records (None: "
+                                                                        "a built-in task)"})
     config: dict = field(default_factory=dict, metadata={"help": "the resolved FinetuneConfig"})
     environment: dict = field(default_factory=dict, metadata={"help": "versions, commit, host, device, threads, time"})
     extra: dict = field(default_factory=dict, metadata={"help": "fields of a newer record this version does not know"})

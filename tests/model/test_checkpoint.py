@@ -112,3 +112,40 @@ def test_a_hub_repo_with_pytorch_weights_only_is_downloaded_with_them(tmp_path, 
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
     assert asked == [["*.json", "*.safetensors", "*.txt"], ["*.json", "*.txt", "pytorch_model*.bin"]]
     assert torch.equal(read_hf_weights(folder)["t0"], torch.ones(2))
+
+
+def test_a_checkpoints_digest_covers_what_changes_its_outputs_and_nothing_else(tmp_path):
+    import shutil
+
+    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
+
+    folder = tmp_path / "a"
+    _save(folder, preset("tiny"))
+    digest = checkpoint_digest(folder)
+    assert len(digest) == 16 and digest != weights_digest(folder)
+
+    def variant(name, edit):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        edit(copy)
+        return copy
+
+    def respaced(copy):  # the same settings, written with another layout and key order
+        meta = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps(dict(reversed(list(meta.items()))), indent=1))
+
+    def mean(copy):
+        meta = json.loads((copy / "config.json").read_text())
+        meta["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+        (copy / "config.json").write_text(json.dumps(meta))
+
+    def vocab(copy):
+        tok = json.loads((copy / "tokenizer.json").read_text())
+        tok["model"]["vocab"]["zzzz"] = len(tok["model"]["vocab"])
+        (copy / "tokenizer.json").write_text(json.dumps(tok))
+
+    assert checkpoint_digest(variant("same", respaced)) == digest
+    for name, edit in (("mean", mean), ("vocab", vocab)):
+        changed = variant(name, edit)
+        assert weights_digest(changed) == weights_digest(folder)  # what older records compared
+        assert checkpoint_digest(changed) != digest, name

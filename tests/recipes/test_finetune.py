@@ -269,12 +269,58 @@ def test_a_run_is_re_scored_only_on_the_checkpoint_it_adapted(tiny_checkpoint, t
     state[key] = state[key] * 1.5
     save_file(state, str(other / "model.safetensors"))
     with pytest.raises(
-        UserError, match=r"this run adapted .* \(weights [0-9a-f]{16}\), not .*other \(weights [0-9a-f]{16}\)"
+        UserError, match=r"this run adapted .* \(checkpoint [0-9a-f]{16}\), not .*other \(checkpoint [0-9a-f]{16}: "
+                         r"its weights, config, tokenizer or preprocessing differ\)"
     ):
         evaluate_run(str(other), tmp_path / "run")
     anyway = evaluate_run(str(other), tmp_path / "run", allow_other_base=True)
     assert anyway["same_base"] is False
     assert evaluate_run(str(ckpt), tmp_path / "run")["same_base"] is True
+    # the same weights with another preprocessing give other scores: not the run's base either
+    edited = tmp_path / "edited"
+    shutil.copytree(ckpt, edited)
+    meta = json.loads((edited / "config.json").read_text())
+    meta["preprocess"]["mean"] = [0.1, 0.9, 0.5]
+    (edited / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"not .*edited \(checkpoint"):
+        evaluate_run(str(edited), tmp_path / "run")
+    # a record written before the digest covered the settings holds the weights' digest: still its base
+    from vlpeft.model.checkpoint import weights_digest
+
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    record["base_model_digest"] = weights_digest(ckpt)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(record))
+    assert evaluate_run(str(ckpt), tmp_path / "run")["same_base"] is True
+
+
+def test_a_run_is_re_scored_only_on_the_task_data_it_was_trained_on(tiny_checkpoint, tmp_path):
+    from fixtures_data import write_user_task
+
+    ckpt, _ = tiny_checkpoint
+    task_file = write_user_task(tmp_path, "jsonl", "vqa", name="mine")
+    m = run(ckpt, tmp_path / "run", task=str(task_file), steps=2, evals=1, batch_size=4)
+    assert len(m["task_data_digest"]) == 16
+    assert evaluate_run(str(ckpt), tmp_path / "run")["test_score"] == m["test_score"]
+    data = task_file.parent / "data.jsonl"
+    data.write_text(data.read_text().replace('"answers": ["', '"answers": ["no", "', 1))
+    with pytest.raises(UserError, match=r"run: the records of task mine changed since this run was trained \(data "
+                                        r"[0-9a-f]{16}, now [0-9a-f]{16}\)"):
+        evaluate_run(str(ckpt), tmp_path / "run")
+
+
+def test_a_scenes_run_is_re_scored_on_its_recorded_scenes(tiny_checkpoint, tmp_path):
+    """The scene seed comes from the checkpoint's pretrain.json at training time; re-scoring uses the
+    run's recorded seed, so an edited pretrain.json cannot change the test set under it."""
+    import shutil
+
+    ckpt, _ = tiny_checkpoint
+    m = run(ckpt, tmp_path / "run", task="scenes-caption", data_size=16, steps=2, evals=1)
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    pre = json.loads((copy / "pretrain.json").read_text())
+    pre["seed"] = pre.get("seed", 0) + 1
+    (copy / "pretrain.json").write_text(json.dumps(pre))
+    assert evaluate_run(str(copy), tmp_path / "run")["test_score"] == m["test_score"]
 
 
 def _umask() -> int:

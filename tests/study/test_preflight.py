@@ -9,7 +9,7 @@ import yaml
 
 from fixtures_data import write_user_task
 from fixtures_study import fake_store
-from vlpeft.model.checkpoint import weights_digest
+from vlpeft.model.checkpoint import checkpoint_digest
 from vlpeft.study import preflight
 from vlpeft.study.spec import expand, parse_spec
 
@@ -25,7 +25,7 @@ def test_assess_measures_consistency_and_zero_shot(assessed, tiny_checkpoint):
     assert a["task"] == "scenes-caption" and a["relation"].startswith("same data, same task")
     assert 0 < a["lm_loss"] < 20 and 0 <= a["feature_distance"] < 2 and a["measured_on"] == 32
     assert a["metric"] == "cider_d" and a["zero_shot"] >= 0 and a["zero_shot_on"] == 16
-    assert a["pool"] == 4000 and a["digest"] == weights_digest(tiny_checkpoint[0])
+    assert a["pool"] == 4000 and a["digest"] == checkpoint_digest(tiny_checkpoint[0])
     assert set(a["seconds"]) == {"measures", "zero_shot"}
 
 
@@ -60,7 +60,7 @@ def test_advice_falls_back_to_the_paper_rule_for_another_checkpoint(assessed, tm
 def test_cli_advise_before_a_grid_on_a_task_file_of_ones_own_data(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     task = write_user_task(tmp_path, "jsonl", "vqa")
-    folder = fake_store(tmp_path / "study", digest=weights_digest(ckpt))
+    folder = fake_store(tmp_path / "study", digest=checkpoint_digest(ckpt))
     cmd = [sys.executable, "-m", "vlpeft.cli", "advise", "--model", str(ckpt), "--task", str(task),
            "--from", str(folder), "--threads", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -152,6 +152,49 @@ def test_a_task_file_whose_data_changed_is_another_study(tiny_checkpoint, tmp_pa
     assert run_study(load_spec(str(spec)), out, quiet=True)["ran"] == 0
 
 
+def test_cosmetic_changes_resume_and_a_folder_of_an_older_version_too(tiny_checkpoint, tmp_path, monkeypatch):
+    """The checkpoint named another way (relative, trailing slash) and a comment in a task file are the
+    same study; a store whose identity was recorded as older versions did (weights-only digests, task
+    files by their bytes, the model as written) resumes; a settings file edited for real does not."""
+    import os
+    import shutil
+
+    from fixtures_data import write_user_task
+    from vlpeft.model.checkpoint import weights_digest
+    from vlpeft.study import store
+    from vlpeft.study.runner import file_digest
+    from vlpeft.study.spec import fingerprint
+
+    ckpt, _ = tiny_checkpoint
+    local = tmp_path / "ckpt"
+    shutil.copytree(ckpt, local)
+    task_file = write_user_task(tmp_path, "jsonl", "vqa", name="mine")
+    spec = write_spec(tmp_path, local, tasks=[str(task_file)], methods={"frozen": {}}, data_sizes=[8])
+    out = tmp_path / "study"
+    run_study(load_spec(str(spec)), out, quiet=True)
+    monkeypatch.chdir(tmp_path)
+    again = write_spec(tmp_path, "./ckpt/", name="again.yaml", tasks=[str(task_file)], methods={"frozen": {}},
+                       data_sizes=[8])
+    task_file.write_text("# my own data\n" + task_file.read_text())
+    assert run_study(load_spec(str(again)), out, quiet=True)["ran"] == 0
+    # as an older version recorded it
+    con = store.connect(out / "results.sqlite")
+    ident = json.loads(store.read_meta(out / "results.sqlite")["identity"])
+    ident.update(model="ckpt", checkpoints={"ckpt": weights_digest(local)},
+                 task_files={"mine": file_digest(str(task_file))})
+    store.set_meta(con, {"identity": json.dumps(ident, sort_keys=True), "fingerprint": fingerprint(ident)})
+    con.close()
+    assert run_study(load_spec(str(again)), out, quiet=True)["ran"] == 0
+    meta = json.loads((local / "config.json").read_text())
+    meta["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+    (local / "config.json").write_text(json.dumps(meta))
+    before = digests(out)
+    with pytest.raises(UserError, match=r"holds a different study \(its checkpoints differ"):
+        run_study(load_spec(str(again)), out, quiet=True)
+    assert digests(out) == before
+    assert os.getcwd() == str(tmp_path)
+
+
 def test_unreachable_budget_and_oversized_data_fail_before_anything_is_written(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     bad = write_spec(tmp_path, ckpt, methods={"lora": {"budgets": ["params=50"]}})

@@ -226,10 +226,9 @@ def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, mon
     assert s.executor.kind == "ray" and s.executor.gpus == 1
 
 
-def test_task_training_is_part_of_the_study_identity_only_when_given(monkeypatch):
+def test_task_training_is_part_of_the_study_identity_only_when_given():
     from vlpeft.study import runner
 
-    monkeypatch.setattr(runner, "checkpoint_hash", lambda model: "h")
     assert "task_training" not in runner.study_fingerprint(spec())  # folders made before it still match
     given = runner.study_fingerprint(spec(task_training={"easyvqa-vqa": {"steps": 40, "feature_cache": False}}))
     assert given["task_training"] == {"easyvqa-vqa": {"steps": 40}}  # the feature cache does not change a result

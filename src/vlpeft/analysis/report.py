@@ -270,7 +270,7 @@ def setup_rows(s: dict) -> list[list[str]]:
     rows = [
         ["study", _fmt(s["name"])],
         ["model", _fmt(s["model"])],
-        *([["checkpoint weights digest", "; ".join(f"{k}: {v}" for k, v in sorted(s["checkpoints"].items()))]]
+        *([["checkpoint digest", "; ".join(f"{k}: {v}" for k, v in sorted(s["checkpoints"].items()))]]
           if s["checkpoints"] else []),
         ["pre-training", f"{pre['steps']:,} steps in {_seconds(pre.get('train_seconds'))}, "
                          f"seed {_fmt(pre.get('seed'))}; objectives {', '.join(pre.get('objectives') or []) or '–'}"

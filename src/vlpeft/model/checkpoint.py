@@ -188,24 +188,71 @@ def _download(hub_id: str) -> Path:
 
 _DIGESTS: dict[tuple, str] = {}
 
+# Besides the weights, the files whose content changes what a checkpoint computes: its architecture
+# and preprocessing (config.json, preprocessor_config.json) and its tokenizer. pretrain.json is not
+# one: the scene seed it holds is recorded by each run and reused from there.
+SETTINGS_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "vocab.txt",
+                  "tokenizer_config.json", "special_tokens_map.json")
 
-def weights_digest(path_or_hub_id: str | Path) -> str:
-    """Content digest of a local checkpoint's weight files (SHA-256 over *.safetensors then *.bin,
-    first 16 hex digits; the hub id itself for a remote one). Remembered per process for files of
-    the same size and modification time: a study worker asks once per cell."""
-    import hashlib
 
-    folder = Path(path_or_hub_id)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
-    if not files:
-        return str(path_or_hub_id)
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+
+
+def _memo(files: list[Path], compute) -> str:
+    """compute() remembered per process for files of the same size and modification time (a study
+    worker asks once per cell)."""
     key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     if key not in _DIGESTS:
+        _DIGESTS[key] = compute()
+    return _DIGESTS[key]
+
+
+def weights_digest(path_or_hub_id: str | Path) -> str:
+    """Content digest of a local checkpoint's weight files alone (SHA-256 over *.safetensors then
+    *.bin, first 16 hex digits; the hub id itself for a remote one). What runs and studies recorded as
+    the checkpoint's identity before `checkpoint_digest` covered its settings too."""
+    import hashlib
+
+    files = _weight_files(Path(path_or_hub_id))
+    if not files:
+        return str(path_or_hub_id)
+
+    def compute() -> str:
         h = hashlib.sha256()
         for f in files:
             hash_file(h, f)
-        _DIGESTS[key] = h.hexdigest()[:16]
-    return _DIGESTS[key]
+        return h.hexdigest()[:16]
+
+    return _memo(files, compute)
+
+
+def checkpoint_digest(path_or_hub_id: str | Path) -> str:
+    """A local checkpoint's identity: everything that changes its outputs. SHA-256 (first 16 hex
+    digits) over the weights' digest, then each of SETTINGS_FILES present, by name and content (JSON
+    files parsed and written back with sorted keys, so spacing and key order do not count); the hub id
+    itself for a remote one. Two folders with the same digest give the same scores."""
+    import hashlib
+    import json
+
+    folder = Path(path_or_hub_id)
+    weights = _weight_files(folder)
+    if not weights:
+        return str(path_or_hub_id)
+    settings = [folder / n for n in SETTINGS_FILES if (folder / n).is_file()]
+
+    def compute() -> str:
+        h = hashlib.sha256(weights_digest(folder).encode())
+        for f in settings:
+            h.update(f"\0{f.name}\0".encode())
+            if f.suffix == ".json":
+                value = read_json(f, "checkpoint file")
+                h.update(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+            else:
+                hash_file(h, f)
+        return h.hexdigest()[:16]
+
+    return _memo([*weights, *settings], compute) if settings else weights_digest(folder)
 
 
 def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -215,4 +262,5 @@ def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
             "parameters": n, "preprocess": loaded.preprocess.to_dict()}
 
 
-__all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info", "weights_digest"]
+__all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info", "weights_digest",
+           "checkpoint_digest"]

@@ -39,7 +39,7 @@ from vlpeft.recipes.config import FinetuneConfig
 from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
 from vlpeft.recipes.training import Diverged, adamw, optimizer_step, warmup_cosine
 from vlpeft.runrecord import RunRecord
-from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
+from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_data_digest, task_options
 
 
 def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
@@ -238,12 +238,12 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
 def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from vlpeft.model.checkpoint import weights_digest
+    from vlpeft.model.checkpoint import checkpoint_digest
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepare(cfg, loaded)
-    base_digest = weights_digest(cfg.model)
+    base_digest = checkpoint_digest(cfg.model)
     device = _device(cfg.device)
     reset_peak_memory(device)
     model = prep.loaded.model.to(device)
@@ -382,6 +382,7 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
         scene_seed=prep.scene_seed,
         task_details=prep.data.details,
         base_model_digest=base_digest,
+        task_data_digest=task_data_digest(prep.task),
         config=dataclasses.asdict(cfg),
         environment=environment(device),
     )
@@ -392,9 +393,10 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     """Re-score the saved PEFT weights of a run on its test split, with the run's own settings: on its
     recorded task, or on `task` when given (the task's name, or its task file moved or named by another
     path, which must declare the run's task name). The base checkpoint must be the one the run adapted
-    (same weights digest) unless `allow_other_base`."""
+    (same checkpoint digest) unless `allow_other_base`; a task file's records must be those the run
+    was trained on (same data digest), and synthetic scenes are drawn with the run's recorded seed."""
     from vlpeft.io import read_json
-    from vlpeft.model.checkpoint import weights_digest
+    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
 
     run_dir = Path(run_dir)
     record = RunRecord.from_dict(read_json(run_dir / "metrics.json", "run metrics"), str(run_dir / "metrics.json"))
@@ -404,13 +406,22 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
         task = None
     if task is not None and (named := get_task(task).name) != record.task:
         raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {named!r} ({task})")
-    trained_on, given = record.base_model_digest, weights_digest(model_path)
-    if trained_on is not None and trained_on != given and not allow_other_base:
-        raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (weights {trained_on}), not {model_path} "
-                        f"(weights {given}); give that checkpoint, or --allow-other-base to score this one anyway")
+    trained_on, given = record.base_model_digest, checkpoint_digest(model_path)
+    # a record from before the digest covered the checkpoint's settings holds its weights' digest
+    same_base = trained_on is None or trained_on in (given, weights_digest(model_path))
+    if not same_base and not allow_other_base:
+        raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (checkpoint {trained_on}), not "
+                        f"{model_path} (checkpoint {given}: its weights, config, tokenizer or preprocessing "
+                        f"differ); give that checkpoint, or --allow-other-base to score this one anyway")
+    recorded_data, data_now = record.task_data_digest, task_data_digest(get_task(task or record.task_ref))
+    if recorded_data is not None and data_now != recorded_data:
+        raise UserError(f"{run_dir}: the records of task {record.task} changed since this run was trained "
+                        f"(data {recorded_data}, now {data_now}); its recorded test score is not comparable — "
+                        f"train it again on the data as it is")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path,
-                            **({"task": task} if task is not None else {})})
+                            **({"task": task} if task is not None else {}),
+                            **({"scene_seed": record.scene_seed} if saved.get("scene_seed") is None else {})})
     prep = prepare(cfg)
     device = _device(cfg.device)
     model = prep.loaded.model.to(device)
@@ -418,7 +429,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     test = evaluate_split(prep, cfg, model, prep.test)
     return {"task": prep.task.name, "method": cfg.method, "metric": prep.kind.metric, "test_score": test["score"],
             "recorded_test_score": record.test_score, "secondary": test,
-            "same_base": trained_on is None or trained_on == given}
+            "same_base": same_base}
 
 
 __all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "eval_steps", "Diverged"]

@@ -38,7 +38,7 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
     """Consistency measures and zero-shot score of one task on one checkpoint, timed."""
     import torch
 
-    from vlpeft.model.checkpoint import weights_digest
+    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
     from vlpeft.recipes.config import FinetuneConfig
     from vlpeft.recipes.finetune import finetune
     from vlpeft.tasks import get_task, task_paths
@@ -60,8 +60,9 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
             "zero_shot": rec["test_score"], "metric": rec["metric"],
             "majority": (rec.get("secondary") or {}).get("majority_baseline"),
             "zero_shot_on": rec["n_test"], "pool": rec["train_pool"] or rec["data_size"],
-            "digest": rec["base_model_digest"] or weights_digest(model), "seconds": {"measures": round(t1 - t0, 1),
-                                                         "zero_shot": round(t2 - t1, 1)}}
+            "digest": rec["base_model_digest"] or checkpoint_digest(model),
+            "weights_digest": weights_digest(model),  # what studies made before checkpoint_digest recorded
+            "seconds": {"measures": round(t1 - t0, 1), "zero_shot": round(t2 - t1, 1)}}
 
 
 def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[str, Any]]:
@@ -163,7 +164,8 @@ def advise_task(a: dict[str, Any], folders: list[str], data_size=None, max_param
     points, other = [], []
     for folder in folders:
         for p in predict.study_points(folder):
-            (points if not p["checkpoints"] or a["digest"] in p["checkpoints"] else other).append(p)
+            same = not p["checkpoints"] or {a["digest"], a.get("weights_digest")} & set(p["checkpoints"])
+            (points if same else other).append(p)
     out: dict[str, Any] = {"task": a, "data_size": n, "max_params": max_params, "predictor": predictor,
                            "studies": folders, "excluded": sorted({p["study"] for p in other}),
                            "dropped": sum(p.get("dropped", 0) for p in points), "points": [

@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
@@ -30,29 +30,53 @@ from vlpeft.study.spec import Cell, StudySpec, check_cells, expand, fingerprint
 NOT_RESULT_FIELDS = fields_where(result=False)
 
 
-def study_fingerprint(spec: StudySpec) -> dict[str, Any]:
-    """What every cell of the study shares; a folder whose store has another value is another study."""
+def study_fingerprint(spec: StudySpec, legacy: bool = False) -> dict[str, Any]:
+    """What every cell of the study shares; a folder whose store has another value is another study.
+    Checkpoints are named by resolved path and identified by content (`checkpoint_digest`), task files
+    by their parsed content; `legacy`: as folders made before that recorded them (weights only, bytes)."""
+    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
     from vlpeft.tasks import get_task
     from vlpeft.tasks.files import data_digest
 
     models = sorted({spec.model, *spec.task_models.values()})
     results = lambda fields: {k: v for k, v in fields.items() if k not in NOT_RESULT_FIELDS}  # noqa: E731
-    return {
+    digest = weights_digest if legacy else checkpoint_digest
+    task_file = file_digest if legacy else task_file_digest
+    return _normal({
         "model": spec.model,
         "task_models": spec.task_models,
-        "checkpoints": {m: checkpoint_hash(m) for m in models},
+        "checkpoints": {m: digest(m) for m in models},
         "training": results(spec.training),
         "paths": spec.paths,
         "subset_seed": spec.subset_seed,
         # only when given, so folders of studies written before these existed still match
         **({"task_paths": spec.task_paths} if spec.task_paths else {}),
-        **({"task_files": {t: file_digest(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
+        **({"task_files": {t: task_file(f) for t, f in sorted(spec.task_files.items())}} if spec.task_files else {}),
         **({"task_data": {t: data_digest(get_task(f)) for t, f in sorted(spec.task_files.items())}}
            if spec.task_files else {}),
         # only when given, so folders of studies written before task_training still match
         **({"task_training": {t: results(o) for t, o in spec.task_training.items()}} if spec.task_training else {}),
         **({"lengths": spec.lengths} if spec.lengths else {}),
-    }
+    })
+
+
+def same_place(model: Any) -> Any:
+    """A checkpoint as a study compares it: a local folder by its resolved path (so `runs/tiny/`,
+    `./runs/tiny` and its absolute path are one checkpoint), a hub id as written."""
+    if isinstance(model, str) and model and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve())
+    return model
+
+
+def _normal(ident: dict[str, Any]) -> dict[str, Any]:
+    out = dict(ident)
+    if "model" in out:
+        out["model"] = same_place(out["model"])
+    for key in ("task_models", "checkpoints"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k if key == "task_models" else same_place(k): same_place(v) if key == "task_models" else v
+                        for k, v in out[key].items()}
+    return out
 
 
 def file_digest(path: str) -> str:
@@ -61,11 +85,14 @@ def file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def checkpoint_hash(model: str) -> str:
-    """Content hash of a local checkpoint's weights (the hub id itself for a remote one)."""
-    from vlpeft.model.checkpoint import weights_digest
+def task_file_digest(path: str) -> str:
+    """A task file by what it says (its parsed YAML), so a comment or new spacing is the same file."""
+    import hashlib
 
-    return weights_digest(model)
+    from vlpeft.io import read_yaml
+
+    text = json.dumps(read_yaml(path, "task file"), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def ensure_model(spec: StudySpec, log=print) -> None:
@@ -166,25 +193,38 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
         )
         return con
     found = store.read_meta(path)  # read-only look first: a foreign store must stay untouched
-    # a folder made before the data of task files was compared has no task_data
-    older = {k: v for k, v in ident.items() if k != "task_data"}
-    if found.get("fingerprint") not in (fingerprint(ident), fingerprint(older)):
-        theirs = json.loads(found.get("identity", "{}") or "{}")
-        diff = [
-            k
-            for k in ident
-            if json.dumps(ident[k], sort_keys=True, default=str)
-            != json.dumps(theirs.get(k), sort_keys=True, default=str)
-        ]
-        raise UserError(
-            f"{out}: holds a different study (its {', '.join(diff) or 'settings'} differ from this spec's); "
-            f"use another --out"
-        )
-    return store.connect(path)
+    if found.get("fingerprint") == fingerprint(ident):
+        return store.connect(path)
+    diff = identity_diff(json.loads(found.get("identity", "{}") or "{}"), ident, lambda: study_fingerprint(spec, True))
+    if diff:
+        raise UserError(f"{out}: holds a different study (its {', '.join(diff)} differ from this spec's); "
+                        f"use another --out")
+    con = store.connect(path)  # the same study, recorded another way: recorded as this version does from now on
+    store.set_meta(con, {"fingerprint": fingerprint(ident), "identity": json.dumps(ident, sort_keys=True, default=str)})
+    return con
+
+
+def identity_diff(theirs: dict, ident: dict, legacy: Callable[[], dict]) -> list[str]:
+    """The keys of this study's identity that differ from a store's recorded one, comparing what each
+    means: checkpoints by resolved path and content, task files by parsed content; a key recorded the
+    way older versions did (`legacy`) is the same when it equals that. A store made before task data
+    was compared has no task_data: not a difference."""
+    theirs, old = _normal(theirs), None
+    same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)  # noqa: E731
+    diff = []
+    for key, value in ident.items():
+        if key == "task_data" and key not in theirs or same(theirs.get(key), value):
+            continue
+        old = old if old is not None else legacy()
+        if not same(theirs.get(key), old.get(key)):
+            diff.append(key)
+    return diff + [key for key in theirs if key not in ident]  # given then, not now
 
 
 def _comparable(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in NOT_RESULT_FIELDS}, sort_keys=True, default=str)
+    """A cell's settings as resume compares them: result fields only, the checkpoint by `same_place`."""
+    kept = {k: same_place(v) if k == "model" else v for k, v in config.items() if k not in NOT_RESULT_FIELDS}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def _adoptable(run_dir: Path, config: dict) -> dict | None:

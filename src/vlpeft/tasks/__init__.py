@@ -45,7 +45,7 @@ from vlpeft.tasks.base import (
     task_options,
     task_paths,
 )
-from vlpeft.tasks.files import is_task_file, read_task_file
+from vlpeft.tasks.files import data_digest, is_task_file, read_task_file
 
 
 def get_task(ref: str) -> TaskDef:
@@ -57,6 +57,12 @@ def get_task(ref: str) -> TaskDef:
         return read_task_file(ref)
     raise UserError(f"unknown task {ref!r}{did_you_mean(ref, TASKS)}; built-in tasks: {', '.join(TASKS)}, "
                     f"or give a task file (my-task.yaml)")
+
+
+def task_data_digest(task: TaskDef) -> str | None:
+    """The digest of a task file's records (`files.data_digest`), which a run records and `evaluate`
+    and a resumed study compare; None for a built-in task (its data comes with vlpeft)."""
+    return data_digest(task) if task.file else None
 
 
 def load_task(ref: str, *, scene_seed: int = 0, paths: dict | None = None) -> TaskData:
@@ -84,6 +90,6 @@ def cached_task(ref: str, *, scene_seed: int = 0, paths: dict | None = None) -> 
     return _cached(str(ref), int(scene_seed), json.dumps(paths or {}, sort_keys=True))
 
 
-__all__ = ["get_task", "load_task", "cached_task", "get_kind", "task_options", "task_paths", "check_paths",
-           "register_task", "register_kind", "TaskDef", "TaskKind", "TaskData", "Batch", "LoadContext", "TASKS",
+__all__ = ["get_task", "load_task", "task_data_digest", "cached_task", "get_kind", "task_options", "task_paths",
+           "check_paths", "register_task", "register_kind", "TaskDef", "TaskKind", "TaskData", "Batch", "LoadContext", "TASKS",
            "KINDS", "SPLIT_NAMES"]

@@ -122,6 +122,9 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")  # what a task's records are stored in
 
 
+_DATA_DIGESTS: dict[tuple, str] = {}
+
+
 def data_digest(task: TaskDef) -> str:
     """SHA-1 over the files holding a task file's records: `path` itself, or every .jsonl / .json / .csv
     / .parquet / .arrow file under it (and `files`), by relative name and content. Images are not read:
@@ -132,11 +135,14 @@ def data_digest(task: TaskDef) -> str:
         p for p in root.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts))
     found += [Path(f) for _, f in sorted(s["files"].items()) if Path(f).is_file() and Path(f) not in found]
-    h = hashlib.sha1()
-    for p in found:
-        h.update(f"{p.name if p == root or not p.is_relative_to(root) else p.relative_to(root)}\0".encode())
-        hash_file(h, p)
-    return h.hexdigest()[:16]
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in found)
+    if key not in _DATA_DIGESTS:  # remembered per process: a study worker asks once per cell
+        h = hashlib.sha1()
+        for p in found:
+            h.update(f"{p.name if p == root or not p.is_relative_to(root) else p.relative_to(root)}\0".encode())
+            hash_file(h, p)
+        _DATA_DIGESTS[key] = h.hexdigest()[:16]
+    return _DATA_DIGESTS[key]
 
 
 def _field_map(tf: TaskFile, where: str) -> dict[str, str]:
