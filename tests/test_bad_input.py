@@ -104,6 +104,14 @@ def world(tiny_checkpoint, tmp_path_factory):
     victim.write_bytes(victim.read_bytes()[:40])  # exists, does not decode
     corrupt_spec = dict(spec, tasks=["coco-caption"], paths=corrupt, data_sizes=[2])
     (root / "corrupt.yaml").write_text(yaml.safe_dump(corrupt_spec))
+    (root / "cuda.yaml").write_text(yaml.safe_dump(dict(spec, training=dict(spec["training"], device="cuda"))))
+    (root / "text-len.yaml").write_text(yaml.safe_dump(dict(spec, training=dict(spec["training"], max_text_len=1000))))
+    (root / "placement.yaml").write_text(yaml.safe_dump(dict(spec, methods={"lora": {"budgets": [1],
+                                                                                     "options": {"placement": 5}}})))
+    seed = root / "seed-ckpt"  # a pretrain.json whose seed is text
+    shutil.copytree(ckpt, seed)
+    record = json.loads((seed / "pretrain.json").read_text())
+    (seed / "pretrain.json").write_text(json.dumps(dict(record, seed="zero")))
     (root / "bert-ckpt").mkdir()
     (root / "bert-ckpt" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     return root
@@ -137,6 +145,16 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["caption", "--model", "{w}/ckpt"], "give IMAGE files or --scenes"),
     (["methods", "--model", "{w}/ckpt", "--method", "lroa"], "lroa"),
     (ft(task="easyvqa"), "easyvqa"),
+    (ft("--budget", "1000000000"), "lora: rank 1,000,000,000 is more than 4096"),
+    (ft("--options", '{"rank": 3000}'), "lora: rank 3,000 trains 18,432,000 parameters, more than the model's own"),
+    (ft("--options", '{"rank": 16}', "--budget", "2"), "lora: rank 16 given in the options and a budget (knob=2) too"),
+    (ft("--options", '{"placement": 5}'), "lora options placement must be a list, got 5"),
+    (ft("--options", '{"alpha": NaN}'), "lora: alpha must be a finite number, got nan"),
+    (["study", "{w}/text-len.yaml", "--dry-run"],
+     "text-len.yaml: lora on easyvqa-vqa: max_text_len 1000: more than the checkpoint's 64 text positions"),
+    (["study", "{w}/placement.yaml", "--dry-run"], "methods.lora: lora: placement must be a list, got 5"),
+    (["caption", "--model", "{w}/seed-ckpt", "--scenes", "1"],
+     "pretrain.json: expected a JSON object whose seed is an integer, got 'zero'"),
     (ft("--budget", "params=3"), "no rank reaches"),
     (ft("--data-size", "0"), "data_size"),
     (ft("--data-size", "99999999"), "data_size"),
@@ -197,6 +215,11 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["caption", "--model", "{w}/ckpt", "{w}"], "is a folder, not an image file"),
     (["advise", "{w}/study", "--task", "easyvqa-vqa", "--data-size", "10000000"], "outside the sizes this study ran"),
 ]
+
+
+if not __import__("torch").cuda.is_available():  # (with CUDA the same spec is a valid study)
+    CASES.append((["study", "{w}/cuda.yaml", "--dry-run"],
+                  "cuda.yaml: lora on easyvqa-vqa: device cuda: no CUDA device is available on this machine"))
 
 
 @pytest.mark.parametrize("argv, says", CASES, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(CASES)])

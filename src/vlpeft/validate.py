@@ -12,6 +12,7 @@ choices). Every problem is a one-line UserError naming where the value came from
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -131,14 +132,16 @@ def check_values(obj: Any, where: str) -> None:
                             f"{did_you_mean(str(value), choices)}")
         rules = {k: f.metadata[k] for k in ("min", "max", "below") if k in f.metadata}
         value = getattr(obj, f.name)
-        if not rules or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        ok = not (isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))))
+        ok = not isinstance(value, float) or math.isfinite(value)
+        if not rules and ok:
+            continue
         ok = ok and ("min" not in rules or value >= rules["min"]) and ("max" not in rules or value <= rules["max"])
         ok = ok and ("below" not in rules or value < rules["below"])
         if not ok:
             parts = [f">= {rules['min']}" if "min" in rules else "", f"<= {rules['max']}" if "max" in rules else "",
                      f"< {rules['below']}" if "below" in rules else ""]
             kind = "a finite number" if isinstance(value, float) or isinstance(f.default, float) else "an integer"
-            rule = " and ".join(p for p in parts if p)
-            raise UserError(f"{where}: {f.name} must be {kind} {rule}, got {shown(value)}")
+            rule = "".join(f" {p}" if i == 0 else f" and {p}" for i, p in enumerate(p for p in parts if p))
+            raise UserError(f"{where}: {f.name} must be {kind}{rule}, got {shown(value)}")

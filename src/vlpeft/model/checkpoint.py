@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from vlpeft.data.images import ImagePreprocess
-from vlpeft.errors import UserError
+from vlpeft.errors import UserError, shown
 from vlpeft.io import atomic_path, hash_file, read_json, write_json
 from vlpeft.model.blip import Blip
 from vlpeft.model.config import BlipConfig
@@ -92,6 +92,11 @@ def _load_vlpeft(folder: Path, meta: dict) -> LoadedModel:
     model = _build(cfg, state, weights, allowed_missing={"lm_head.out.weight"} if cfg.tie_lm_head else set())
     pretrain_file = folder / "pretrain.json"
     pretrain = read_json(pretrain_file, "pretrain record") if pretrain_file.exists() else None
+    if pretrain is not None:  # its seed draws the synthetic scenes of the scenes tasks
+        seed = pretrain.get("seed", 0) if isinstance(pretrain, dict) else None
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"{pretrain_file}: expected a JSON object whose seed is an integer, got "
+                            f"{shown(seed if isinstance(pretrain, dict) else pretrain)}")
     return LoadedModel(model, tokenizer, preprocess, str(folder), "vlpeft", pretrain)
 
 

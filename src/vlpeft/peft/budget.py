@@ -79,15 +79,18 @@ def resolve(
     spec = get_method(method)
     overrides = dict(overrides or {})
     if budget is None:
-        counts = count_for(model_cfg, method, overrides)
         value = getattr(make_config(method, overrides), spec.knob) if spec.knob else None
+        counts = _within_model(model_cfg, method, spec.knob, value, overrides)
         return {"knob": spec.knob, "value": value, "overrides": overrides, "params": counts, "target": None}
     if spec.knob is None:
         raise UserError(f"{method} has no size knob: give no budget")
+    if spec.knob in overrides:
+        raise UserError(f"{method}: {spec.knob} {overrides[spec.knob]!r} given in the options and a budget "
+                        f"({budget.label()}) too; give one of them")
     if budget.knob is not None:
         overrides[spec.knob] = budget.knob
         return {"knob": spec.knob, "value": budget.knob, "overrides": overrides,
-                "params": count_for(model_cfg, method, overrides), "target": None}
+                "params": _within_model(model_cfg, method, spec.knob, budget.knob, overrides), "target": None}
     def size(k):
         return count_for(model_cfg, method, {**overrides, spec.knob: k})["budget"]
     low, high = size(1), size(MAX_KNOB)
@@ -102,6 +105,19 @@ def resolve(
     overrides[spec.knob] = best
     return {"knob": spec.knob, "value": best, "overrides": overrides,
             "params": count_for(model_cfg, method, overrides), "target": budget.params}
+
+
+def _within_model(model_cfg: BlipConfig, method: str, knob: str | None, value, overrides: dict) -> dict[str, Any]:
+    """The counts of `method` at knob `value`, refused before anything is allocated when the knob is
+    past MAX_KNOB or would train more parameters than the whole model has (more than full fine-tuning:
+    a LoRA rank far past the model's width)."""
+    if knob is not None and value > MAX_KNOB:
+        raise UserError(f"{method}: {knob} {value:,} is more than {MAX_KNOB}")
+    counts = count_for(model_cfg, method, overrides)
+    if knob is not None and counts["trainable"] > counts["backbone"]:
+        raise UserError(f"{method}: {knob} {value:,} trains {counts['trainable']:,} parameters, more than the "
+                        f"model's own {counts['backbone']:,} (full fine-tuning); use a smaller {knob}")
+    return counts
 
 
 def ladder(model_cfg: BlipConfig, method: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -130,10 +146,14 @@ def method_config(model_cfg: BlipConfig, method: str, budget, options: dict, par
     `parts`: its placement cut to those parts (a method placed elsewhere would train unused weights),
     then `budget` (a knob value or a parameter target, or None) resolved to a knob value.
     -> (the `resolve` record, the method config). UserError when no placed part is left."""
+    from vlpeft.validate import coerce
+
     options = dict(options)
-    placement = options.get("placement", list(make_config(method, {k: v for k, v in options.items()
-                                                                    if k != "placement"}).placement))
-    used = [p for p in (placement.split(",") if isinstance(placement, str) else placement) if p in parts]
+    if "placement" in options:
+        placement = coerce(options["placement"], tuple[str, ...], f"{user}: {method} options placement")
+    else:
+        placement = make_config(method, {k: v for k, v in options.items() if k != "placement"}).placement
+    used = [p for p in placement if p in parts]
     if not used:
         raise UserError(f"{method}: placement {placement} has no part that {user} uses ({', '.join(parts)})")
     options["placement"] = used

@@ -117,25 +117,26 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     from vlpeft.data.subsets import resolve_size
     from vlpeft.peft.budget import method_config
     from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.recipes.finetune import check_text
     from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
 
-    models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed)
+    models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed, loaded model or None)
 
     def model_of(name: str) -> tuple:
         if name not in models:
             if name == spec.model and spec.pretrain is not None and not (Path(name) / "config.json").exists():
                 from vlpeft.model.config import preset  # not pre-trained yet: the preset's architecture
 
-                models[name] = (preset(spec.pretrain), 0)
+                models[name] = (preset(spec.pretrain), 0, None)
             else:
                 loaded = vlpeft.load_model(name)
-                models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)))
+                models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)), loaded)
         return models[name]
 
     tasks, pools, checked, out = {}, {}, set(), []
     for cell in expand(spec):
         fields = cell.finetune_fields(spec)
-        model_cfg, scene_seed = model_of(fields["model"])
+        model_cfg, scene_seed, loaded = model_of(fields["model"])
         if cell.task not in tasks:
             where = f"{spec.source}: task {cell.task}"
             task = get_task(fields["task"])
@@ -159,7 +160,21 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         n = resolve_size(
             cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}"
         )
-        FinetuneConfig(**fields)  # types and ranges
+        cfg = FinetuneConfig(**fields)  # types and ranges
+        if (cell.task, cell.label, cell.length) not in checked:  # what a run checks first, for every cell now
+            checked.add((cell.task, cell.label, cell.length))
+            where = f"{spec.source}: {cell.label} on {cell.task}"
+            kind = get_kind(tasks[cell.task].kind)
+            try:
+                if loaded is not None:
+                    check_text(cfg, kind, task_options(tasks[cell.task], cfg.task_options, "task_options"), loaded,
+                               cell.task)
+                elif cfg.max_text_len > model_cfg.text.max_positions:
+                    raise UserError(f"max_text_len {cfg.max_text_len}: more than the "
+                                    f"{model_cfg.text.max_positions} text positions of the {spec.pretrain} preset")
+                check_device(cfg.device, spec.executor)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
         out.append((cell, fields, n))
     for name, task in tasks.items():  # decode every image the cells will use, once (subsets are nested)
         _, fields, n = max((c for c in out if c[0].task == name), key=lambda c: c[2])
@@ -172,6 +187,20 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         except UserError as e:
             raise UserError(f"{spec.source}: task {name}: {e}") from None
     return out
+
+
+def check_device(device: str, executor) -> None:
+    """A run asking for CUDA must get it where it runs: here for the local executor, and for Ray a
+    task given GPUs (a Ray task without any sees none)."""
+    if device != "cuda":
+        return
+    if executor.kind == "ray" and not executor.gpus:
+        raise UserError("device cuda: give the Ray executor gpus (a Ray task without GPUs sees none)")
+    if executor.kind == "local":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("device cuda: no CUDA device is available on this machine")
 
 
 def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:

@@ -91,5 +91,5 @@ def cached_task(ref: str, *, scene_seed: int = 0, paths: dict | None = None) -> 
 
 
 __all__ = ["get_task", "load_task", "task_data_digest", "cached_task", "get_kind", "task_options", "task_paths",
-           "check_paths", "register_task", "register_kind", "TaskDef", "TaskKind", "TaskData", "Batch", "LoadContext", "TASKS",
-           "KINDS", "SPLIT_NAMES"]
+           "check_paths", "register_task", "register_kind", "TaskDef", "TaskKind", "TaskData", "Batch", "LoadContext",
+           "TASKS", "KINDS", "SPLIT_NAMES"]
