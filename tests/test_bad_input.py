@@ -112,6 +112,9 @@ def world(tiny_checkpoint, tmp_path_factory):
     shutil.copytree(ckpt, seed)
     record = json.loads((seed / "pretrain.json").read_text())
     (seed / "pretrain.json").write_text(json.dumps(dict(record, seed="zero")))
+    (root / "full-disk.yaml").write_text(yaml.safe_dump(dict(
+        spec, methods={"lora": {"budgets": [1, 2, 4]}, "frozen": {}}, data_sizes=[16, 32], seeds=[0, 1],
+        training=dict(spec["training"], val_limit=4, test_limit=4))))
     (root / "bert-ckpt").mkdir()
     (root / "bert-ckpt" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     return root
@@ -260,6 +263,60 @@ def test_a_full_disk_gives_one_line_and_leaves_no_corrupt_file(tmp_path, monkeyp
         write_json(target, {"score": 2})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary file left
+
+
+FULL_DISK = """
+import json, os, sqlite3, subprocess, sys
+disk, world = sys.argv[1], sys.argv[2]
+def vlpeft(*args):
+    r = subprocess.run([sys.executable, "-m", "vlpeft.cli", *args], capture_output=True, text=True)
+    return {"rc": r.returncode, "err": r.stderr.strip().splitlines()[-1:] , "lines": len(r.stderr.strip().splitlines()),
+            "traceback": "Traceback" in r.stderr}
+def statuses():
+    con = sqlite3.connect(os.path.join(disk, "study", "results.sqlite"))
+    return dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+out = {}
+out["finetune"] = vlpeft("finetune", "--model", f"{world}/ckpt", "--task", "easyvqa-vqa", "--method", "full",
+                         "--length-policy", "steps", "--steps", "2", "--data-size", "16", "--val-limit", "4",
+                         "--test-limit", "4", "--quiet", "--out", f"{disk}/run")
+out["pretrain"] = vlpeft("pretrain", "--steps", "2", "--scenes", "64", "--quiet", "--out", f"{disk}/ckpt")
+out["study"] = vlpeft("study", f"{world}/full-disk.yaml", "--out", f"{disk}/study", "--quiet")
+out["left"] = sorted(os.listdir(disk))
+out["stopped"] = statuses()
+subprocess.run(["mount", "-o", "remount,size=50m", disk], check=True)  # space freed
+out["resumed"] = vlpeft("study", f"{world}/full-disk.yaml", "--out", f"{disk}/study", "--quiet")
+out["finished"] = statuses()
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_stops_each_command_with_one_line_and_a_study_resumes_once_there_is_room(world, tmp_path):
+    """A real full disk (a 400 kB tmpfs in a user namespace): safetensors and SQLite report it in their
+    own exception types; each command must still say it in one line, leave nothing half-written,
+    and a study keep its finished runs and complete on the same command once there is room."""
+    import subprocess
+    import sys
+
+    if not _can_mount_read_only(tmp_path):
+        pytest.skip("cannot mount in a user namespace here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "full_disk.py").write_text(FULL_DISK)
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=400k tmpfs "{disk}" && '
+                        f'"{sys.executable}" "{tmp_path / "full_disk.py"}" "{disk}" "{world}"'],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for command, where in (("finetune", "run/peft_model.safetensors"), ("pretrain", "ckpt/model.safetensors"),
+                           ("study", "/study/")):  # whichever file of the study met the full disk
+        got = out[command]
+        assert got["rc"] == 2 and got["lines"] == 1 and not got["traceback"], (command, got)
+        assert where in got["err"][0] and "No space left on device" in got["err"][0], got["err"][0]
+    assert "the study stopped (every finished run is kept)" in out["study"]["err"][0]
+    assert out["left"] == ["study"]  # the run and the checkpoint folders these commands made are gone
+    assert out["stopped"].get("done", 0) >= 1 and "failed" not in out["stopped"]  # no cell blamed for the disk
+    assert out["resumed"]["rc"] == 0, out["resumed"]
+    assert out["finished"] == {"done": 16}
 
 
 def _can_mount_read_only(tmp_path) -> bool:

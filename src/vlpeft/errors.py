@@ -19,6 +19,11 @@ class UserError(Exception):
         super().__init__(text, *args)
 
 
+class DiskError(UserError):
+    """A file that could not be written for lack of space or permission: a study stops at the first
+    one (every other cell would hit it too) instead of failing its cells one by one."""
+
+
 def shown(value: object, limit: int = 120) -> str:
     """repr(value) for an error message, at most `limit` characters, computed without expanding a
     huge or deeply nested value (a YAML file of aliases can stand for billions of items)."""

@@ -7,12 +7,25 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 # Errors of the file system rather than of the program: reported as one line naming the file.
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(e: BaseException) -> int | None:
+    """The errno of a file-system failure (disk full, read-only, forbidden) behind `e`, also when a
+    library reports it as its own exception type (safetensors: "IoError(Os { code: 28, ... })"); else None."""
+    if isinstance(e, OSError):
+        return e.errno if e.errno in _DISK_ERRORS else None
+    text = str(e)
+    found = re.search(r"\b(?:code: |os error )(\d+)", text)
+    if found and int(found.group(1)) in _DISK_ERRORS:
+        return int(found.group(1))
+    return next((code for code in _DISK_ERRORS if os.strerror(code) in text), None)
 
 
 @contextlib.contextmanager
@@ -36,11 +49,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in _DISK_ERRORS:
-            from vlpeft.errors import UserError
+    except Exception as e:
+        code = disk_error(e)
+        if code is not None:
+            from vlpeft.errors import DiskError
 
-            raise UserError(f"{path}: cannot write ({e.strerror or e}); no file was changed") from e
+            raise DiskError(f"{path}: cannot write ({os.strerror(code)}); no file was changed") from e
         raise
     finally:
         if tmp is not None and tmp.exists():

@@ -38,7 +38,8 @@ def hold(folder: str | os.PathLike, command: str = "study") -> Iterator[None]:
                             f"({holder(folder, name)}); let it finish or stop it, then run again") from None
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(["vlpeft", *sys.argv[1:]])[:200]}
-        (folder / name).write_text(json.dumps(me), encoding="utf-8")
+        with contextlib.suppress(OSError):  # who holds it, for the message above; the lock itself is the flock
+            (folder / name).write_text(json.dumps(me), encoding="utf-8")
         try:
             yield
         finally:

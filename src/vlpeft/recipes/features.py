@@ -17,7 +17,8 @@ the training batches need no pixels). Two tiers:
   a unique temporary name and renamed into place, so concurrent workers never read half a file (two
   workers encoding the same image write the same bytes; the last rename wins). A file that does not
   load is treated as missing. Writes stop once the folder holds `disk_cap_mb` (re-measured every
-  256 writes, so concurrent workers may overshoot by a few hundred files); nothing is evicted.
+  256 writes, so concurrent workers may overshoot by a few hundred files), or when the disk would
+  keep less than min(1 GiB, half its size) free; nothing is evicted.
   States are stored bit for bit in their own dtype, so a state read from disk is exactly the one
   that was computed.
 """
@@ -41,6 +42,21 @@ _STORE: dict[tuple, torch.Tensor] = {}
 _BYTES = 0
 _DISK: dict[str, "DiskCache"] = {}
 RESCAN_EVERY = 256
+
+
+def room_left(folder: Path, size: int) -> bool:
+    """Whether `size` more bytes of cache leave the disk with its reserve: min(1 GiB, half the disk)
+    free, so a cache never takes the room the study's results need."""
+    import shutil
+
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:  # (made by the first write)
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return False
+    return usage.free - size >= min(2**30, usage.total // 2)
 
 
 def cache_limit_bytes() -> int:
@@ -112,7 +128,7 @@ class DiskCache:
             self.used = folder_bytes(self.root)  # other workers write too
         array = state.detach().cpu().contiguous().numpy()
         size = array.nbytes + 128  # + the .npy header
-        if self.used + size > self.cap:
+        if self.used + size > self.cap or not room_left(self.root, size):
             return
         path = self.path(image_id, content)
         data = io.BytesIO()

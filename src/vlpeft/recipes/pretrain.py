@@ -26,6 +26,7 @@ objectives, steps and seed, which later analyses read to judge a downstream task
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,7 +375,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         "peak_memory_mb": peak_memory_mb(device),
         "environment": environment(device),
     }
-    save_checkpoint(out, model, tok, pp, pretrain=record)
+    made = not Path(out).exists()
+    try:
+        save_checkpoint(out, model, tok, pp, pretrain=record)
+    except BaseException:
+        if made:  # a folder this call made holds only what it wrote: an unfinished checkpoint goes whole
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return record
 
 

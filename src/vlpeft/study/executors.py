@@ -99,10 +99,12 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         metrics = finetune(cfg, run_dir, progress=False, loaded=loaded, log=lambda *a, **k: None)
         return {**base, "status": "done", "metrics": metrics, "ended": time.time()}
     except Exception as e:  # every failure becomes a row with its reason; the study goes on
-        from vlpeft.errors import UserError
+        from vlpeft.errors import DiskError, UserError
         from vlpeft.recipes.training import Diverged
 
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if isinstance(e, DiskError):  # not the cell's failure: the driver stops the study
+            return {**base, "status": "failed", "reason": reason, "disk": True, "ended": time.time()}
         if not isinstance(e, (UserError, Diverged)):
             reason = f"{e.__class__.__name__}: {reason}"
             try:

@@ -294,6 +294,11 @@ def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]]
         store.mark_running(con, cell_id)
 
     def on_done(cell_id, result):
+        if result.get("disk"):  # a full or read-only disk: every cell would fail the same way
+            from vlpeft.errors import DiskError
+
+            raise DiskError(f"{result['reason']}; the study stopped (every finished run is kept): free some "
+                            f"space and run the same command again to go on")
         store.finish(con, cell_id, result)
         progress.finished(cell_id, result)
         crash_point("after_result")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlpeft.errors import UserError
+from vlpeft.errors import DiskError, UserError
 from vlpeft.faults import crash_point
 
 SCHEMA = """
@@ -57,9 +57,30 @@ def connect(path: str | Path) -> sqlite3.Connection:
             if column not in have:
                 con.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
     except sqlite3.DatabaseError as e:
+        _disk_full(e, path)
         raise UserError(f"{path}: not a vlpeft results store ({e})") from e
     con.row_factory = sqlite3.Row
     return con
+
+
+# SQLite's primary result codes for a failing disk: READONLY, IOERR, FULL, CANTOPEN
+_DISK_CODES = {8, 10, 13, 14}
+
+
+def _disk_full(e: sqlite3.Error, path) -> None:
+    """A store that cannot be written for lack of space or permission: one line. SQLite has rolled the
+    transaction back, so every row is as it was before it."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DISK_CODES:
+        raise DiskError(f"{path}: cannot write the results store ({e}); every finished run is kept: free some "
+                        f"space and run the same command again to go on") from e
+
+
+def _path(con) -> str:
+    try:
+        return next(r[2] for r in con.execute("PRAGMA database_list") if r[1] == "main")
+    except (sqlite3.Error, StopIteration):
+        return "results.sqlite"
 
 
 class _Tx:
@@ -67,11 +88,30 @@ class _Tx:
         self.con = con
 
     def __enter__(self):
-        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            _disk_full(e, _path(self.con))
+            raise
         return self.con
 
-    def __exit__(self, kind, *_):
-        self.con.execute("COMMIT" if kind is None else "ROLLBACK")
+    def __exit__(self, kind, value, _tb):
+        if kind is None:
+            try:
+                self.con.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as e:
+                value = e
+        if self.con.in_transaction:  # (SQLite may have rolled back already: a full disk does)
+            try:
+                self.con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if isinstance(value, sqlite3.Error):
+            _disk_full(value, _path(self.con))
+        if kind is None:
+            raise value
+        return False
 
 
 def transaction(con: sqlite3.Connection) -> _Tx:
