@@ -49,7 +49,8 @@ def world(tiny_checkpoint, tmp_path_factory):
     for name, change in {"typo.yaml": {"methdos": {}}, "type.yaml": {"seeds": "zero"},
                          "empty-grid.yaml": {"data_sizes": []},
                          "budget.yaml": {"methods": {"lora": {"budgets": ["params=3"]}}},
-                         "range.yaml": {"data_sizes": [10**8]}, "task.yaml": {"tasks": ["easyvqa"]}}.items():
+                         "range.yaml": {"data_sizes": [10**8]},
+                         "same-size.yaml": {"data_sizes": [0.5, "50%"]}, "task.yaml": {"tasks": ["easyvqa"]}}.items():
         d = dict(spec, **change)
         if "methdos" in change:
             d.pop("methods")
@@ -155,6 +156,8 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (ft("--options", '{"alpha": NaN}'), "lora: alpha must be a finite number, got nan"),
     (["study", "{w}/text-len.yaml", "--dry-run"],
      "text-len.yaml: lora on easyvqa-vqa: max_text_len 1000: more than the checkpoint's 64 text positions"),
+    (["study", "{w}/same-size.yaml", "--dry-run"],
+     "same-size.yaml: data_sizes 0.5 and '50%' are both 17378 examples of easyvqa-vqa's 34756; give each size once"),
     (["study", "{w}/placement.yaml", "--dry-run"], "methods.lora: lora: placement must be a list, got 5"),
     (["caption", "--model", "{w}/seed-ckpt", "--scenes", "1"],
      "pretrain.json: expected a JSON object whose seed is an integer, got 'zero'"),

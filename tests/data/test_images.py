@@ -184,3 +184,19 @@ def test_exif_orientation_is_applied_from_a_file_and_from_embedded_bytes(tmp_pat
     red = from_file[..., 0] > 200
     where = {1: red[:, :4].all(), 6: red[:4, :].all(), 3: red[:, -4:].all(), 8: red[-4:, :].all()}[orientation]
     assert where, orientation
+
+
+def test_a_huge_image_is_read_quietly_and_a_decompression_bomb_is_named(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's limits, scaled down: warn past 100, refuse past 200
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "big.png")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "bomb.png")
+    assert load_image(tmp_path / "big.png").size == (12, 12)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    with pytest.raises(UserError, match=r"bomb.png: more pixels than Pillow decodes \(.*\); a decompression bomb, "
+                                        r"or an image to shrink first"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_a_url_is_not_an_image_file():
+    with pytest.raises(UserError, match=r"^https://example.com/a.png: a URL; vlpeft reads image files only"):
+        load_image("https://example.com/a.png")

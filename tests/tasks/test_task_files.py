@@ -259,6 +259,14 @@ BAD = {  # name -> (build(root) -> task file, what the one line says)
         lambda r: jsonl_task(r, caption_rows(r1='{"image": "images/im01.png", caption}')),
         "{d}: line 2: not valid JSON",
     ),
+    "NaN caption": (
+        lambda r: jsonl_task(r, caption_rows(r2='{"image": "images/im02.png", "caption": NaN}')),
+        "{d}: line 3: NaN is not JSON",
+    ),
+    "key given twice": (
+        lambda r: jsonl_task(r, caption_rows(r5='{"image": "images/im05.png", "caption": "a", "caption": "b"}')),
+        "{d}: line 6: key 'caption' given twice in one object",
+    ),
     "unknown key": (lambda r: jsonl_task(r, caption_rows(), patth="x"), "unknown key 'patth'"),
     "built-in name": (lambda r: jsonl_task(r, caption_rows(), name="scenes-caption"), "is a built-in task"),
     "bad fraction": (lambda r: jsonl_task(r, caption_rows(), splits={"val": 1.5}), "splits.val must be a fraction"),

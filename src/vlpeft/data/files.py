@@ -34,9 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
-from vlpeft.data.images import file_digest, load_image, to_rgb
+from vlpeft.data.images import decode, file_digest, load_image
 from vlpeft.errors import UserError
 
 # The Hub's split keywords (datasets.data_files.SPLIT_KEYWORDS), mapped onto our three names.
@@ -88,6 +87,19 @@ def normalise_split(name: str, where: str) -> str:
     return split
 
 
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON (a value must be a string, a number, a list or an object)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} given twice in one object")
+        out[key] = value
+    return out
+
+
 def read_jsonl(path: str | os.PathLike) -> list[Record]:
     """JSON Lines: one JSON object per line, e.g. {"image": "img/1.png", "caption": "a red square"}.
 
@@ -99,9 +111,11 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, parse_constant=_not_json, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from e
+            except ValueError as e:  # NaN / Infinity, or a key given twice
+                raise UserError(f"{path}: line {n}: {e}") from e
             if not isinstance(value, dict):
                 raise UserError(f"{path}: line {n}: expected a JSON object, got {_json_type(value)}")
             records.append(_record(path, f"line {n}", value))
@@ -303,14 +317,7 @@ def decode_image(ref: ImageRef) -> np.ndarray:
     """The image's pixels, uint8 (H, W, 3) RGB (transparency composited onto white); a fresh, writable array."""
     if ref.data is None:
         return np.array(load_image(ref.path), dtype=np.uint8)  # (H, W, 3)
-    try:
-        with Image.open(io.BytesIO(ref.data)) as image:
-            image.load()
-            return np.array(to_rgb(image), dtype=np.uint8)  # (H, W, 3)
-    except UnidentifiedImageError as e:  # its message names the BytesIO object, which tells the user nothing
-        raise UserError(f"{ref.name}: cannot read image (not in an image format Pillow knows)") from e
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors, ...
-        raise UserError(f"{ref.name}: cannot read image ({_one_line(e)})") from e
+    return np.array(decode(io.BytesIO(ref.data), ref.name), dtype=np.uint8)  # (H, W, 3)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -360,8 +367,8 @@ def _csv_cell(text: str, path: Path, line: int, column: str) -> Any:
     if not (stripped.startswith("[") and stripped.endswith("]")):
         return text
     try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
+        value = json.loads(stripped, parse_constant=_not_json)
+    except ValueError:  # (JSONDecodeError too)
         try:
             value = ast.literal_eval(stripped)
         except (ValueError, SyntaxError, MemoryError, RecursionError):

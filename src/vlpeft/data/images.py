@@ -44,19 +44,43 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
     Decoding happens here (`.load()`), not lazily later inside a data loader worker, so a missing,
     truncated or corrupt file becomes a one-line UserError naming the file."""
+    if "://" in str(path):
+        raise UserError(f"{path}: a URL; vlpeft reads image files only: download it first")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise UserError(f"{path}: image not found")
+    return decode(path, str(path))
+
+
+def decode(source, name: str) -> Image.Image:
+    """Decode `source` (a path or a binary file object) fully into an RGB image; every failure is a
+    one-line UserError naming `name`. An image past Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`,
+    about 179 million, doubled before it refuses) is read without Pillow's warning; one past twice
+    that is refused as what it probably is, a decompression bomb."""
+    import warnings
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.load()
+                return to_rgb(image)
     except UserError as e:
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{name}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{name}: more pixels than Pillow decodes ({_one_line(e)}); a decompression bomb, "
+                        f"or an image to shrink first") from e
+    except Image.UnidentifiedImageError as e:  # its message may name a BytesIO object, which tells nothing
+        raise UserError(f"{name}: cannot read image (not in an image format Pillow knows)") from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors, ...
-        raise UserError(f"{path}: cannot read image (truncated or corrupt file: {e})") from e
+        raise UserError(f"{name}: cannot read image (truncated or corrupt file: {_one_line(e)})") from e
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] if text else e.__class__.__name__
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

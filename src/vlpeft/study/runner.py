@@ -133,7 +133,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
                 models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)), loaded)
         return models[name]
 
-    tasks, pools, checked, out = {}, {}, set(), []
+    tasks, pools, checked, out, sizes = {}, {}, set(), [], {}
     for cell in expand(spec):
         fields = cell.finetune_fields(spec)
         model_cfg, scene_seed, loaded = model_of(fields["model"])
@@ -160,6 +160,10 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
         n = resolve_size(
             cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}"
         )
+        other = sizes.setdefault((cell.task, n), cell.data_size)
+        if str(other) != str(cell.data_size):  # two sizes, one subset: identical cells under two names
+            raise UserError(f"{spec.source}: data_sizes {other!r} and {cell.data_size!r} are both {n} examples of "
+                            f"{cell.task}'s {pools[cell.task]}; give each size once")
         cfg = FinetuneConfig(**fields)  # types and ranges
         if (cell.task, cell.label, cell.length) not in checked:  # what a run checks first, for every cell now
             checked.add((cell.task, cell.label, cell.length))
