@@ -61,6 +61,8 @@ def world(tiny_checkpoint, tmp_path_factory):
     (root / "bomb.yaml").write_text(bomb)  # 429 bytes standing for 10^9 values
     (root / "long.yaml").write_text(yaml.safe_dump(dict(spec, seeds="zero " * 20000)))
     (root / "zero.yaml").write_text("")
+    (root / "utf16.yaml").write_text(yaml.safe_dump(spec), encoding="utf-16")
+    (root / "no-model.yaml").write_text(yaml.safe_dump(dict(spec, model="")))
     from fixtures_data import write_coco
 
     paths = write_coco(root / "coco")
@@ -82,6 +84,9 @@ def world(tiny_checkpoint, tmp_path_factory):
     first = sorted(state)[0]
     state[first] = state[first] + 0.01
     save_file(state, str(other / "model.safetensors"))
+    torn = root / "torn-ckpt"  # the weights file cut short
+    shutil.copytree(ckpt, torn)
+    (torn / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:100_000])
     nan = root / "nan-ckpt"  # random bytes in the middle of the weights file
     shutil.copytree(ckpt, nan)
     raw = bytearray((nan / "model.safetensors").read_bytes())
@@ -156,6 +161,11 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (ft("--options", '{"alpha": NaN}'), "lora: alpha must be a finite number, got nan"),
     (["study", "{w}/text-len.yaml", "--dry-run"],
      "text-len.yaml: lora on easyvqa-vqa: max_text_len 1000: more than the checkpoint's 64 text positions"),
+    (["study", "{w}/utf16.yaml", "--dry-run"], "utf16.yaml: study spec is UTF-16 text; save it as UTF-8"),
+    (["study", "{w}/no-model.yaml", "--dry-run"], "no-model.yaml: model: empty; name a checkpoint folder or a hub id"),
+    (["caption", "--model", "{w}/ckpt", "https://example.com/a.png"], "https://example.com/a.png: a URL"),
+    (["caption", "--model", "{w}/ckpt", "--scenes", "2", "{w}/ok.png"], "or --scenes N, not both"),
+    (["evaluate", "--model", "{w}/torn-ckpt", "--peft", "{w}/run"], "torn-ckpt/model.safetensors: cannot read weights"),
     (["study", "{w}/same-size.yaml", "--dry-run"],
      "same-size.yaml: data_sizes 0.5 and '50%' are both 17378 examples of easyvqa-vqa's 34756; give each size once"),
     (["study", "{w}/placement.yaml", "--dry-run"], "methods.lora: lora: placement must be a list, got 5"),

@@ -62,6 +62,8 @@ def cmd_caption(args) -> int:
 
     if not args.images and not args.scenes:
         raise UserError("caption: give IMAGE files or --scenes N")
+    if args.images and args.scenes:
+        raise UserError(f"caption: give IMAGE files ({args.images[0]}, ...) or --scenes N, not both")
     for flag, value, least in (("--beams", args.beams, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                                ("--scenes", args.scenes, 0)):
         if value < least:

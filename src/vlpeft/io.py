@@ -89,6 +89,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file's content; one line naming the file when it cannot be read or is not UTF-8 (a
+    UTF-16 file, as some Windows editors save, is named as such)."""
+    from vlpeft.errors import UserError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what} ({e.strerror or e.__class__.__name__})") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise UserError(f"{path}: {what} is UTF-16 text; save it as UTF-8") from None
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read JSON, turning every failure into a one-line UserError naming the file."""
     from vlpeft.errors import UserError
@@ -96,10 +114,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read {what} ({e.__class__.__name__}: {e})") from e
+    text = read_utf8(path, what)
     if not text.strip():
         raise UserError(f"{path}: {what} is empty")
     try:
@@ -135,14 +150,13 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
     from vlpeft.errors import UserError
 
     path = Path(path)
+    text = read_utf8(path, what)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+        data = yaml.load(text, Loader=_unique_key_loader())
         if _expanded_size(data, YAML_MAX_VALUES) > YAML_MAX_VALUES:
             raise UserError(f"{path}: its aliases expand to more than {YAML_MAX_VALUES:,} values; "
                             "write the values out (a config needs far fewer)")
         return data
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read {what} ({e.__class__.__name__})") from e
     except _DuplicateKey as e:
         raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:

@@ -406,6 +406,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
         task = None
     if task is not None and (named := get_task(task).name) != record.task:
         raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {named!r} ({task})")
+    loaded = vlpeft.load_model(model_path)  # first: a damaged checkpoint is named as such, not as another one
     trained_on, given = record.base_model_digest, checkpoint_digest(model_path)
     # a record from before the digest covered the checkpoint's settings holds its weights' digest
     same_base = trained_on is None or trained_on in (given, weights_digest(model_path))
@@ -422,7 +423,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     cfg = FinetuneConfig(**{**{k: v for k, v in saved.items() if k in fields}, "model": model_path,
                             **({"task": task} if task is not None else {}),
                             **({"scene_seed": record.scene_seed} if saved.get("scene_seed") is None else {})})
-    prep = prepare(cfg)
+    prep = prepare(cfg, loaded)
     device = _device(cfg.device)
     model = prep.loaded.model.to(device)
     load_peft(model, run_dir)

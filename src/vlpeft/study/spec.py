@@ -230,6 +230,8 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     d = check_keys(StudySpec, data, source, skip=("source", "task_files"))
     name = _typed(d["name"], "str", f"{source}: name")
     model = _typed(d["model"], "str", f"{source}: model")
+    if not model.strip():
+        raise UserError(f"{source}: model: empty; name a checkpoint folder or a hub id")
     pretrain = d.get("pretrain")
     if pretrain is not None:
         from vlpeft.model.config import PRESETS
