@@ -46,6 +46,7 @@ def world(tiny_checkpoint, tmp_path_factory):
     assert main(["study", str(root / "spec.yaml"), "--out", str(root / "study"), "--quiet"]) == 0
     other = dict(spec, training=dict(spec["training"], steps=3))
     (root / "other.yaml").write_text(yaml.safe_dump(other))
+    (root / "renamed.yaml").write_text(yaml.safe_dump(dict(spec, name="v", seeds=[0, 1])))
     for name, change in {"typo.yaml": {"methdos": {}}, "type.yaml": {"seeds": "zero"},
                          "empty-grid.yaml": {"data_sizes": []},
                          "budget.yaml": {"methods": {"lora": {"budgets": ["params=3"]}}},
@@ -166,6 +167,7 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["caption", "--model", "{w}/ckpt", "https://example.com/a.png"], "https://example.com/a.png: a URL"),
     (["caption", "--model", "{w}/ckpt", "--scenes", "2", "{w}/ok.png"], "or --scenes N, not both"),
     (["evaluate", "--model", "{w}/torn-ckpt", "--peft", "{w}/run"], "torn-ckpt/model.safetensors: cannot read weights"),
+    (["study", "{w}/renamed.yaml", "--out", "{w}/study"], "study: holds the study 'w', not 'v'; use another --out"),
     (["study", "{w}/same-size.yaml", "--dry-run"],
      "same-size.yaml: data_sizes 0.5 and '50%' are both 17378 examples of easyvqa-vqa's 34756; give each size once"),
     (["study", "{w}/placement.yaml", "--dry-run"], "methods.lora: lora: placement must be a list, got 5"),

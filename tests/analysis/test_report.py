@@ -321,3 +321,11 @@ def test_the_did_it_learn_reading_tells_undertrained_from_a_baseline_near_the_be
     assert report.learn_reading({"flagged": [{}], "headroom": 29.2, "margin": 3.5}) == "undertrained"
     assert report.learn_reading({"flagged": [{}], "headroom": 0.48, "margin": 0.26}) == "baseline near the best"
     assert report._seconds(1440.3) == "1,440 s (24 min)" and report._seconds(None) == "–"
+
+
+def test_a_name_holding_a_bar_or_a_line_break_stays_in_its_markdown_cell():
+    from vlpeft.analysis.report import _table
+
+    rows = _table(["label", "score"], [["lora|wide\nrank 8", "71.5"]])
+    assert rows[2] == "| lora\\|wide rank 8 | 71.5 |"
+    assert all(r.count("|") - r.count("\\|") == 3 for r in rows)  # two columns in every row

@@ -188,8 +188,14 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
 
 
 def _table(header: list[str], body: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(_text(c) for c in r) + " |" for r in body]
+    return ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(_md_cell(_text(c)) for c in r) + " |" for r in body]
+
+
+def _md_cell(text: str) -> str:
+    """Text as one Markdown table cell: a '|' escaped, line breaks as spaces (a label or task name
+    holding either would otherwise split the row)."""
+    return " ".join(str(text).replace("|", "\\|").split("\n")).replace("\r", " ")
 
 
 def _text(cell) -> str:
@@ -493,7 +499,7 @@ def _figure_groups(ctx) -> list[tuple[str, list[str]]]:
 
 
 def markdown(ctx, secs) -> str:
-    lines = [f"# Study report: {ctx['setup']['name']}", ""]
+    lines = [f"# Study report: {' '.join(str(ctx['setup']['name']).split())}", ""]
     for sec in secs:
         lines += [f"## {sec['title']}", ""]
         if sec["kind"] == "text":

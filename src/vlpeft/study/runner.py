@@ -226,6 +226,9 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
         )
         return con
     found = store.read_meta(path)  # read-only look first: a foreign store must stay untouched
+    if found.get("name") not in (None, spec.name):  # its report is titled and gridded as that study
+        raise UserError(f"{out}: holds the study {found['name']!r}, not {spec.name!r}; use another --out "
+                        f"(or the name {found['name']!r} to extend that study)")
     if found.get("fingerprint") == fingerprint(ident):
         return store.connect(path)
     diff = identity_diff(json.loads(found.get("identity", "{}") or "{}"), ident, lambda: study_fingerprint(spec, True))
