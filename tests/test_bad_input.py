@@ -372,6 +372,29 @@ def test_a_read_only_output_folder_is_refused_before_any_training(world, tmp_pat
     assert list(ro.iterdir()) == [] and time.time() - t0 < 60  # refused up front, not after training
 
 
+def test_a_finished_study_on_read_only_media_runs_again_as_a_no_op(world, tmp_path):
+    """The same command on a finished study whose folder is now read-only (an archive, a mounted
+    snapshot): nothing to do, so nothing to write: exit 0 and the summary; a spec with more cells is
+    still refused in one line."""
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or not _can_mount_read_only(tmp_path):
+        pytest.skip("no unprivileged read-only bind mounts here (unshare -rm)")
+    study = tmp_path / "study"
+    shutil.copytree(world / "study", study)
+    before = snapshot(study)
+    (tmp_path / "more.yaml").write_text((world / "spec.yaml").read_text().replace("- 0", "- 0\n- 1", 1))
+    cli = f"{sys.executable} -m vlpeft.cli study"
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {study} {study} && "
+                        f"mount -o remount,bind,ro {study} && {cli} {world / 'spec.yaml'} --out {study} && "
+                        f"{cli} {tmp_path / 'more.yaml'} --out {study}"], capture_output=True, text=True, timeout=300)
+    assert "study w: 1/1 runs done; ran 0" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"vlpeft: error: {study}: cannot write the study folder ({study}: Read-only file system)"], r.stderr
+    assert snapshot(study) == before
+
+
 def _finetune_argv(world, out, rank):
     return ["finetune", "--model", str(world / "ckpt"), "--task", "easyvqa-vqa", "--method", "lora", "--budget",
             str(rank), "--data-size", "16", "--length-policy", "steps", "--steps", "2", "--batch-size", "8",

@@ -40,6 +40,11 @@ def gpu_slots(workers: int, gpus: int) -> list[str | None]:
 def _init_worker(threads: int, slots=None, parent: int | None = None) -> None:
     if parent is not None:
         _die_with(parent)
+    # tqdm's default lock holds a multiprocessing semaphore: a worker stopped by the driver (Ctrl-C)
+    # cannot release it, and the resource tracker warns of a leak at exit. A worker draws no bars.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     # Ctrl-C in a terminal reaches every process of the group: the driver alone handles it (and stops
     # the workers), so a worker never prints a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

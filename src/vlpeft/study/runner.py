@@ -408,7 +408,13 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
     out = Path(out)
     t0 = time.time()
     cells = resolve_cells(spec)  # every input problem surfaces here, before any writing
-    check_writable(out, "study folder")
+    try:
+        check_writable(out, "study folder")
+    except UserError:
+        finished = finished_as_is(out, spec, cells, t0)
+        if finished is None:
+            raise
+        return finished  # a finished study on read-only media: the same command is still a no-op
     if spec.pretrain is not None and not (Path(spec.model) / "config.json").exists():
         check_writable(spec.model, "checkpoint folder")
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this call makes, deepest first
@@ -423,6 +429,32 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
             except OSError:
                 break
         raise
+
+
+def finished_as_is(out: Path, spec: StudySpec, cells: list, t0: float) -> dict[str, Any] | None:
+    """The summary of running `spec` again in `out` when that would do no work (the same study, every
+    cell and length check done with these settings, the report written), read without writing
+    anything; else None."""
+    if not (out / "results.sqlite").is_file() or not (out / "report.html").is_file():
+        return None
+    try:
+        meta, rows = store.read(out)
+    except UserError:
+        return None
+    ident = study_fingerprint(spec)
+    if meta.get("name") != spec.name or (meta.get("fingerprint") != fingerprint(ident) and identity_diff(
+            json.loads(meta.get("identity") or "{}"), ident, lambda: study_fingerprint(spec, True))):
+        return None
+    by_id = {r["id"]: r for r in rows}
+    done = lambda c, f: (r := by_id.get(c.id)) is not None and r["status"] == "done" and \
+        _comparable(json.loads(r["config"])) == _comparable(f)  # noqa: E731
+    if not all(done(c, f) for c, f, _ in cells):
+        return None
+    checks = length_check_cells(spec, cells, by_id)
+    if not all(done(c, f) for c, f, _ in checks):
+        return None
+    n = len(cells) + len(checks)
+    return {"total": n, "done": n, "failed": 0, "ran": 0, "seconds": round(time.time() - t0, 1), "grid_seconds": 0.0}
 
 
 def _run_held(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, log) -> dict[str, Any]:
