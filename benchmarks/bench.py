@@ -1,8 +1,8 @@
 """Seven speed and memory figures of vlpeft, each a RATIO measured side by side in one invocation.
 
-    python benchmarks/bench.py [--json] [--configs tiny,base] [--threads N] [--model runs/tiny]
+    python benchmarks/bench.py [--json] [--configs tiny,base] [--threads N] [--model tiny]
 
-Two model configurations: `tiny` (the pre-trained checkpoint at --model, default runs/tiny; random
+Two model configurations: `tiny` (the pre-trained checkpoint at --model, default tiny, the shipped one; random
 weights of the tiny preset if that folder is missing) and `base` (BLIP base sizes: ViT-B/16 at
 384 px and a 12-layer BERT-base text decoder, from `PRESETS["base"]`, random weights, with the tiny
 tokenizer's vocabulary and special-token ids so the same tokenizer and task data serve both). Every
@@ -640,7 +640,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--configs", default="tiny,base", help="comma-separated: tiny, base")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--model", default="runs/tiny", help="the tiny checkpoint folder")
+    p.add_argument("--model", default="tiny", help="the tiny checkpoint folder")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:

@@ -1,6 +1,6 @@
 """Would an exact cache of the frozen cross-attention key/value projections pay? And bf16 on this CPU?
 
-    python benchmarks/kv_probe.py [--configs tiny,base] [--threads 1] [--model runs/tiny]
+    python benchmarks/kv_probe.py [--configs tiny,base] [--threads 1] [--model tiny]
 
 Measured side by side (interleaved repetitions, medians, as bench.py), on the scenes-caption training
 step over cached image states, for LoRA (default targets q and v: the cross-attention's value
@@ -115,7 +115,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,base")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--model", default="runs/tiny")
+    p.add_argument("--model", default="tiny")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{bench.machine()['cpu']}, AMX: {amx()}, {args.threads} thread(s), torch {torch.__version__}")

@@ -1,7 +1,7 @@
 """Do a checkpoint's question states tell easy-VQA questions apart, and can its answer decoder read
 them? Probes on its frozen text towers.
 
-    python benchmarks/question_probe.py [--model runs/tiny] [--random] [--questions 1500]
+    python benchmarks/question_probe.py [--model tiny] [--random] [--questions 1500]
 
 The VQA answer decoder reads nothing but the image-grounded question states (tasks/vqa.py), so a
 PEFT method can only answer as well as those states separate questions, and as well as the decoder

@@ -1,6 +1,6 @@
 """Does a checkpoint's ViT encode shape? Linear probes on its frozen image states.
 
-    python benchmarks/shape_probe.py [--model runs/tiny] [--random] [--scenes 3000]
+    python benchmarks/shape_probe.py [--model tiny] [--random] [--scenes 3000]
 
 Held-out single-object scenes (split "val" of the generator); a 6-way logistic-regression probe
 (L-BFGS, small L2, features standardised on the training part) trained on 70 % of the objects and
@@ -39,7 +39,7 @@ def probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray, classes: 
 
 def probe_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--model", default="runs/tiny")
+    p.add_argument("--model", default="tiny")
     p.add_argument("--random", action="store_true", help="probe the untrained architecture")
     return p
 

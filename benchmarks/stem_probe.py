@@ -2,7 +2,7 @@
 
     python benchmarks/stem_probe.py [--stems patch conv pool pool+bn] [--steps 300] [--threads 1]
 
-For each stem, the tiny preset's ViT (everything but the stem as in `runs/tiny`) is trained from
+For each stem, the tiny preset's ViT (everything but the stem as in the shipped `tiny`) is trained from
 scratch, initialised as `Blip` initialises it, as a classifier of single-object synthetic scenes
 (split "train", the scenes of the first 24,000 with one object): a linear head on the [CLS] state
 predicts the shape (6-way) and the colour

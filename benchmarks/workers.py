@@ -1,6 +1,6 @@
 """How to split the cores between study workers: N workers x T threads, side by side in one run.
 
-    python benchmarks/workers.py [--model runs/tiny] [--json]
+    python benchmarks/workers.py [--model tiny] [--json]
 
 Runs the same small grid (the quick preset's two tasks, LoRA and prefix, 400 examples, 2 seeds: 8
 runs) once per split and prints each wall time and its ratio to the first split. Only ratios
@@ -24,7 +24,7 @@ SPLITS = [(2, 1), (1, 2)]
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="runs/tiny")
+    p.add_argument("--model", default="tiny")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     from vlpeft.study import load_spec, run_study

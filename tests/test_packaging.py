@@ -58,6 +58,18 @@ def test_the_wheel_ships_exactly_the_presets_of_the_checkout(wheel):
     assert shipped == here
 
 
+def test_the_wheel_ships_the_tiny_checkpoint_byte_for_byte(wheel):
+    shipped_dir = ROOT / "src" / "vlpeft" / "checkpoints" / "tiny"
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n.removeprefix("vlpeft/checkpoints/tiny/"): z.read(n) for n in z.namelist()
+                   if n.startswith("vlpeft/checkpoints/tiny/")}
+    here = {p.name: p.read_bytes() for p in shipped_dir.iterdir() if p.is_file()}
+    assert sorted(here) == ["config.json", "evaluation.json", "model.safetensors", "pretrain.json", "shipped.json",
+                            "tokenizer.json"]
+    assert shipped == here
+    assert wheel.stat().st_size < 20 * 2**20  # the checkpoint is most of it
+
+
 def test_an_installed_wheel_finds_its_presets_from_another_folder(wheel, tmp_path):
     from vlpeft.study.spec import expand, load_spec
 
@@ -85,7 +97,7 @@ def test_an_installed_wheel_finds_its_presets_from_another_folder(wheel, tmp_pat
     assert fresh_site in module.parents and ROOT not in module.parents  # the wheel's copy, not src/
     assert fresh_site in preset_dir.parents
 
-    # --out is a relative folder: a dry run must not create it (nor pre-train runs/tiny): the cwd stays empty
+    # --out is a relative folder: a dry run must not create it: the cwd stays empty
     listed = run(
         [python, "-m", "vlpeft.cli", "study", "quick", "--dry-run", "--out", "runs/quick"], cwd=elsewhere, env=env
     )
@@ -95,8 +107,10 @@ def test_an_installed_wheel_finds_its_presets_from_another_folder(wheel, tmp_pat
     checks = [line.split()[0] for line in listed.stdout.splitlines() if "length check: after the grid" in line]
     assert len(checks) == 20 and all(c.endswith(".x2") for c in checks)  # 2 tasks x 5 methods x 2 sizes
     assert f"{len(cells)} cells and 20 length-check cells" in listed.stdout.splitlines()
-    assert "validation noise not checked (the checkpoint is pre-trained when the study runs)" in listed.stdout
+    assert "validation noise not checked" not in listed.stdout  # the shipped checkpoint is there to measure it
     assert list(elsewhere.iterdir()) == []
+    loaded = run([python, "-c", "import vlpeft; print(vlpeft.load_model('tiny').source)"], cwd=elsewhere, env=env)
+    assert loaded.returncode == 0 and fresh_site in Path(loaded.stdout.strip()).parents, loaded.stdout + loaded.stderr
 
     unknown = run(
         [python, "-m", "vlpeft.cli", "study", "nosuch", "--dry-run", "--out", "runs/x"], cwd=elsewhere, env=env

@@ -408,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("caption", help="print one caption per image")
-    s.add_argument("--model", required=True, help="checkpoint folder (vlpeft or transformers BLIP) or hub id")
+    s.add_argument("--model", required=True, help="tiny (shipped with vlpeft), a checkpoint folder (vlpeft or "
+                   "transformers BLIP) or a hub id")
     s.add_argument("images", nargs="*", help="image files")
     s.add_argument("--scenes", type=int, default=0, help="caption N held-out synthetic scenes instead")
     s.add_argument("--seed", type=int, default=0, help="scene seed for --scenes")
@@ -500,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_advise)
 
     s = sub.add_parser("methods", help="list PEFT methods with exact trainable parameters at each knob value")
-    s.add_argument("--model", required=True, help="checkpoint folder")
+    s.add_argument("--model", required=True, help="tiny (shipped with vlpeft) or a checkpoint folder")
     s.add_argument("--method", action="append", help="only this method (repeatable)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_methods)

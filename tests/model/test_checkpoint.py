@@ -149,3 +149,33 @@ def test_a_checkpoints_digest_covers_what_changes_its_outputs_and_nothing_else(t
         changed = variant(name, edit)
         assert weights_digest(changed) == weights_digest(folder)  # what older records compared
         assert checkpoint_digest(changed) != digest, name
+
+
+def test_the_shipped_tiny_checkpoint_loads_by_name_and_is_verified(tmp_path, monkeypatch):
+    """`tiny` is the checkpoint that ships with vlpeft (made by `vlpeft pretrain --preset tiny`, its
+    digest recorded): it loads from any folder, a damaged install is refused in one line, and a
+    folder of the user's named `tiny` wins over it."""
+    import shutil
+
+    from vlpeft.model import checkpoint
+    from vlpeft.model.checkpoint import SHIPPED_DIR, checkpoint_digest, load_model, shipped_names
+
+    assert "tiny" in shipped_names()
+    record = json.loads((SHIPPED_DIR / "tiny" / "shipped.json").read_text())
+    assert record["made_by"] == "vlpeft pretrain --preset tiny" and len(record["commit"]) == 40
+    assert checkpoint_digest("tiny") == record["checkpoint_digest"]
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("tiny")
+    assert loaded.kind == "vlpeft" and loaded.model.cfg.name == "tiny" and loaded.pretrain["seed"] == record["seed"]
+    damaged = tmp_path / "install"
+    shutil.copytree(SHIPPED_DIR, damaged)
+    meta = json.loads((damaged / "tiny" / "config.json").read_text())
+    meta["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+    (damaged / "tiny" / "config.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(checkpoint, "SHIPPED_DIR", damaged)
+    with pytest.raises(UserError, match=r"install/tiny: the shipped checkpoint 'tiny' is not the one vlpeft was "
+                                        r"released with \(digest [0-9a-f]{16}, recorded [0-9a-f]{16}\); reinstall"):
+        load_model("tiny")
+    mine = tmp_path / "tiny"
+    _save(mine, preset("tiny"))
+    assert load_model("tiny").source == "tiny"  # the user's own folder, as written

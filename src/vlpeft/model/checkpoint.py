@@ -57,10 +57,51 @@ def save_checkpoint(folder: str | Path, model: Blip, tokenizer: TextTokenizer, p
     return folder
 
 
+# Checkpoints that ship with vlpeft, by name (`--model tiny`): vlpeft/checkpoints/<name>/, a vlpeft
+# checkpoint folder plus SHIPPED_RECORD (how it was made, and its checkpoint_digest, checked on load).
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED_RECORD = "shipped.json"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.parent.name for p in SHIPPED_DIR.glob(f"*/{SHIPPED_RECORD}"))
+
+
+def _local(ref: str | Path) -> Path | None:
+    """The local folder a checkpoint reference names: the folder itself when it exists (a folder of
+    yours named like a shipped checkpoint wins), else the shipped checkpoint of that name; None
+    for anything else (a hub id, a missing folder)."""
+    folder = Path(ref).expanduser()
+    if folder.exists():
+        return folder
+    shipped = SHIPPED_DIR / str(ref)
+    return shipped if str(ref) in shipped_names() else None
+
+
+def checkpoint_exists(ref: str | Path) -> bool:
+    """Whether `ref` names a complete local checkpoint (a folder with its config.json, or a shipped name)."""
+    folder = _local(ref)
+    return folder is not None and (folder / "config.json").is_file()
+
+
+def locate(ref: str | Path) -> Path | None:
+    """`_local`, a shipped checkpoint verified first: its digest must be the one recorded when it was
+    made (a damaged or edited install is one line, not silently other scores)."""
+    folder = _local(ref)
+    if folder is not None and folder.parent == SHIPPED_DIR and not Path(ref).expanduser().exists():
+        record = read_json(folder / SHIPPED_RECORD, "shipped checkpoint record")
+        want, got = record.get("checkpoint_digest"), checkpoint_digest(folder)
+        if got != want:
+            raise UserError(f"{folder}: the shipped checkpoint {str(ref)!r} is not the one vlpeft was released with "
+                            f"(digest {got}, recorded {want}); reinstall vlpeft")
+    return folder
+
+
 def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a vlpeft checkpoint folder, a transformers BLIP folder, or (with a network) a hub id."""
-    folder = Path(path_or_hub_id)
-    if not folder.exists():
+    """Load a vlpeft checkpoint folder, a checkpoint shipped with vlpeft by name (`tiny`), a
+    transformers BLIP folder, or (with a network) a hub id."""
+    folder = locate(path_or_hub_id)
+    if folder is None:
         folder = _download(str(path_or_hub_id))
     if not folder.is_dir():
         raise UserError(f"{folder}: a checkpoint must be a folder")
@@ -219,7 +260,7 @@ def weights_digest(path_or_hub_id: str | Path) -> str:
     the checkpoint's identity before `checkpoint_digest` covered its settings too."""
     import hashlib
 
-    files = _weight_files(Path(path_or_hub_id))
+    files = _weight_files(_local(path_or_hub_id) or Path(path_or_hub_id))
     if not files:
         return str(path_or_hub_id)
 
@@ -240,7 +281,7 @@ def checkpoint_digest(path_or_hub_id: str | Path) -> str:
     import hashlib
     import json
 
-    folder = Path(path_or_hub_id)
+    folder = _local(path_or_hub_id) or Path(path_or_hub_id)
     weights = _weight_files(folder)
     if not weights:
         return str(path_or_hub_id)
@@ -268,4 +309,4 @@ def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
 
 
 __all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info", "weights_digest",
-           "checkpoint_digest"]
+           "checkpoint_digest", "checkpoint_exists", "locate", "shipped_names", "SHIPPED_DIR"]

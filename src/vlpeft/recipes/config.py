@@ -21,7 +21,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    model: str = field(metadata={"grid": True, "help": "checkpoint folder (vlpeft or transformers BLIP) or hub id"})
+    model: str = field(metadata={"grid": True, "help": "tiny (shipped with vlpeft), a checkpoint folder (vlpeft or "
+                                                       "transformers BLIP) or a hub id"})
     task: str = field(
         metadata={"grid": True, "help": "built-in task name (vlpeft tasks) or a task file (YAML) of your own data"}
     )

@@ -57,9 +57,23 @@ def environment(device) -> dict[str, Any]:
             pass
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     return {"vlpeft": vlpeft.__version__, "versions": versions, "python": platform.python_version(),
-            "git_commit": git_commit(), "host": platform.node(), "machine": platform.machine(),
+            "git_commit": git_commit(), "host": platform.node(), "machine": platform.machine(), "cpu": cpu_model(),
             "device": str(device), "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"cuda_visible_devices": gpus} if gpus is not None else {})}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; what `platform` knows elsewhere): float results
+    of the same seed and thread count can differ between CPU kinds."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=1)

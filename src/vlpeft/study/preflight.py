@@ -71,10 +71,10 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
     whether the split is too small (δ < 2 SE), with the size that would do. A task whose checkpoint is
     not there yet (to be pre-trained) is skipped, said so."""
     import dataclasses
-    from pathlib import Path
 
     from vlpeft.analysis.claims import DEFAULT_DELTA
     from vlpeft.analysis.converged import NOISE_RATIO
+    from vlpeft.model.checkpoint import checkpoint_exists
     from vlpeft.recipes.config import FinetuneConfig
     from vlpeft.recipes.finetune import finetune
     from vlpeft.study.spec import expand
@@ -86,7 +86,7 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
         cell = next(c for c in expand(spec) if c.task == task)
         fields = {**cell.finetune_fields(spec), "method": "frozen", "budget": None, "method_options": {},
                   "test_limit": 1, "lr": None, "device": "auto"}
-        if spec.pretrain is not None and not (Path(fields["model"]) / "config.json").exists():
+        if spec.pretrain is not None and not checkpoint_exists(fields["model"]):
             out.append({"task": task, "skipped": "the checkpoint is pre-trained when the study runs"})
             continue
         cfg = FinetuneConfig(**fields)

@@ -97,8 +97,10 @@ def task_file_digest(path: str) -> str:
 
 def ensure_model(spec: StudySpec, log=print) -> None:
     """Pre-train `spec.pretrain` into `spec.model` when that folder holds no checkpoint yet."""
+    from vlpeft.model.checkpoint import checkpoint_exists
+
     folder = Path(spec.model)
-    if (folder / "config.json").exists() or spec.pretrain is None:
+    if spec.pretrain is None or checkpoint_exists(spec.model):  # a folder, or a checkpoint shipped with vlpeft
         return
     if folder.exists() and any(folder.iterdir()) and not (folder / "config.json").exists():
         log(f"{folder}: incomplete checkpoint (no config.json): pre-training again")
@@ -115,6 +117,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     cells will use that does not decode is a UserError before anything runs."""
     import vlpeft
     from vlpeft.data.subsets import resolve_size
+    from vlpeft.model.checkpoint import checkpoint_exists
     from vlpeft.peft.budget import method_config
     from vlpeft.recipes.config import FinetuneConfig
     from vlpeft.recipes.finetune import check_text
@@ -124,7 +127,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
 
     def model_of(name: str) -> tuple:
         if name not in models:
-            if name == spec.model and spec.pretrain is not None and not (Path(name) / "config.json").exists():
+            if name == spec.model and spec.pretrain is not None and not checkpoint_exists(name):
                 from vlpeft.model.config import preset  # not pre-trained yet: the preset's architecture
 
                 models[name] = (preset(spec.pretrain), 0, None)
@@ -404,6 +407,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
     """Run (or resume) the study into `out`; returns a summary {total, done, failed, ran, seconds}."""
     from vlpeft import lock
     from vlpeft.io import check_writable
+    from vlpeft.model.checkpoint import checkpoint_exists
 
     out = Path(out)
     t0 = time.time()
@@ -415,7 +419,7 @@ def run_study(spec: StudySpec, out: str | Path, quiet: bool = False, log=print) 
         if finished is None:
             raise
         return finished  # a finished study on read-only media: the same command is still a no-op
-    if spec.pretrain is not None and not (Path(spec.model) / "config.json").exists():
+    if spec.pretrain is not None and not checkpoint_exists(spec.model):
         check_writable(spec.model, "checkpoint folder")
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this call makes, deepest first
     out.mkdir(parents=True, exist_ok=True)

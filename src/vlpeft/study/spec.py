@@ -3,7 +3,7 @@
 A spec (see the presets in src/vlpeft/configs/*.yaml for complete, commented examples):
 
     name: quick
-    model: runs/tiny          # checkpoint folder (relative to where you run) or transformers hub id
+    model: tiny               # shipped with vlpeft, or a checkpoint folder (relative to where you run) or hub id
     pretrain: tiny            # if `model` is a missing folder, pre-train this preset into it first
     tasks: [scenes-caption, easyvqa-vqa, my-task.yaml]   # built-in names or task files (vlpeft.tasks.files)
     paths: {karpathy_json: $COCO/dataset_coco.json, image_root: $COCO}   # each task takes the keys it knows
@@ -84,7 +84,7 @@ class ExecutorSpec:
 @dataclass(frozen=True)
 class StudySpec:
     name: str = field(metadata={"help": "study name (shown in the report)"})
-    model: str = field(metadata={"help": "checkpoint folder or hub id"})
+    model: str = field(metadata={"help": "tiny (shipped with vlpeft), a checkpoint folder or a hub id"})
     tasks: tuple = field(metadata={"help": "built-in task names (`vlpeft tasks`) or task files of your own data "
                                            "(relative to the spec's folder); cells are named by task name"})
     methods: dict = field(metadata={"help": "label -> MethodGrid"})
