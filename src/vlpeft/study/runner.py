@@ -289,16 +289,17 @@ def _adopted(con, out: Path, cell: Cell, fields: dict) -> dict | None:
 
 def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]], quiet: bool) -> None:
     """Run `todo` ((examples, cell, fields)) on the spec's executor, recording each result as it comes,
-    the largest subsets first (better packing, an honest ETA)."""
-    from vlpeft.study import executors
+    the longest expected first (`study.cost`: the workers finish together; the ETA uses the same costs)."""
+    from vlpeft.study import cost, executors
 
-    todo = sorted(todo, key=lambda t: -t[0])
+    expected = cost.expected_seconds(todo, store.rows(con))
+    todo = cost.longest_first(todo, expected)
     ex = spec.executor
     # Absolute paths: Ray workers need not share the driver's working folder.
     cache = {"feature_cache_dir": str((out / "cache" / "features").resolve())}  # shared by the workers
     payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
                  "threads": ex.threads} for _, c, f in todo]
-    progress = Progress(len(todo), quiet=quiet)
+    progress = Progress(len(todo), quiet=quiet, expected=expected)
 
     def on_start(cell_id):
         store.mark_running(con, cell_id)
@@ -366,8 +367,9 @@ def _fmt_seconds(s: float) -> str:
 class Progress:
     """Done/total, failures and ETA: a live bar on a terminal, and one line per finished run."""
 
-    def __init__(self, total: int, quiet: bool = False):
+    def __init__(self, total: int, quiet: bool = False, expected: dict[str, float] | None = None):
         self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
+        self.expected, self.finished_ids = expected or {}, set()
         self.t0 = time.time()
         self.bar = None
         if sys.stderr.isatty() and not quiet:
@@ -376,12 +378,18 @@ class Progress:
             self.bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
 
     def eta(self) -> str:
+        from vlpeft.study.cost import eta_seconds
+
         if not self.done:
             return "?"
-        return _fmt_seconds((time.time() - self.t0) / self.done * (self.total - self.done))
+        left = eta_seconds(time.time() - self.t0, self.expected, self.finished_ids) if self.expected else None
+        if left is None:
+            left = (time.time() - self.t0) / self.done * (self.total - self.done)
+        return _fmt_seconds(left)
 
     def finished(self, cell_id: str, result: dict) -> None:
         self.done += 1
+        self.finished_ids.add(cell_id)
         m = result.get("metrics") or {}
         if result["status"] == "done":
             what = f"{m.get('metric')} {m.get('test_score', float('nan')):.4g}"
