@@ -310,3 +310,25 @@ def test_a_task_file_runs_from_any_folder_with_paths_relative_to_itself(tmp_path
     assert content(load_task(str(moved / "task.yaml"))) == content(load_task(str(task_file)))
     with pytest.raises(UserError, match="unknown task 'my-task'"):
         get_task("my-task")
+
+
+def test_letter_answers_are_kept_with_keep_articles_and_scored_as_letters(tmp_path):
+    """Multiple-choice answers 'A'..'D': the official normalisation empties 'A' (an article) and such a
+    task file is refused; with answer_normalisation: keep-articles 'A' is a candidate, a training
+    target and a right answer like the others."""
+    from vlpeft.tasks import get_kind
+
+    letters = "ABCD"
+    rows = [dict(r, answers=[letters[k % 4]]) for k, r in enumerate(vqa_rows())]
+    with pytest.raises(UserError, match="or set answer_normalisation: keep-articles in the task file"):
+        load_task(str(jsonl_task(tmp_path / "a", rows, kind="vqa")))
+    data = load_task(str(jsonl_task(tmp_path / "b", rows, kind="vqa", answer_normalisation="keep-articles")))
+    assert set(data.answers) == {"a", "b", "c", "d"}
+    kind = get_kind("vqa")
+    examples = data.train + data.val + data.test
+    right = [ex.answers[0] for ex in examples]
+    assert kind.score(right, examples)["vqa_accuracy"] == 100.0
+    assert kind.score(["B" if a == "A" else "A" for a in right], examples)["vqa_accuracy"] == 0.0
+    assert {kind.stratum(ex) for ex in examples} == {"a", "b", "c", "d"}
+    with pytest.raises(UserError, match="answer_normalisation 'exact' is not one of vqa, keep-articles"):
+        load_task(str(jsonl_task(tmp_path / "c", rows, kind="vqa", answer_normalisation="exact")))

@@ -39,6 +39,7 @@ class VQAExample:
     answers: tuple[str, ...]
     question_type: str = ""
     answer_type: str = ""
+    keep_articles: bool = False  # answers normalised without dropping a/an/the (a task file's choice)
 
 
 def require_keys(entry: Any, keys: tuple[str, ...], where: str, path: str | os.PathLike) -> None:

@@ -71,6 +71,10 @@ class TaskFile:
                                                                   "vqa: inference)"})
     answers: int | None = field(default=None, metadata={"help": "vqa: keep the N most frequent candidate answers "
                                                                 "(default: all of train + val)"})
+    answer_normalisation: str = field(default="vqa", metadata={
+        "help": "vqa: how answers are compared: vqa (the official normalisation, which drops a/an/the) or "
+                "keep-articles (the same, articles kept: for answers such as 'A'..'D')",
+        "choices": ("vqa", "keep-articles")})
     files: dict = field(default_factory=dict, metadata={"help": "vqav2: official file names under `path`, by key"})
     relation: str = field(default="your data", metadata={"help": "relation to the checkpoint's pre-training, "
                                                                   "e.g. 'new data, same task' (for reports)"})
@@ -106,11 +110,15 @@ def read_task_file(ref: str | os.PathLike) -> TaskDef:
     settings = {"format": tf.format, "path": expand_path(tf.path, f"{where}: path", base),
                 "image_root": expand_path(tf.image_root, f"{where}: image_root", base) if tf.image_root else None,
                 "fields": _field_map(tf, where), "splits": _split_rule(tf.splits, where), "answers": tf.answers,
+                "answer_normalisation": tf.answer_normalisation,
                 "files": {str(k): expand_path(v, f"{where}: files.{k}", base) for k, v in tf.files.items()},
                 "task_file_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
     if tf.answers is not None and (get_kind(tf.kind).candidates is None or tf.answers < 1):
         raise UserError(f"{where}: answers is a positive count of candidate answers, for a kind that ranks "
                         f"them (vqa)")
+    if tf.answer_normalisation != "vqa" and (get_kind(tf.kind).candidates is None or tf.format == "vqav2"):
+        raise UserError(f"{where}: answer_normalisation is for vqa task files of your own rows (VQAv2 keeps the "
+                        f"official normalisation)")
     if tf.files and tf.format != "vqav2":
         raise UserError(f"{where}: files is for format vqav2 only")
     task = TaskDef(tf.name, tf.kind, tf.format, tf.relation, tf.description or f"{tf.kind} task from {path.name}",
@@ -185,7 +193,7 @@ def load_file_task(task: TaskDef, ctx: LoadContext) -> TaskData:
         return _load_vqav2(task, s)
     kind = get_kind(task.kind)
     records = TABLE_FORMATS[s["format"]](s["path"])  # at least one, or a UserError
-    rows = Rows(s["fields"], s["image_root"])
+    rows = Rows(s["fields"], s["image_root"], keep_articles=s.get("answer_normalisation") == "keep-articles")
     examples = kind.from_rows(records, rows)
     readers.check_image_files([(rows.first_row[i], ref) for i, ref in rows.refs.items()], s["path"])
     splits, rule = _splits(examples, rows.splits, s["splits"], s["path"])

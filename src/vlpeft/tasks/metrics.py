@@ -286,27 +286,28 @@ def _vqa_punctuation(text: str) -> str:
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
 
 
-def normalize_vqa_answer(answer: str) -> str:
+def normalize_vqa_answer(answer: str, keep_articles: bool = False) -> str:
     """Official VQA answer normalisation: 'Two dogs!' -> '2 dogs', 'the dog' -> 'dog', 'dont' -> "don't".
 
     Newlines/tabs to spaces, strip; punctuation as `_vqa_punctuation`; then lower-case, split on
-    whitespace, number words 'none'/'zero'..'ten' -> digits, articles a/an/the dropped, the contraction
-    table applied word by word, words joined by single spaces."""
+    whitespace, number words 'none'/'zero'..'ten' -> digits, articles a/an/the dropped (kept with
+    `keep_articles`: a task whose answers are letters "A".."D"), the contraction table applied word by
+    word, words joined by single spaces."""
     text = answer.replace("\n", " ").replace("\t", " ").strip()
     text = _vqa_punctuation(text)
     words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    words = [_CONTRACTIONS.get(w, w) for w in words if keep_articles or w not in _ARTICLES]
     return " ".join(words)
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str], keep_articles: bool = False) -> float:
     """VQA accuracy in [0, 1] of one predicted answer against the human answers (see the module
     docstring): leave-one-out mean of min(1, matches / 3); exact match when there is one answer."""
     if isinstance(answers, str) or len(answers) == 0:
         raise ValueError(f"need a non-empty list of reference answers, got {answers!r}")
-    pred = normalize_vqa_answer(prediction)
+    pred = normalize_vqa_answer(prediction, keep_articles)
     n = len(answers)
-    m = sum(normalize_vqa_answer(a) == pred for a in answers)
+    m = sum(normalize_vqa_answer(a, keep_articles) == pred for a in answers)
     if n == 1:
         return float(m)
     # leaving out one of the m matching answers leaves m - 1 matches, any other leaves m
@@ -314,14 +315,15 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def vqa_scores(
-    predictions: Sequence[str], answer_lists: Sequence[Sequence[str]], groups: Sequence[str] | None = None
+    predictions: Sequence[str], answer_lists: Sequence[Sequence[str]], groups: Sequence[str] | None = None,
+    keep_articles: bool = False,
 ) -> dict[str, Any]:
     """Mean VQA accuracy x100 (in [0, 100], as VQA papers report it) of predictions[i] against
     answer_lists[i]; with `groups` (e.g. answer types "yes/no", "number", "other"), also the mean
     per group under "vqa_accuracy_by_group". "metrics_ran" names what was computed."""
     if len(predictions) != len(answer_lists) or not predictions:
         raise ValueError(f"need one answer list per prediction ({len(predictions)} vs {len(answer_lists)})")
-    accs = [vqa_accuracy(p, a) for p, a in zip(predictions, answer_lists)]
+    accs = [vqa_accuracy(p, a, keep_articles) for p, a in zip(predictions, answer_lists)]
     scores: dict[str, Any] = {"vqa_accuracy": 100.0 * sum(accs) / len(accs), "n": len(accs),
                               "vqa_accuracy_se": 100.0 * standard_error(accs)}
     if groups is not None:

@@ -18,8 +18,9 @@ from vlpeft.errors import UserError, did_you_mean
 
 
 class Rows:
-    def __init__(self, fields: dict[str, str], image_root: str | None):
+    def __init__(self, fields: dict[str, str], image_root: str | None, keep_articles: bool = False):
         self.fields, self.image_root = fields, image_root
+        self.keep_articles = keep_articles  # vqa: the task file's answer_normalisation is keep-articles
         self.refs: dict[str, readers.ImageRef] = {}  # image id -> its image
         self.splits: dict[str, str | None] = {}  # image id -> the split the data gives it (None: none)
         self.first_row: dict[str, str] = {}  # image id -> where it first appears

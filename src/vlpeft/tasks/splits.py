@@ -25,7 +25,7 @@ def image_ids(examples: Iterable[Any]) -> set[str]:
 
 def candidate_answers(examples: Iterable[VQAExample], limit: int | None = None) -> tuple[str, ...]:
     """Distinct normalised answers, most frequent first (every human answer counts), ties alphabetical."""
-    counts = Counter(normalize_vqa_answer(a) for e in examples for a in e.answers)
+    counts = Counter(normalize_vqa_answer(a, e.keep_articles) for e in examples for a in e.answers)
     counts.pop("", None)
     ranked = sorted(counts, key=lambda a: (-counts[a], a))
     return tuple(ranked[:limit] if limit is not None else ranked)

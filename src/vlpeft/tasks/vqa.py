@@ -68,12 +68,12 @@ def encode_answers(tok, answers: Sequence[str], max_len: int = 16) -> tuple[torc
 
 def training_answer_key(ex: VQAExample) -> str:
     """The question's most frequent normalised answer: the stratum for data subsets."""
-    counts = Counter(normalize_vqa_answer(a) for a in ex.answers)
+    counts = Counter(normalize_vqa_answer(a, ex.keep_articles) for a in ex.answers)
     return max(sorted(counts), key=counts.get) if counts else ""
 
 
 def training_answer(ex: VQAExample, rng: np.random.Generator) -> str:
-    counts = Counter(normalize_vqa_answer(a) for a in ex.answers)
+    counts = Counter(normalize_vqa_answer(a, ex.keep_articles) for a in ex.answers)
     names = sorted(counts)
     p = np.array([counts[n] for n in names], dtype=float)
     return names[rng.choice(len(names), p=p / p.sum())]
@@ -153,7 +153,8 @@ def predict_answers(model, examples: Sequence[VQAExample], data, loaded, opts: V
 
 def score_answers(predictions: Sequence[str], examples: Sequence[VQAExample]) -> dict:
     return vqa_scores(list(predictions), [list(ex.answers) for ex in examples],
-                      groups=[ex.question_type for ex in examples])
+                      groups=[ex.question_type for ex in examples],
+                      keep_articles=any(ex.keep_articles for ex in examples))  # one task: one normalisation
 
 
 def majority_baseline(data, examples: Sequence[VQAExample]) -> dict:
@@ -169,7 +170,7 @@ def describe_questions(examples: Sequence[VQAExample]) -> dict:
     per_question = [len(ex.answers) for ex in examples]
     return {"questions": len(examples), "per_example": "answers per question",
             "per_example_range": [min(per_question), max(per_question)] if per_question else [0, 0],
-            "distinct_answers": len({normalize_vqa_answer(a) for ex in examples for a in ex.answers})}
+            "distinct_answers": len({normalize_vqa_answer(a, ex.keep_articles) for ex in examples for a in ex.answers})}
 
 
 def questions_from_rows(records, rows) -> list[VQAExample]:
@@ -187,7 +188,7 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
         if not raw:
             raise UserError(f"{rec.where}: the question has no answer (empty list)")
         answers = tuple(rows.text(rec, a.get("answer") if isinstance(a, dict) else a, "answer") for a in raw)
-        vanishing += [(rec.where, a) for a in answers if not normalize_vqa_answer(a)]
+        vanishing += [(rec.where, a) for a in answers if not normalize_vqa_answer(a, rows.keep_articles)]
         qid = rows.value(rec, "question_id", required=False)
         qid = str(qid) if qid not in (None, "") else f"q{k}"
         if qid in ids:
@@ -204,6 +205,7 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
                 answers,
                 question_type=str(qtype) if qtype else "",
                 answer_type=answer_type(majority.lower()),
+                keep_articles=rows.keep_articles,
             )
         )
     if vanishing:  # "A", "The", "-": the VQA normalisation drops articles and punctuation
@@ -211,7 +213,8 @@ def questions_from_rows(records, rows) -> list[VQAExample]:
         more = f" ({len(vanishing)} answers in all)" if len(vanishing) > 1 else ""
         raise UserError(f"{where}: answer {answer!r} is empty after VQA answer normalisation (articles and "
                         f"punctuation are dropped), so it could never be predicted nor trained on{more}; "
-                        "write such answers as words, e.g. 'option a'")
+                        "write such answers as words ('option a'), or set answer_normalisation: keep-articles "
+                        "in the task file")
     return examples
 
 
