@@ -2,8 +2,8 @@
 
     python benchmarks/bench.py [--json] [--configs tiny,base] [--threads N] [--model tiny]
 
-Two model configurations: `tiny` (the pre-trained checkpoint at --model, default tiny, the shipped one; random
-weights of the tiny preset if that folder is missing) and `base` (BLIP base sizes: ViT-B/16 at
+Two model configurations: `tiny` (the pre-trained checkpoint at --model, default the shipped `tiny`;
+random weights of the tiny preset if --model names no checkpoint) and `base` (BLIP base sizes: ViT-B/16 at
 384 px and a 12-layer BERT-base text decoder, from `PRESETS["base"]`, random weights, with the tiny
 tokenizer's vocabulary and special-token ids so the same tokenizer and task data serve both). Every
 figure uses the scenes-caption task (captioning: ViT + image-grounded text decoder).
@@ -148,12 +148,13 @@ def tiny_model(folder: str, tmp: Path):
     """The pre-trained tiny checkpoint, or (folder missing) a random tiny model with a tokenizer
     trained on the pre-training scenes. -> (LoadedModel, path, kind)."""
     import vlpeft
+    from vlpeft.model.checkpoint import checkpoint_exists, locate
 
     path = Path(folder)
     if not path.exists() and (ROOT / folder).exists():
         path = ROOT / folder
-    if path.exists():
-        return vlpeft.load_model(path), str(path), "pre-trained"
+    if checkpoint_exists(path):  # a folder, or the name of a shipped checkpoint (`tiny`)
+        return vlpeft.load_model(path), str(locate(path)), "pre-trained"
     from vlpeft.data.images import ImagePreprocess
     from vlpeft.data.scenes import generate_scenes
     from vlpeft.model.blip import Blip
