@@ -1,4 +1,4 @@
-"""Seven speed and memory figures of vlpeft, each a RATIO measured side by side in one invocation.
+"""Eight speed and memory figures of vlpeft, each a RATIO measured side by side in one invocation.
 
     python benchmarks/bench.py [--json] [--configs tiny,base] [--threads N] [--model tiny]
 
@@ -49,6 +49,12 @@ forward with the caption LM loss (label smoothing 0.1), zero_grad, backward, gra
    because getrusage's ru_maxrss of a child inherits the parent's high-water mark across fork+exec
    on Linux (both children would report the parent's peak); torch.cuda.max_memory_allocated on CUDA.
 
+6. compile_speedup (no goal yet: it decides whether `torch.compile` pays): the time of a
+   COMPILE_CELL_STEPS-step LoRA cell with the kind's loss compiled (`torch.compile`, static shapes),
+   its compilation included / the same cell eager, both from one fixed batch over cached image
+   states as figure 1's. Detail: the compiled and eager step times, their ratio, and the compile
+   (first call) seconds, which depend on whether Inductor's on-disk cache already holds the graph.
+
 Only ratios measured in the same invocation are meaningful: the machines are shared and noisy, so
 absolute times from different runs must not be compared. The two sides of each timing figure
 alternate repetition by repetition (order rotated), after warm-up steps, and medians are taken.
@@ -80,7 +86,8 @@ BUDGETS = {"prompt": "16", "prefix": "16", "adapter": "16", "lora": "8", "mam": 
 GRID_METHODS = ("lora", "prefix", "adapter")
 GRID_SEEDS = (0, 1)
 FIGURES = ("lora_step_vs_hf_peft", "peft_step_vs_full", "grid_cache_speedup", "grid_overhead_share",
-           "flops_fraction_of_peak", "peft_step_fraction_of_peak", "lora_peak_mem_vs_full")
+           "flops_fraction_of_peak", "peft_step_fraction_of_peak", "lora_peak_mem_vs_full", "compile_speedup")
+COMPILE_CELL_STEPS = 1000  # a cell's training steps in compile_speedup (the quick preset's runs stop near it)
 # figure -> {config: (op, goal)}; a config missing from a figure's goals has none
 GOALS = {"lora_step_vs_hf_peft": {"tiny": ("<=", 0.35), "base": ("<=", 0.2)},
          "grid_cache_speedup": {"tiny": (">=", 3.0), "base": (">=", 3.0)},
@@ -333,6 +340,42 @@ def lora_vs_hf_peft(ref, name, s, scene_seed, threads, dev, tmp: Path) -> tuple[
     return sig(ms["vlpeft_cached"] / ms["hf_peft"]), detail
 
 
+# ---- figure 6 -------------------------------------------------------------------------------------
+
+def compile_speedup(pristine, path, s, scene_seed, threads, dev) -> tuple[float, dict]:
+    """(whole-cell time compiled / eager, detail): see the module docstring, figure 6."""
+    from vlpeft.recipes.finetune import task_loss
+    from vlpeft.recipes.training import adamw, optimizer_step
+
+    prep, cfg, model, encode = prepared(pristine, path, "lora", s, scene_seed, threads, dev)
+    batch, image_ids = task_batch(prep, cfg, s["batch"], dev)
+    states = encode(image_ids) if encode is not None else None
+    opt = adamw(model, cfg.weight_decay, 1e-3)
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def loss(batch, states):
+        return task_loss(prep, model, batch, cfg, states)
+
+    compiled = torch.compile(loss, dynamic=False)
+
+    def step(fn) -> float:
+        model.train()
+        return optimizer_step(fn(batch, states), opt, params, cfg.grad_clip, 0)
+
+    sync()
+    t0 = time.perf_counter()
+    step(compiled)  # compiles
+    sync()
+    compile_s = time.perf_counter() - t0
+    times, first = interleaved({"eager": lambda: step(loss), "compiled": lambda: step(compiled)},
+                               s["warmup"], s["reps"])
+    eager, comp = med(times["eager"]), med(times["compiled"])
+    cell = (compile_s + COMPILE_CELL_STEPS * comp) / (COMPILE_CELL_STEPS * eager)
+    return sig(cell), {"eager_step_ms": sig(eager * 1e3), "compiled_step_ms": sig(comp * 1e3),
+                       "step_ratio": sig(comp / eager), "compile_s": sig(compile_s, 3),
+                       "cell_steps": COMPILE_CELL_STEPS, "batch": s["batch"], "timed_steps": s["reps"]}
+
+
 # ---- figures 2 and 4 ------------------------------------------------------------------------------
 
 def stem_flops(v) -> int:
@@ -560,6 +603,8 @@ def run_config(name: str, tiny, tiny_path: str, tiny_kind: str, threads: int, tm
                                      "wall_s": g["cached_s"]}
     values["lora_peak_mem_vs_full"], detail["lora_peak_mem_vs_full"] = figure(
         "lora_peak_mem_vs_full", lambda: peak_memory(path, s, scene_seed, threads))
+    values["compile_speedup"], detail["compile_speedup"] = figure(
+        "compile_speedup", lambda: compile_speedup(pristine, path, s, scene_seed, threads, dev))
     detail["figure_seconds"] = seconds
     detail["seconds"] = round(time.perf_counter() - started, 1)
     return values, detail
@@ -633,6 +678,9 @@ def table(results: dict, details: dict) -> str:
                      f"({d['peft_step_fraction_of_peak']['step_flops'] / 1e9:.2f} GFLOP/step), "
                      f"matmul peak {f4['matmul_peak_gflops']} GFLOP/s")
         lines.append(f"  peak memory: LoRA {f5['lora_mib']} MiB, full {f5['full_mib']} MiB ({f5['measure']})")
+        f6 = d["compile_speedup"]
+        lines.append(f"  compile: step {f6['compiled_step_ms']} ms compiled / {f6['eager_step_ms']} ms eager "
+                     f"(ratio {f6['step_ratio']}), compile {f6['compile_s']} s, cell of {f6['cell_steps']} steps")
     return "\n".join(lines)
 
 
