@@ -23,12 +23,16 @@ def row(c, fields, seconds, examples):
             "metrics": json.dumps({"train_seconds": seconds - 1, "eval_seconds": 1, "data_size": examples})}
 
 
-def test_without_history_the_step_cap_orders_the_cells():
+def test_without_history_the_step_cap_orders_the_cells_and_the_frozen_model_costs_nothing():
+    frozen = {**VQA, "method": "frozen"}
     todo = [(300, cell("scenes-caption", size=300), CAPTION), (300, cell("easyvqa-vqa", size=300), VQA),
-            (30, cell("easyvqa-vqa", size=30), {**VQA, "max_epochs": 10})]
+            (30, cell("easyvqa-vqa", size=30), {**VQA, "max_epochs": 10}),
+            (300, cell("easyvqa-vqa", label="frozen", budget=None, size=300), frozen)]
     cost = expected_seconds(todo, [])
-    assert cost == {todo[0][1].id: units(CAPTION, 300), todo[1][1].id: 4000 * 32, todo[2][1].id: 10 * 1 * 32}
-    assert [t[1].task for t in longest_first(todo, cost)] == ["easyvqa-vqa", "scenes-caption", "easyvqa-vqa"]
+    assert cost == {todo[0][1].id: units(CAPTION, 300), todo[1][1].id: 4000 * 32, todo[2][1].id: 10 * 1 * 32,
+                    todo[3][1].id: 0.0}
+    assert [t[1].label for t in longest_first(todo, cost)][-1] == "frozen"  # it only evaluates: last
+    assert [t[1].task for t in longest_first(todo, cost)][:3] == ["easyvqa-vqa", "scenes-caption", "easyvqa-vqa"]
 
 
 def test_finished_runs_of_the_same_kind_set_the_expected_seconds():

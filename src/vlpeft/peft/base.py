@@ -71,6 +71,7 @@ class MethodSpec:
     ladder: tuple[int, ...]  # default knob values listed by `vlpeft methods` and swept by studies
     summary: str
     fold: Callable[[nn.Module], None] | None = None  # training form -> plain inference form, PEFT weights only
+    trains: bool = True  # False: nothing to train (the frozen model): a run only evaluates
 
 
 REGISTRY: dict[str, MethodSpec] = {}

@@ -56,7 +56,7 @@ FULL = register(
     MethodSpec("full", FullConfig, apply_full, default_lr=1e-4, knob=None, ladder=(), summary="all weights trained")
 )
 FROZEN = register(MethodSpec("frozen", FrozenConfig, apply_frozen, default_lr=0.0, knob=None, ladder=(),
-                             summary="nothing trained: the pre-trained model as is"))
+                             summary="nothing trained: the pre-trained model as is", trains=False))
 BITFIT = register(
     MethodSpec("bitfit", BitFitConfig, apply_bitfit, default_lr=3e-3, knob=None, ladder=(), summary="bias terms only")
 )

@@ -21,9 +21,13 @@ from vlpeft.recipes.config import FinetuneConfig
 
 
 def units(fields: dict[str, Any], examples: int) -> float:
-    """A cell's cost without history: the most training examples it may process (step cap x batch)."""
+    """A cell's cost without history: the most training examples it may process (step cap x batch);
+    0 for a method with nothing to train (it only evaluates)."""
+    from vlpeft.peft import get_method
     from vlpeft.recipes.finetune import train_steps
 
+    if not get_method(fields["method"]).trains:
+        return 0.0
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}  # (a row of an older version may hold more)
     cfg = FinetuneConfig(**{k: v for k, v in fields.items() if k in known})
     return float(train_steps(cfg, examples) * cfg.batch_size)
@@ -44,15 +48,16 @@ def expected_seconds(todo: list[tuple[int, Any, dict]], rows: list[dict[str, Any
             lambda r: (r["task"], r["label"], r["budget"]),
             lambda r: (r["task"], r["label"]),
             lambda r: (r["task"],))
-    rate = statistics.median(s / u for _, s, u in done) if done else 1.0
+    rate = statistics.median(s / u for _, s, u in done if u) if any(u for _, _, u in done) else 1.0
     out = {}
     for n, cell, fields in todo:
         mine = {"task": cell.task, "label": cell.label, "budget": cell.budget, "data_size": str(cell.data_size)}
         u = units(fields, n)
         for key in keys:
-            like = [(s, v) for r, s, v in done if key(r) == key(mine)]
+            like = [(s, v) for r, s, v in done if key(r) == key(mine) and bool(v) == bool(u)]  # trained with trained
             if like:
-                out[cell.id] = statistics.median(s for s, _ in like) * u / statistics.median(v for _, v in like)
+                scale = u / statistics.median(v for _, v in like) if u else 1.0
+                out[cell.id] = statistics.median(s for s, _ in like) * scale
                 break
         else:
             out[cell.id] = u * rate
