@@ -143,5 +143,5 @@ def check_values(obj: Any, where: str) -> None:
             parts = [f">= {rules['min']}" if "min" in rules else "", f"<= {rules['max']}" if "max" in rules else "",
                      f"< {rules['below']}" if "below" in rules else ""]
             kind = "a finite number" if isinstance(value, float) or isinstance(f.default, float) else "an integer"
-            rule = "".join(f" {p}" if i == 0 else f" and {p}" for i, p in enumerate(p for p in parts if p))
-            raise UserError(f"{where}: {f.name} must be {kind}{rule}, got {shown(value)}")
+            rule = " and ".join(p for p in parts if p)
+            raise UserError(f"{where}: {f.name} must be {' '.join(w for w in (kind, rule) if w)}, got {shown(value)}")

@@ -33,40 +33,40 @@ def units(fields: dict[str, Any], examples: int) -> float:
     return float(train_steps(cfg, examples) * cfg.batch_size)
 
 
-def _seconds(row: dict[str, Any]) -> float | None:
-    m = json.loads(row["metrics"]) if row.get("metrics") else {}
-    t = (m.get("train_seconds") or 0) + (m.get("eval_seconds") or 0)
-    return t if t > 0 else None
+def _finished(row: dict[str, Any]) -> tuple[float, float] | None:
+    """(seconds, units) of a finished row of the store; None when it is not done or has no time."""
+    m = json.loads(row["metrics"]) if row.get("status") == "done" and row.get("metrics") else {}
+    seconds = (m.get("train_seconds") or 0) + (m.get("eval_seconds") or 0)
+    return (seconds, units(json.loads(row["config"]), int(m.get("data_size") or 0))) if seconds > 0 else None
+
+
+# How alike two cells are, most alike first: the grid coordinates a finished run must share with a cell.
+LIKENESS = (("task", "label", "budget", "data_size"), ("task", "label", "budget"), ("task", "label"), ("task",))
 
 
 def expected_seconds(todo: list[tuple[int, Any, dict]], rows: list[dict[str, Any]]) -> dict[str, float]:
     """cell id -> expected cost for `todo` ((examples, cell, fields)), from the finished `rows` of the
     store (seconds), else in `units` (seconds when any row gives a rate)."""
-    done = [(r, s, units(json.loads(r["config"]), _examples(r))) for r in rows
-            if r.get("status") == "done" and (s := _seconds(r)) is not None]
-    keys = (lambda r: (r["task"], r["label"], r["budget"], r["data_size"]),
-            lambda r: (r["task"], r["label"], r["budget"]),
-            lambda r: (r["task"], r["label"]),
-            lambda r: (r["task"],))
-    rate = statistics.median(s / u for _, s, u in done if u) if any(u for _, _, u in done) else 1.0
+    done = [(r, t) for r in rows if (t := _finished(r)) is not None]
+    rates = [s / u for _, (s, u) in done if u]
+    rate = statistics.median(rates) if rates else 1.0
+    # per likeness level and whether the run trains: coordinates -> [(seconds, units)]
+    like: dict[tuple, list[tuple[float, float]]] = {}
+    for r, (s, u) in done:
+        for level in LIKENESS:
+            like.setdefault((level, bool(u), *(r[k] for k in level)), []).append((s, u))
     out = {}
     for n, cell, fields in todo:
         mine = {"task": cell.task, "label": cell.label, "budget": cell.budget, "data_size": str(cell.data_size)}
         u = units(fields, n)
-        for key in keys:
-            like = [(s, v) for r, s, v in done if key(r) == key(mine) and bool(v) == bool(u)]  # trained with trained
-            if like:
-                scale = u / statistics.median(v for _, v in like) if u else 1.0
-                out[cell.id] = statistics.median(s for s, _ in like) * scale
+        out[cell.id] = u * rate
+        for level in LIKENESS:
+            found = like.get((level, bool(u), *(mine[k] for k in level)))  # trained runs for trained cells
+            if found:
+                scale = u / statistics.median(v for _, v in found) if u else 1.0
+                out[cell.id] = statistics.median(s for s, _ in found) * scale
                 break
-        else:
-            out[cell.id] = u * rate
     return out
-
-
-def _examples(row: dict[str, Any]) -> int:
-    m = json.loads(row["metrics"]) if row.get("metrics") else {}
-    return int(m.get("data_size") or 0)
 
 
 def longest_first(todo: list[tuple[int, Any, dict]], cost: dict[str, float]) -> list[tuple[int, Any, dict]]:

@@ -72,10 +72,10 @@ def _normal(ident: dict[str, Any]) -> dict[str, Any]:
     out = dict(ident)
     if "model" in out:
         out["model"] = same_place(out["model"])
-    for key in ("task_models", "checkpoints"):
-        if isinstance(out.get(key), dict):
-            out[key] = {k if key == "task_models" else same_place(k): same_place(v) if key == "task_models" else v
-                        for k, v in out[key].items()}
+    if isinstance(out.get("task_models"), dict):  # task -> checkpoint
+        out["task_models"] = {t: same_place(m) for t, m in out["task_models"].items()}
+    if isinstance(out.get("checkpoints"), dict):  # checkpoint -> digest
+        out["checkpoints"] = {same_place(m): h for m, h in out["checkpoints"].items()}
     return out
 
 
@@ -234,13 +234,21 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
                         f"(or the name {found['name']!r} to extend that study)")
     if found.get("fingerprint") == fingerprint(ident):
         return store.connect(path)
-    diff = identity_diff(json.loads(found.get("identity", "{}") or "{}"), ident, lambda: study_fingerprint(spec, True))
+    diff = differences(found, spec, ident)
     if diff:
         raise UserError(f"{out}: holds a different study (its {', '.join(diff)} differ from this spec's); "
                         f"use another --out")
     con = store.connect(path)  # the same study, recorded another way: recorded as this version does from now on
     store.set_meta(con, {"fingerprint": fingerprint(ident), "identity": json.dumps(ident, sort_keys=True, default=str)})
     return con
+
+
+def differences(meta: dict[str, str], spec: StudySpec, ident: dict) -> list[str]:
+    """What differs between this study (`spec`, its `ident`) and the one a store's `meta` records;
+    [] for the same study."""
+    if meta.get("fingerprint") == fingerprint(ident):
+        return []
+    return identity_diff(json.loads(meta.get("identity") or "{}"), ident, lambda: study_fingerprint(spec, True))
 
 
 def identity_diff(theirs: dict, ident: dict, legacy: Callable[[], dict]) -> list[str]:
@@ -453,9 +461,7 @@ def finished_as_is(out: Path, spec: StudySpec, cells: list, t0: float) -> dict[s
         meta, rows = store.read(out)
     except UserError:
         return None
-    ident = study_fingerprint(spec)
-    if meta.get("name") != spec.name or (meta.get("fingerprint") != fingerprint(ident) and identity_diff(
-            json.loads(meta.get("identity") or "{}"), ident, lambda: study_fingerprint(spec, True))):
+    if meta.get("name") != spec.name or differences(meta, spec, study_fingerprint(spec)):
         return None
     by_id = {r["id"]: r for r in rows}
     done = lambda c, f: (r := by_id.get(c.id)) is not None and r["status"] == "done" and \
