@@ -75,6 +75,8 @@ class RunRecord:
     examples_per_second: float | None = field(default=None, metadata={"help": "training throughput"})
     peak_memory_mb: float | None = field(default=None, metadata={"help": "peak memory of the run"})
     precision: str | None = field(default=None, metadata={"help": "the precision used: fp32 or bf16 (autocast)"})
+    compiled: bool | None = field(default=None, metadata={"help": "whether the training loss was compiled "
+                                                                  "(torch.compile)"})
     # provenance
     task_options: dict = field(default_factory=dict, metadata={"help": "the task kind's options"})
     scene_seed: int | None = field(default=None, metadata={"help": "synthetic-scene seed (scenes tasks)"})

@@ -72,6 +72,22 @@ def test_a_six_step_run_gives_its_golden_losses_and_score(task, method, budget, 
     assert m["test_score"] == pytest.approx(score, abs=1e-6)
 
 
+def test_a_compiled_run_trains_as_the_eager_one(tiny_checkpoint, tmp_path):
+    """`compile: on` (torch.compile of the loss, dynamic shapes) gives the golden run's losses and score
+    to float rounding (kernels fuse and reorder sums); `auto` compiles nowhere yet (COMPILE_PAYS)."""
+    ckpt, _ = tiny_checkpoint
+    m = run(ckpt, tmp_path / "run", task="easyvqa-vqa", method="lora", budget="4", data_size=64, compile="on")
+    losses = [row["loss"] for row in json.loads((tmp_path / "run" / "curve.json").read_text())[1:]]
+    first, last, score = GOLDEN["easyvqa-vqa", "lora", "4"]
+    assert m["compiled"] is True and m["config"]["compile"] == "on"
+    assert losses[0] == pytest.approx(first, rel=1e-4) and losses[-1] == pytest.approx(last, rel=1e-4)
+    assert m["test_score"] == pytest.approx(score, abs=1e-6)
+    plain = run(ckpt, None, data_size=16, steps=1)
+    assert plain["compiled"] is False and plain["config"]["compile"] == "auto"
+    with pytest.raises(UserError, match="compile 'yes'"):
+        FinetuneConfig(model=str(ckpt), task="easyvqa-vqa", method="lora", compile="yes")
+
+
 def test_bf16_autocast_trains_close_to_fp32(tiny_checkpoint, tmp_path):
     ckpt, _ = tiny_checkpoint
     auto = run(ckpt, tmp_path / "fp32", data_size=40, seed=3)  # the default, auto: fp32 on a CPU

@@ -17,6 +17,7 @@ from vlpeft.validate import SEED_MAX, check_values
 LENGTH_POLICIES = ("converge", "epochs", "steps", "epochs_min_steps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,16 @@ class FinetuneConfig:
             "choices": PRECISIONS,
             "help": "fp32; bf16 (autocast of forward passes: matmuls in bfloat16, weights and optimiser in fp32); "
                     "auto = bf16 on a CUDA device that supports it, else fp32",
+        },
+    )
+    compile: str = field(
+        default="auto",
+        metadata={
+            "result": False,
+            "choices": COMPILE,
+            "help": "torch.compile the training step's loss (forward; backward through AOTAutograd): on, off, or "
+                    "auto = on only on device types where benchmarks/bench.py's compile_speedup found a whole "
+                    "cell, compile included, faster (docs/speed.md)",
         },
     )
     threads: int = field(

@@ -186,12 +186,38 @@ def autocast(cfg, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision_on(cfg, device) == "bf16")
 
 
-def train_step(prep: Prepared, cfg, model, opt, batch, image_states=None, step: int = 0) -> float:
-    """One optimiser step on a prepared batch: forward (autocast per cfg.precision), backward,
-    gradient-norm clip, AdamW step. Raises Diverged on a non-finite loss or gradient norm. -> loss."""
+# Device types on which `compile: auto` compiles: where benchmarks/bench.py's compile_speedup measured
+# a whole cell, compile included, faster than eager. None so far: on the CPUs measured a compiled step
+# is 13-17 % faster but its compile (and a recompile per batch shape) costs more than a cell saves
+# (docs/speed.md); not yet measured on CUDA.
+COMPILE_PAYS: frozenset[str] = frozenset()
+
+
+def compile_on(cfg, device) -> bool:
+    """Whether a run compiles its loss on `device` (cfg.compile, 'auto' per COMPILE_PAYS)."""
+    return cfg.compile == "on" or (cfg.compile == "auto" and device.type in COMPILE_PAYS)
+
+
+def loss_function(prep: Prepared, cfg, model, device):
+    """The training loss as a function of (batch, image_states): the kind's loss, compiled with
+    `torch.compile` (dynamic shapes: text lengths vary batch to batch) when `compile_on`."""
+
+    def loss(batch, image_states=None):
+        return task_loss(prep, model, batch, cfg, image_states)
+
+    return torch.compile(loss, dynamic=True) if compile_on(cfg, device) else loss
+
+
+def train_step(prep: Prepared, cfg, model, opt, batch, image_states=None, step: int = 0, loss_fn=None) -> float:
+    """One optimiser step on a prepared batch: forward (autocast per cfg.precision) through `loss_fn`
+    (default: the kind's loss, uncompiled), backward, gradient-norm clip, AdamW step. Raises Diverged
+    on a non-finite loss or gradient norm. -> loss."""
     model.train()
     with autocast(cfg, next(model.parameters()).device):
-        loss = task_loss(prep, model, batch, cfg, image_states)
+        if loss_fn is None:
+            loss = task_loss(prep, model, batch, cfg, image_states)
+        else:
+            loss = loss_fn(batch, image_states)
     return optimizer_step(loss, opt, [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip, step)
 
 
@@ -255,6 +281,7 @@ def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> 
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep.train))
     rng = np.random.default_rng(cfg.seed)
     opt = adamw(model, cfg.weight_decay, lr) if steps else None
+    loss_fn = loss_function(prep, cfg, model, device) if steps else None
     eval_at = set(eval_steps(cfg, steps))
     started = time.time()
     val_seconds = 0.0
@@ -286,7 +313,7 @@ def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> 
             states = encode([ex.image_id for ex in examples]) if encode else None
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(cfg, step, steps)
-        running.append(train_step(prep, cfg, model, opt, batch, states, step))
+        running.append(train_step(prep, cfg, model, opt, batch, states, step, loss_fn))
         if step + 1 in eval_at:
             row = validate(step + 1, float(np.mean(running)), opt.param_groups[0]["lr"])
             running = []
@@ -378,6 +405,7 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
         else 0.0,
         peak_memory_mb=peak_memory_mb(device),
         precision=precision_on(cfg, device),
+        compiled=compile_on(cfg, device) and steps > 0,
         task_options=dataclasses.asdict(prep.options),
         scene_seed=prep.scene_seed,
         task_details=prep.data.details,
