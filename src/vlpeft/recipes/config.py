@@ -18,6 +18,7 @@ LENGTH_POLICIES = ("converge", "epochs", "steps", "epochs_min_steps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off")
+LOGS = ("none", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,16 @@ class FinetuneConfig:
     )
     device: str = field(
         default="auto", metadata={"result": False, "choices": DEVICES, "help": "auto (cuda if available), cpu or cuda"}
+    )
+    log: str = field(
+        default="none",
+        metadata={
+            "result": False,
+            "choices": LOGS,
+            "help": "tensorboard: write TensorBoard events into the run folder as it trains (training loss and "
+                    "learning rate, validation score and its standard error, convergence and test score); open "
+                    "them with `tensorboard --logdir RUN_FOLDER` (needs pip install 'vlpeft[tensorboard]')",
+        },
     )
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ Run folder (every file written atomically; `metrics.json` last, so its presence 
                            rate at every evaluation, step 0 (before training) first
     peft_config.json       the method and its config       } the PEFT weights (prefixes folded),
     peft_model.safetensors only the trained tensors         } reloadable with `vlpeft evaluate`
+    events.out.tfevents.*  TensorBoard events, written as it trains (`log: tensorboard`; recipes/runlog.py)
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, s
 from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import method_config
 from vlpeft.recipes.config import FinetuneConfig
+from vlpeft.recipes.progress import Steps
 from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
+from vlpeft.recipes.runlog import RunLog, clear_events, require_tensorboard
 from vlpeft.recipes.training import Diverged, adamw, optimizer_step, warmup_cosine
 from vlpeft.runrecord import RunRecord
 from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_data_digest, task_options
@@ -86,7 +89,7 @@ def warmup_steps(cfg: FinetuneConfig, steps: int) -> int:
     return max(1, int(base * cfg.warmup_ratio))
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -140,15 +143,20 @@ def check_text(cfg: FinetuneConfig, kind, options, loaded, task: str) -> None:
     """Before any work: the text length fits the checkpoint's positions, and what the kind gives the
     decoder before its target (a caption prompt: [DEC] prompt) leaves room for at least 2 target
     tokens, in training (max_text_len) and in generation (the positions)."""
+    check_text_room(cfg.max_text_len, cfg.model, kind, options, loaded, f"task {task}")
+
+
+def check_text_room(max_text_len: int, model: str, kind, options, loaded, where: str) -> None:
+    """check_text's rule for a text length and a checkpoint (`where` prefixes the error)."""
     positions = loaded.model.cfg.text.max_positions
-    if cfg.max_text_len > positions:
-        raise UserError(f"max_text_len {cfg.max_text_len}: more than the checkpoint's {positions} text positions "
-                        f"({cfg.model})")
+    if max_text_len > positions:
+        raise UserError(f"max_text_len {max_text_len}: more than the checkpoint's {positions} text positions "
+                        f"({model})")
     given = kind.given_tokens(loaded.tokenizer, options)
-    room = min(cfg.max_text_len, positions) - 1 - given - 1  # [DEC]/[CLS], the given tokens, [SEP]
+    room = min(max_text_len, positions) - 1 - given - 1  # [DEC]/[CLS], the given tokens, [SEP]
     if given and room < 2:
-        raise UserError(f"task {task}: the prompt is {given} tokens, which leaves {max(room, 0)} of the "
-                        f"{min(cfg.max_text_len, positions)} text positions for the caption; shorten it")
+        raise UserError(f"{where}: the prompt is {given} tokens, which leaves {max(room, 0)} of the "
+                        f"{min(max_text_len, positions)} text positions for the caption; shorten it")
 
 
 def make_batch(prep: Prepared, cfg, examples, rng, pixels: bool = True):
@@ -248,6 +256,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
     record beside new weights. A failure before any file is written leaves no folder behind."""
     if out is None:
         return _finetune(cfg, None, progress, loaded)
+    if cfg.log == "tensorboard":
+        require_tensorboard()  # before the folder is made
     out = Path(out)
     check_writable(out, "run folder")
     made = not out.exists()
@@ -262,15 +272,19 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None, progress: bool = True,
 
 
 def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> dict[str, Any]:
-    from tqdm import tqdm
+    with contextlib.ExitStack() as closing:  # the progress thread and the TensorBoard writer end however the run ends
+        return _train(cfg, out, progress, loaded, closing)
 
+
+def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closing: contextlib.ExitStack
+           ) -> dict[str, Any]:
     from vlpeft.model.checkpoint import checkpoint_digest
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prep = prepare(cfg, loaded)
     base_digest = checkpoint_digest(cfg.model)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     reset_peak_memory(device)
     model = prep.loaded.model.to(device)
     torch.manual_seed(cfg.seed)
@@ -285,21 +299,28 @@ def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> 
     eval_at = set(eval_steps(cfg, steps))
     started = time.time()
     val_seconds = 0.0
+    runlog = closing.enter_context(RunLog(out if cfg.log == "tensorboard" else None, prep.kind.metric))
+    runlog.config(dataclasses.asdict(cfg))
+    bar = closing.enter_context(Steps(steps, f"{prep.task.name} {cfg.method}", enabled=progress,
+                                      cap=cfg.length_policy == "converge"))
 
     def validate(step: int, loss: float | None, lr_now: float) -> dict:
         nonlocal val_seconds
         t = time.time()
+        bar.doing("validating")
         val = evaluate_split(prep, cfg, model, prep.val, encode)
+        bar.doing(None)
         val_seconds += time.time() - t
-        return {"step": step, "loss": loss, "val_score": val["score"], "val_se": val["score_se"], "lr": lr_now,
-                "seconds": round(time.time() - started, 2)}
+        row = {"step": step, "loss": loss, "val_score": val["score"], "val_se": val["score_se"], "lr": lr_now,
+               "seconds": round(time.time() - started, 2)}
+        runlog.evaluation(row)
+        return row
 
     # Step 0: the model before training is a candidate too, so a run never ends worse on validation
     # than it started (training that only hurts selects the starting weights).
     curve = [validate(0, None, 0.0)]
     best, best_state = curve[0]["val_score"], trainable_state(model) if steps else None
     order, pos = rng.permutation(len(prep.train)), 0
-    bar = tqdm(range(steps), desc=f"{prep.task.name} {cfg.method}", disable=not progress, mininterval=2.0)
     running, stopped_by = [], "length" if steps else "untrained"
     for step in bar:
         if pos + cfg.batch_size > len(order):
@@ -314,6 +335,7 @@ def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> 
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(cfg, step, steps)
         running.append(train_step(prep, cfg, model, opt, batch, states, step, loss_fn))
+        runlog.train(step + 1, running[-1], opt.param_groups[0]["lr"])
         if step + 1 in eval_at:
             row = validate(step + 1, float(np.mean(running)), opt.param_groups[0]["lr"])
             running = []
@@ -336,14 +358,18 @@ def _finetune(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded) -> 
             for n, t in best_state.items():
                 params[n].copy_(t)
     fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
+    bar.doing("scoring the test split")
     t0 = time.time()
     test = evaluate_split(prep, cfg, model, prep.test, encode)
     eval_seconds = time.time() - t0
     metrics = run_record(cfg, prep, counts, lr, steps, steps_done, train_seconds, eval_seconds, best, test, device,
                          base_digest, diagnosis, stopped_by, val_seconds).to_dict()
+    runlog.result(metrics)
     if out is not None:
         for name in RUN_FILES:  # metrics.json first: until the new one is written the run is unfinished
             (out / name).unlink(missing_ok=True)
+        if runlog.writer is None:
+            clear_events(out)  # an earlier run's TensorBoard events
         save_peft(model, out, extra={"task": prep.task.name, "base_model": cfg.model, "base_model_digest": base_digest})
         crash_point("run_weights_written")
         write_json(out / "curve.json", curve)
@@ -416,6 +442,34 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
     )
 
 
+def read_record(run_dir: str | Path) -> RunRecord:
+    """The RunRecord of a finished run folder (its metrics.json), or a one-line UserError."""
+    from vlpeft.io import read_json
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: {'not a folder' if run_dir.exists() else 'no such run folder'}")
+    if not (run_dir / "metrics.json").is_file():
+        raise UserError(f"{run_dir}: not a finished run (no metrics.json)")
+    return RunRecord.from_dict(read_json(run_dir / "metrics.json", "run metrics"), str(run_dir / "metrics.json"))
+
+
+def check_base(record: RunRecord, run_dir, model_path: str, allow_other_base: bool = False,
+               use: str = "use") -> bool:
+    """Whether `model_path` is the checkpoint the run adapted (the same checkpoint digest; a record from
+    before the digest covered the checkpoint's settings holds its weights' digest). A different one
+    is a one-line UserError unless `allow_other_base`."""
+    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
+
+    trained_on, given = record.base_model_digest, checkpoint_digest(model_path)
+    same_base = trained_on is None or trained_on in (given, weights_digest(model_path))
+    if not same_base and not allow_other_base:
+        raise UserError(f"{run_dir}: this run adapted {record.config.get('model')} (checkpoint {trained_on}), not "
+                        f"{model_path} (checkpoint {given}: its weights, config, tokenizer or preprocessing "
+                        f"differ); give that checkpoint, or --allow-other-base to {use} this one anyway")
+    return same_base
+
+
 def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
                  allow_other_base: bool = False) -> dict[str, Any]:
     """Re-score the saved PEFT weights of a run on its test split, with the run's own settings: on its
@@ -423,11 +477,8 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     path, which must declare the run's task name). The base checkpoint must be the one the run adapted
     (same checkpoint digest) unless `allow_other_base`; a task file's records must be those the run
     was trained on (same data digest), and synthetic scenes are drawn with the run's recorded seed."""
-    from vlpeft.io import read_json
-    from vlpeft.model.checkpoint import checkpoint_digest, weights_digest
-
     run_dir = Path(run_dir)
-    record = RunRecord.from_dict(read_json(run_dir / "metrics.json", "run metrics"), str(run_dir / "metrics.json"))
+    record = read_record(run_dir)
     saved = record.config
     # another reference to the run's task (its task file moved, or named by another path) replaces the recorded one
     if task in (record.task, record.task_ref):
@@ -435,13 +486,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
     if task is not None and (named := get_task(task).name) != record.task:
         raise UserError(f"{run_dir}: this run was trained on {record.task!r}, not {named!r} ({task})")
     loaded = vlpeft.load_model(model_path)  # first: a damaged checkpoint is named as such, not as another one
-    trained_on, given = record.base_model_digest, checkpoint_digest(model_path)
-    # a record from before the digest covered the checkpoint's settings holds its weights' digest
-    same_base = trained_on is None or trained_on in (given, weights_digest(model_path))
-    if not same_base and not allow_other_base:
-        raise UserError(f"{run_dir}: this run adapted {saved.get('model')} (checkpoint {trained_on}), not "
-                        f"{model_path} (checkpoint {given}: its weights, config, tokenizer or preprocessing "
-                        f"differ); give that checkpoint, or --allow-other-base to score this one anyway")
+    same_base = check_base(record, run_dir, model_path, allow_other_base, "score")
     recorded_data, data_now = record.task_data_digest, task_data_digest(get_task(task or record.task_ref))
     if recorded_data is not None and data_now != recorded_data:
         raise UserError(f"{run_dir}: the records of task {record.task} changed since this run was trained "
@@ -452,7 +497,7 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
                             **({"task": task} if task is not None else {}),
                             **({"scene_seed": record.scene_seed} if saved.get("scene_seed") is None else {})})
     prep = prepare(cfg, loaded)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = prep.loaded.model.to(device)
     load_peft(model, run_dir)
     test = evaluate_split(prep, cfg, model, prep.test)
@@ -461,4 +506,5 @@ def evaluate_run(model_path: str, run_dir: str | Path, task: str | None = None,
             "same_base": same_base}
 
 
-__all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "prepare", "train_steps", "eval_steps", "Diverged"]
+__all__ = ["FinetuneConfig", "Prepared", "finetune", "evaluate_run", "read_record", "check_base", "prepare",
+           "train_steps", "eval_steps", "Diverged"]

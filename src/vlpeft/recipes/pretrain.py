@@ -45,6 +45,7 @@ from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
 from vlpeft.model.vit import fold_stem_batchnorm
+from vlpeft.recipes.progress import Steps
 from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
 from vlpeft.recipes.training import adamw, optimizer_step, warmup_cosine
 from vlpeft.validate import SEED_MAX, check_values
@@ -249,8 +250,6 @@ def text_losses(model: Blip, mlm_head: torch.nn.Module | None, tok: TextTokenize
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train and write the checkpoint folder `out`; returns the pre-training record (pretrain.json).
     `out` is checked writable before any training."""
-    from tqdm import tqdm
-
     from vlpeft.io import check_writable
 
     check_writable(out, "checkpoint folder")
@@ -289,36 +288,36 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     # Each scene is drawn about steps * batch / scenes (3.2) times: render it once (64x64x3 uint8 each).
     images: dict[int, np.ndarray] = {}
     curve = []
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
-    for step in bar:
-        if step < single_steps:  # a pool smaller than a batch (a few-scene test run) repeats scenes, which
-            # the losses allow: ITC and ITM treat equal object sets as positives
-            idx = single[rng.choice(len(single), size=cfg.batch_size, replace=len(single) < cfg.batch_size)]
-        else:
-            idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
-        for i in idx:
-            if i not in images:
-                images[i] = scenes[i].image
-        pixels = preprocess([images[i] for i in idx], pp)
-        captions = [scenes[i].captions[rng.integers(len(scenes[i].captions))] for i in idx]
-        losses = pretraining_losses(model, tok, pixels, captions, [object_sets[i] for i in idx],
-                                    cfg.label_smoothing, cfg.max_text_len, gen)
-        loss = cfg.itc_weight * losses["itc"] + cfg.itm_weight * losses["itm"] + cfg.lm_weight * losses["lm"]
-        if cfg.text_lm_weight > 0 or cfg.mlm_weight > 0:  # text alone (no image), as BERT-style text pre-training
-            pick = torch.from_numpy(rng.choice(len(text_ids), size=cfg.batch_size, replace=False))
-            ids, mask = text_ids[pick], text_mask[pick]
-            keep = int(mask.sum(1).max())
-            text = text_losses(model, mlm_head, tok, ids[:, :keep], mask[:, :keep], cfg, gen)  # (B, L') sentences
-            losses.update(text)
-            weights = {"mlm": cfg.mlm_weight, "text_lm": cfg.text_lm_weight}
-            loss = loss + sum(weights[name] * value for name, value in text.items())
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup, floor=LR_FLOOR)
-        optimizer_step(loss, opt, trained.parameters(), 1.0, step)
-        if step % 50 == 0 or step == cfg.steps - 1:
-            row = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()}}
-            curve.append(row)
-            bar.set_postfix(itc=row["itc"], itm=row["itm"], lm=row["lm"])
+    with Steps(cfg.steps, "pretrain", enabled=progress) as bar:  # closed (its thread ended) however the loop ends
+        for step in bar:
+            if step < single_steps:  # a pool smaller than a batch (a few-scene test run) repeats scenes, which
+                # the losses allow: ITC and ITM treat equal object sets as positives
+                idx = single[rng.choice(len(single), size=cfg.batch_size, replace=len(single) < cfg.batch_size)]
+            else:
+                idx = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
+            for i in idx:
+                if i not in images:
+                    images[i] = scenes[i].image
+            pixels = preprocess([images[i] for i in idx], pp)
+            captions = [scenes[i].captions[rng.integers(len(scenes[i].captions))] for i in idx]
+            losses = pretraining_losses(model, tok, pixels, captions, [object_sets[i] for i in idx],
+                                        cfg.label_smoothing, cfg.max_text_len, gen)
+            loss = cfg.itc_weight * losses["itc"] + cfg.itm_weight * losses["itm"] + cfg.lm_weight * losses["lm"]
+            if cfg.text_lm_weight > 0 or cfg.mlm_weight > 0:  # text alone (no image), as BERT-style text pre-training
+                pick = torch.from_numpy(rng.choice(len(text_ids), size=cfg.batch_size, replace=False))
+                ids, mask = text_ids[pick], text_mask[pick]
+                keep = int(mask.sum(1).max())
+                text = text_losses(model, mlm_head, tok, ids[:, :keep], mask[:, :keep], cfg, gen)  # (B, L') sentences
+                losses.update(text)
+                weights = {"mlm": cfg.mlm_weight, "text_lm": cfg.text_lm_weight}
+                loss = loss + sum(weights[name] * value for name, value in text.items())
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup, floor=LR_FLOOR)
+            optimizer_step(loss, opt, trained.parameters(), 1.0, step)
+            if step % 50 == 0 or step == cfg.steps - 1:
+                row = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()}}
+                curve.append(row)
+                bar.set_postfix(itc=row["itc"], itm=row["itm"], lm=row["lm"])
     model.eval()
     if single_steps:
         curriculum = (f"steps 0-{single_steps - 1} draw only the {len(single)} single-object training scenes; "

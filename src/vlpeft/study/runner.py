@@ -5,7 +5,9 @@ Study folder:
     results.sqlite   the store (vlpeft.study.store), the one source of truth
     results.csv      every row, metrics flattened (and results.parquet when pyarrow is installed)
     report.md        the results table
-    runs/<cell id>/  each run's folder (metrics.json, curve.json, PEFT weights; error.log on a crash)
+    runs/<cell id>/  each run's folder (metrics.json, curve.json, PEFT weights; error.log on a crash; with
+                     `training: {log: tensorboard}` its TensorBoard events, so `tensorboard --logdir
+                     <study>/runs` shows one run per cell, named by its id)
 
 Resume: the same command again skips done cells, re-runs failed and interrupted ones (rows left
 'running' by a killed driver), and adopts a run folder whose metrics.json was written but whose row
@@ -15,7 +17,6 @@ was not (a kill between the two). It refuses a folder holding a different study.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
 from vlpeft.recipes.config import fields_where
+from vlpeft.recipes.progress import Heartbeat, bar_shown, fmt_seconds, lines_shown
 from vlpeft.study import store
 from vlpeft.study.spec import Cell, StudySpec, check_cells, expand, fingerprint
 
@@ -107,7 +109,7 @@ def ensure_model(spec: StudySpec, log=print) -> None:
     from vlpeft.recipes.pretrain import PretrainConfig, pretrain
 
     log(f"{folder}: no checkpoint: pre-training the {spec.pretrain} preset (once; reused by later studies)")
-    record = pretrain(PretrainConfig(preset=spec.pretrain), folder, progress=sys.stderr.isatty())
+    record = pretrain(PretrainConfig(preset=spec.pretrain), folder)  # a bar on a terminal, else plain lines
     log(f"pre-trained in {record['train_seconds']:.0f} s -> {folder}")
 
 
@@ -168,6 +170,11 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
             raise UserError(f"{spec.source}: data_sizes {other!r} and {cell.data_size!r} are both {n} examples of "
                             f"{cell.task}'s {pools[cell.task]}; give each size once")
         cfg = FinetuneConfig(**fields)  # types and ranges
+        if cfg.log == "tensorboard" and "tensorboard" not in checked:
+            from vlpeft.recipes.runlog import require_tensorboard
+
+            require_tensorboard(f"{spec.source}: log tensorboard")
+            checked.add("tensorboard")
         if (cell.task, cell.label, cell.length) not in checked:  # what a run checks first, for every cell now
             checked.add((cell.task, cell.label, cell.length))
             where = f"{spec.source}: {cell.label} on {cell.task}"
@@ -367,23 +374,27 @@ def lengthened(fields: dict[str, Any], k: int, original: dict[str, Any]) -> dict
     return {**fields, **longer}
 
 
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Progress:
-    """Done/total, failures and ETA: a live bar on a terminal, and one line per finished run."""
+    """Done/total, failures and ETA: a live bar on a terminal, one line per finished run, and in a log
+    (stdout not a terminal) a plain line at least every PLAIN_SECONDS (`recipes.progress`) between them."""
 
     def __init__(self, total: int, quiet: bool = False, expected: dict[str, float] | None = None):
         self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
         self.expected, self.finished_ids = expected or {}, set()
         self.t0 = time.time()
         self.bar = None
-        if sys.stderr.isatty() and not quiet:
+        if bar_shown() and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
+        self.beat = Heartbeat(self.describe) if lines_shown() and not quiet and total else None
+
+    def describe(self) -> str:
+        """The plain progress line: cells done, rate, ETA."""
+        elapsed = time.time() - self.t0
+        rate = f", {self.done / elapsed * 3600:.3g} runs/h" if self.done and elapsed > 0 else ""
+        return (f"study: {self.done}/{self.total} runs done{f', {self.failed} failed' if self.failed else ''}, "
+                f"{fmt_seconds(elapsed)} elapsed{rate}, ETA {self.eta()}")
 
     def eta(self) -> str:
         from vlpeft.study.cost import eta_seconds
@@ -393,7 +404,7 @@ class Progress:
         left = eta_seconds(time.time() - self.t0, self.expected, self.finished_ids) if self.expected else None
         if left is None:
             left = (time.time() - self.t0) / self.done * (self.total - self.done)
-        return _fmt_seconds(left)
+        return fmt_seconds(left)
 
     def finished(self, cell_id: str, result: dict) -> None:
         self.done += 1
@@ -411,10 +422,14 @@ class Progress:
             self.bar.write(line)
             self.bar.set_postfix(failed=self.failed)
             self.bar.update(1)
+        elif self.beat is not None:
+            self.beat.write(line)  # the next plain line comes PLAIN_SECONDS after this one
         elif not self.quiet:
             print(line, flush=True)
 
     def close(self):
+        if self.beat is not None:
+            self.beat.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -507,6 +522,8 @@ def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
             f"({ex.kind} executor, {ex.workers if ex.kind == 'local' else 'ray'} worker(s) x {ex.threads} thread(s)) "
             f"-> {out}"
         )
+        if any(f.get("log") == "tensorboard" for _, f, _ in cells):
+            log(f"TensorBoard events in each run folder: tensorboard --logdir {out / 'runs'}")
         grid_started = time.time()
         _execute(con, spec, out, todo, quiet)
         ran = len(todo)
