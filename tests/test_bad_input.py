@@ -141,7 +141,7 @@ CASES = [  # (argv with {w} for the world folder, what the one line must say)
     (["study", "{w}/long.yaml", "--dry-run"], "seeds must be an integer, got 'zero zero"),
     (["caption", "--model", "{w}/nowhere", "--scenes", "2"], "nowhere"),
     (["caption", "--model", "{w}/ckpt", "--scenes", "2", "--prompt", " ".join(["a red square"] * 21)],
-     "--prompt: 63 tokens, which leaves no room for a caption in the checkpoint's 64 text positions"),
+     "caption: the prompt is 63 tokens, which leaves 0 of the 64 text positions for the caption"),
     (["finetune", "--model", "{w}/ckpt", "--task", "easyvqa-vqa", "--method", "lora", "--max-text-len", "1000",
       "--out", "{w}/x"], "max_text_len 1000: more than the checkpoint's 64 text positions"),
     (["finetune", "--model", "{w}/ckpt", "--task", "scenes-caption", "--method", "lora", "--task-option",

@@ -112,3 +112,18 @@ def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_c
     assert lora.startswith("easyvqa-vqa lora rank=2 data=16 seed=0: test vqa_accuracy ")
     assert bitfit.startswith("easyvqa-vqa bitfit data=16 seed=0: test vqa_accuracy ")
     assert lora.endswith(f"-> {tmp_path / 'lora'}") and "None" not in bitfit
+
+
+def test_a_run_folder_is_one_finetune_wrote_or_began(tmp_path):
+    """A run that failed after logging to TensorBoard leaves only its events: finetune may write there
+    again. A folder holding anything else is not a run folder (finetune refuses to write into it)."""
+    from vlpeft.cli import is_run_folder
+
+    began = tmp_path / "began"
+    began.mkdir()
+    (began / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    assert is_run_folder(began)
+    (began / "notes.txt").write_text("mine")
+    assert not is_run_folder(began)
+    (tmp_path / "empty").mkdir()
+    assert not is_run_folder(tmp_path / "empty")

@@ -54,50 +54,66 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_caption(args) -> int:
-    import torch
+    from vlpeft.recipes import infer
 
-    from vlpeft.data.images import load_image, preprocess
-    from vlpeft.model.checkpoint import load_model
-    from vlpeft.model.generate import generate
-
-    if not args.images and not args.scenes:
-        raise UserError("caption: give IMAGE files or --scenes N")
-    if args.images and args.scenes:
-        raise UserError(f"caption: give IMAGE files ({args.images[0]}, ...) or --scenes N, not both")
+    given = [flag for flag, on in (("IMAGE files", args.images), ("--scenes N", args.scenes),
+                                   ("--input FILE", args.input)) if on]
+    if not given:
+        raise UserError("caption: give IMAGE files or --scenes N (or --input FILE.jsonl)")
+    if len(given) > 1:
+        first = f"IMAGE files ({args.images[0]}, ...)" if args.images else given[0]
+        raise UserError(f"caption: give {first} or {' or '.join(g for g in given if g != given[0])}, not both")
+    _check_batch_flags(args)
     for flag, value, least in (("--beams", args.beams, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                                ("--scenes", args.scenes, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise UserError(f"{flag} {value}: must be >= {least}")
-    loaded = load_model(args.model)
+    lines = infer.read_inputs(args.input, "caption") if args.input else None  # every line checked first
+    options = {k: v for k, v in (("prompt", args.prompt), ("num_beams", args.beams),
+                                 ("max_new_tokens", args.max_new_tokens)) if v is not None}
+    p = infer.predictor(args.model, "caption", run=args.peft, options=options,
+                        allow_other_base=args.allow_other_base)
+    if lines is not None:
+        infer.write_lines(infer.predict_lines(p, lines, "caption"), args.output)
+        return 0
     if args.scenes:
         from vlpeft.data.scenes import generate_scenes
 
-        named = [(s.scene_id, s.image) for s in generate_scenes(args.scenes, seed=args.seed, split="test")]
+        scenes = {s.scene_id: s.image for s in generate_scenes(args.scenes, seed=args.seed, split="test")}
+        names, decode = list(scenes), scenes.__getitem__
     else:
-        named = [(str(p), load_image(p)) for p in args.images]  # every image read before any output
-    tok = loaded.tokenizer
-    start = None
-    positions = loaded.model.cfg.text.max_positions
-    max_new = args.max_new_tokens
-    if args.prompt:
-        n = len(tok.tokenizer.encode(args.prompt, add_special_tokens=False).ids)
-        if 1 + n + 2 > positions:
-            raise UserError(f"--prompt: {n} tokens, which leaves no room for a caption in the checkpoint's "
-                            f"{positions} text positions; shorten it")
-        ids, _ = tok.encode_batch([args.prompt], max_len=positions, add_sep=False)
-        ids[:, 0] = tok.dec_id
-        start = ids
-    max_new = min(max_new, positions - (1 if start is None else start.shape[1]))  # generation stays in the positions
-    with torch.inference_mode():
-        for i in range(0, len(named), 32):
-            chunk = named[i:i + 32]
-            img = loaded.model.encode_image(preprocess([im for _, im in chunk], loaded.preprocess))
-            s = None if start is None else start.expand(len(chunk), -1)
-            out = generate(loaded.model, img, start_ids=s, max_new_tokens=max_new, num_beams=args.beams)
-            for (name, _), tokens in zip(chunk, out):
-                text = tok.decode(tokens)
-                print(f"{name}\t{(args.prompt + ' ' + text).strip() if args.prompt else text}")
+        names, decode = [str(path) for path in args.images], None
+    captions = infer.predict(p, names, **({"decode": decode} if decode else {}))
+    for name, text in zip(names, captions):
+        print(f"{name}\t{(p.options.prompt + ' ' + text).strip()}")
     return 0
+
+
+def cmd_answer(args) -> int:
+    from vlpeft.recipes import infer
+
+    if args.input and (args.image or args.question):
+        raise UserError(f"answer: give IMAGE and QUESTION ({args.image}) or --input FILE.jsonl, not both")
+    if not args.input and not (args.image and args.question):
+        raise UserError("answer: give IMAGE \"QUESTION\" or --input FILE.jsonl")
+    _check_batch_flags(args)
+    lines = infer.read_inputs(args.input, "vqa") if args.input else None  # every line checked first
+    options = {k: v for k, v in (("inference", args.inference),) if v is not None}
+    p = infer.predictor(args.model, "vqa", run=args.peft, task=args.task, options=options,
+                        allow_other_base=args.allow_other_base)
+    if lines is not None:
+        infer.write_lines(infer.predict_lines(p, lines, "answer"), args.output)
+        return 0
+    print(infer.predict(p, [args.image], [args.question])[0])
+    return 0
+
+
+def _check_batch_flags(args) -> None:
+    """--output goes with --input, and never onto it."""
+    if args.output and not args.input:
+        raise UserError(f"--output {args.output}: goes with --input FILE.jsonl")
+    if args.output and Path(args.output).resolve() == Path(args.input).resolve():
+        raise UserError(f"--output {args.output}: is the --input file; name another")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,15 +212,18 @@ def cmd_finetune(args) -> int:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A folder vlpeft finetune wrote (its PEFT config) or is writing (its holder file)."""
+    """A folder vlpeft finetune wrote (its PEFT config), is writing (its holder file), or began: a run
+    that failed after logging leaves only its TensorBoard events."""
     from vlpeft.lock import HOLDER
 
     try:
         config = json.loads((folder / "peft_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = None
+    entries = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     return (isinstance(config, dict) and config.get("format") == "vlpeft-peft") or \
-        (folder / HOLDER.format("finetune")).exists()
+        (folder / HOLDER.format("finetune")).exists() or \
+        (bool(entries) and all(name.startswith("events.out.tfevents.") for name in entries))
 
 
 def cmd_evaluate(args) -> int:
@@ -216,6 +235,21 @@ def cmd_evaluate(args) -> int:
         f"{r['task']} {r['method']}: test {r['metric']} {r['test_score']:.6g}{other} (recorded "
         f"{r['recorded_test_score']:.6g})"
     )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vlpeft.recipes.export import export_run
+
+    r = export_run(args.run, args.out, args.format, model=args.model, force=args.force,
+                   allow_other_base=args.allow_other_base)
+    print(f"{r['method']} run -> {r['format']} ({r['architecture']}): {r['out']} ({', '.join(r['files'])})")
+    if r["format"] == "peft":
+        print(f"  load: peft.PeftModel.from_pretrained(transformers.{r['architecture']}.from_pretrained("
+              f"{r['base']!r}), {r['out']!r})")
+    else:
+        print(f"  load: transformers.{r['architecture']}.from_pretrained({r['out']!r}); "
+              f"transformers.BlipProcessor.from_pretrained({r['out']!r})")
     return 0
 
 
@@ -385,6 +419,19 @@ def config_flags(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) -
                             default=None, help=f.metadata.get("help", "").replace("%", "%%") + shown, **how)
 
 
+def _inference_flags(s, line_keys: str) -> None:
+    """The flags `caption` and `answer` share: the run, the batch form, the base-checkpoint override."""
+    s.add_argument("--peft", default=None, metavar="RUN", help="a run folder (vlpeft finetune, or a study's "
+                   "runs/<cell>): its PEFT weights and task settings")
+    s.add_argument("--input", default=None, metavar="FILE.jsonl",
+                   help=f"batch form: one JSON object per line with its {line_keys} (paths relative to the file); "
+                        "other keys are copied to the output")
+    s.add_argument("--output", default=None, metavar="FILE.jsonl", help="with --input: where the lines go, each "
+                   "with its prediction (written whole at the end; default: stdout as they come)")
+    s.add_argument("--allow-other-base", action="store_true",
+                   help="use the run on another base checkpoint than the one it adapted")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vlpeft.recipes.config import FinetuneConfig
 
@@ -407,16 +454,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("caption", help="print one caption per image")
+    s = sub.add_parser("caption", help="caption images with a checkpoint, or with a fine-tuning run on it (--peft)")
     s.add_argument("--model", required=True, help="tiny (shipped with vlpeft), a checkpoint folder (vlpeft or "
                    "transformers BLIP) or a hub id")
     s.add_argument("images", nargs="*", help="image files")
     s.add_argument("--scenes", type=int, default=0, help="caption N held-out synthetic scenes instead")
     s.add_argument("--seed", type=int, default=0, help="scene seed for --scenes")
-    s.add_argument("--prompt", default="", help='caption prompt, e.g. "a picture of"')
-    s.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
-    s.add_argument("--max-new-tokens", type=int, default=30)
+    _inference_flags(s, "image")
+    s.add_argument("--prompt", default=None,
+                   help='caption prompt, e.g. "a picture of" (default: the run\'s, else none)')
+    s.add_argument("--beams", type=int, default=None, help="beam size, 1 = greedy (default: the run's, else 1)")
+    s.add_argument("--max-new-tokens", type=int, default=None, help="most tokens per caption (default: the run's, "
+                   "else 30)")
     s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("answer", help="answer a question about an image with a checkpoint, or with a fine-tuning "
+                       "run on it (--peft)")
+    s.add_argument("--model", required=True, help="tiny (shipped with vlpeft), a checkpoint folder (vlpeft or "
+                   "transformers BLIP) or a hub id")
+    s.add_argument("image", nargs="?", help="an image file")
+    s.add_argument("question", nargs="?", help="a question about it")
+    _inference_flags(s, "image and question")
+    s.add_argument("--task", default=None, help="a VQA task whose candidate answers are ranked (default: the run's; "
+                   "without a run or a task, answers are generated)")
+    s.add_argument("--inference", choices=("rank", "generate"), default=None,
+                   help="rank the task's candidate answers (BLIP) or generate one (default: the run's, else rank)")
+    s.set_defaults(func=cmd_answer)
 
     s = sub.add_parser("finetune", help="fine-tune one cell: model x task x method x budget x data size x seed")
     s.add_argument("--data", action="append", metavar="KEY=PATH", help="a data file of a task that takes paths "
@@ -438,6 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-other-base", action="store_true",
                    help="score the PEFT weights on a base checkpoint other than the one the run adapted")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("export", help="write a run for the standard libraries: a Hugging Face peft adapter (lora, "
+                       "ia3) or a transformers BLIP checkpoint with the weights folded in (lora, ia3, bitfit, full)")
+    s.add_argument("run", help="the run folder (vlpeft finetune, or a study's runs/<cell>)")
+    s.add_argument("--format", required=True, choices=("peft", "merged"),
+                   help="peft: adapter_config.json + adapter_model.safetensors for peft.PeftModel; merged: "
+                        "config.json, model.safetensors and processor files for transformers' BLIP classes")
+    s.add_argument("--out", required=True, help="folder to write (new or empty)")
+    s.add_argument("--model", default=None, help="the base checkpoint (default: the one the run recorded)")
+    s.add_argument("--allow-other-base", action="store_true",
+                   help="export on a base checkpoint other than the one the run adapted")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("tasks", help="list the built-in tasks; `tasks check TASK` reads one and says what it holds")
     s.set_defaults(func=cmd_tasks)

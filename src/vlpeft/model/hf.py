@@ -6,7 +6,10 @@ Two name spaces, one map between them:
 - transformers names: those of the BLIP classes above, e.g.
   `text_decoder.bert.encoder.layer.0.attention.self.query.weight`.
 `RULES` lists the pairs once; `from_hf` (loading a checkpoint: `convert_state_dict`) and `to_hf`
-(exporting LoRA to Hugging Face peft: `vlpeft.peft.export`) both read it. A rule names a module or a
+(exporting to Hugging Face peft and writing transformers checkpoints: `vlpeft.peft.export`) both read it.
+Both directions of the config and the weights live here: `config_from_hf` / `config_to_hf`,
+`convert_state_dict` / `state_dict_to_hf`; `processor_files` writes vlpeft's tokenizer and image
+preprocessing as the files `transformers.BlipProcessor` reads. A rule names a module or a
 tensor and covers every name below it (`.weight`, `.bias`), so module paths map as well as tensors;
 `{i}` stands for a block number.
 
@@ -34,11 +37,16 @@ import json
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vlpeft.errors import UserError
 from vlpeft.model.config import BlipConfig, TextConfig, VisionConfig
+
+if TYPE_CHECKING:
+    from vlpeft.data.images import ImagePreprocess
+    from vlpeft.model.tokenizer import TextTokenizer
 
 # transformers architecture -> which parts it has
 ARCHITECTURES = {
@@ -212,6 +220,49 @@ def _int(x, default: int) -> int:
     return default if x is None else int(x)
 
 
+# what each part of ARCHITECTURES is, in words (for errors)
+_PART_WORDS = {"text_encoder": "a text encoder", "text_decoder": "a text decoder", "itc_itm": "ITC/ITM heads"}
+
+
+def config_to_hf(cfg: BlipConfig, architecture: str, source: str) -> dict:
+    """transformers BLIP `config.json` dict of `cfg` as `architecture` (a key of ARCHITECTURES): the
+    inverse of `config_from_hf`, so that config_from_hf(config_to_hf(cfg, a, s), s, token_ids of cfg) is
+    `cfg` with a's parts and name. One-line UserError (naming `source`) for what transformers' BLIP
+    cannot hold: a vision stem other than one patch convolution ('patch'), or a part the class needs
+    and the model lacks."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown BLIP architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    lacking = [_PART_WORDS[part] for part, has in ARCHITECTURES[architecture].items() if has and not getattr(cfg, part)]
+    if lacking:
+        raise UserError(f"{source}: {architecture} needs {' and '.join(lacking)}, which this model lacks")
+    v, t = cfg.vision, cfg.text
+    if v.stem != "patch":
+        raise UserError(f"{source}: vision stem {v.stem!r} has no transformers counterpart (transformers' BLIP ViT "
+                        f"embeds pixels with one {v.patch_size}x{v.patch_size} convolution, vlpeft's stem 'patch'); "
+                        f"only checkpoints with that stem export")
+    return {
+        "architectures": [architecture],
+        "model_type": "blip",
+        "image_text_hidden_size": cfg.embed_dim,
+        "tie_word_embeddings": cfg.tie_lm_head,
+        "vision_config": {
+            "model_type": "blip_vision_model", "image_size": v.image_size, "patch_size": v.patch_size,
+            "hidden_size": v.width, "num_hidden_layers": v.depth, "num_attention_heads": v.heads,
+            "intermediate_size": v.mlp_width, "layer_norm_eps": v.ln_eps, "hidden_act": "gelu",
+            "attention_dropout": v.dropout,
+        },
+        "text_config": {
+            "model_type": "blip_text_model", "vocab_size": t.vocab_size, "hidden_size": t.width,
+            "num_hidden_layers": t.depth, "num_attention_heads": t.heads, "intermediate_size": t.mlp_width,
+            "max_position_embeddings": t.max_positions, "encoder_hidden_size": t.cross_width,
+            "layer_norm_eps": t.ln_eps, "hidden_act": "gelu", "hidden_dropout_prob": t.dropout,
+            "attention_probs_dropout_prob": t.dropout, "pad_token_id": t.pad_id, "bos_token_id": t.bos_id,
+            "sep_token_id": t.sep_id, "eos_token_id": t.sep_id,  # BLIP ends a text with [SEP]
+            "tie_word_embeddings": cfg.tie_lm_head,
+        },
+    }
+
+
 def convert_state_dict(hf_sd: dict[str, torch.Tensor], cfg: BlipConfig) -> dict[str, torch.Tensor]:
     """transformers BLIP state dict -> vlpeft `Blip` state dict (no tensor is changed, only renamed/split)."""
     out: dict[str, torch.Tensor] = {}
@@ -226,6 +277,52 @@ def convert_state_dict(hf_sd: dict[str, torch.Tensor], cfg: BlipConfig) -> dict[
             out.update(zip(names, w.chunk(len(names))))
     if cfg.text_decoder and "lm_head.out.weight" not in out:  # tied to the word embeddings, stored once
         out["lm_head.out.weight"] = out["text_decoder.embed.tokens.weight"]
+    return out
+
+
+# vlpeft's top-level modules -> the ARCHITECTURES part a class needs to hold them (the ViT: every class)
+_HELD_BY = {"text_encoder": "text_encoder", "text_decoder": "text_decoder", "lm_head": "text_decoder",
+            "vision_proj": "itc_itm", "text_proj": "itc_itm", "itm_head": "itc_itm"}
+# the name `RULES` gives a tensor -> the name transformers' save_pretrained writes it under
+_SAVED_AS = {ours: saved for saved, ours in HF_ALIASES.items()}
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: BlipConfig, architecture: str) -> dict[str, torch.Tensor]:
+    """vlpeft `Blip` state dict -> the state dict of transformers' `architecture`: the inverse of
+    `convert_state_dict` (no tensor is changed, only renamed or stacked).
+
+    Left out: parts the class lacks (a captioning class has no text encoder) and `VLPEFT_ONLY`
+    tensors; a tied LM head is stored once, as the word embeddings (as save_pretrained does), and the
+    head's bias under the name save_pretrained writes (untied: under both its names, as save_pretrained
+    does). q, k, v of a vision block become its fused qkv:
+        qkv = [W_q; W_k; W_v]   (3D x D),   bias [b_q; b_k; b_v]   (3D)
+    in the row order `from_hf` lists them (the order `convert_state_dict` splits them in)."""
+    has = ARCHITECTURES[architecture]
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}  # transformers qkv name -> {vlpeft name: tensor}
+    for name, w in state.items():
+        part = _HELD_BY.get(name.split(".")[0])
+        if name in VLPEFT_ONLY or (part is not None and not has[part]):
+            continue
+        if name == "lm_head.out.weight" and cfg.tie_lm_head:
+            continue
+        try:
+            key = to_hf(name)
+        except KeyError:
+            raise UserError(f"{architecture}: tensor {name!r} has no transformers counterpart") from None
+        if len(from_hf(key)) > 1:
+            fused.setdefault(key, {})[name] = w
+        else:
+            out[_SAVED_AS.get(key, key)] = w
+    for key, parts in fused.items():
+        names = from_hf(key)
+        if set(parts) != set(names):
+            raise UserError(f"{architecture}: {key} needs {', '.join(names)}; the state has {', '.join(sorted(parts))}")
+        out[key] = torch.cat([parts[n] for n in names])  # (3D, D) weight, (3D,) bias
+    if not cfg.tie_lm_head:  # untied, save_pretrained writes the bias under both names and from_pretrained wants both
+        for saved, ours in HF_ALIASES.items():
+            if saved in out:
+                out[ours] = out[saved]
     return out
 
 
@@ -250,3 +347,46 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # corrupt or truncated weight files, a shard missing
         raise UserError(f"{folder}: cannot read checkpoint weights ({e.__class__.__name__}: {str(e)[:200]})") from e
     raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of either)")
+
+
+# vlpeft's resample names -> the PIL filter numbers transformers' image processors take
+_PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+
+
+def processor_files(tokenizer: TextTokenizer, preprocess: ImagePreprocess, cfg: BlipConfig) -> dict[str, str]:
+    """File name -> text of the files `transformers.BlipProcessor.from_pretrained` (and AutoProcessor)
+    read, for vlpeft's tokenizer and image preprocessing, so that the processor gives vlpeft's inputs:
+    - tokenizer.json: the same WordPiece tokenizer, with BERT's post-processor ([CLS] text [SEP], what
+      vlpeft's `encode_batch` adds itself; vlpeft drops the post-processor when it reads the file);
+    - tokenizer_config.json: a BertTokenizer with BLIP's special tokens ([DEC] as bos when present);
+    - preprocessor_config.json: BlipImageProcessor: resize to S x S with the same Pillow filter,
+      x / 255, (x - mean) / std per channel, as `vlpeft.data.images.preprocess`;
+    - processor_config.json: BlipProcessor."""
+    import json
+
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer.tokenizer.to_str())  # own copy
+    cls, sep = tokenizer.tokenizer.id_to_token(tokenizer.cls_id), tokenizer.tokenizer.id_to_token(tokenizer.sep_id)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.cls_id), (sep, tokenizer.sep_id)])
+    name = tokenizer.tokenizer.id_to_token
+    tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                        "model_max_length": cfg.text.max_positions, "padding_side": "right",
+                        "cls_token": cls, "sep_token": sep, "pad_token": name(tokenizer.pad_id),
+                        "unk_token": name(tokenizer.unk_id), "mask_token": name(tokenizer.mask_id),
+                        **({"bos_token": name(tokenizer.dec_id)} if tokenizer.dec_id != tokenizer.cls_id else {}),
+                        "processor_class": "BlipProcessor"}
+    size = preprocess.image_size
+    image_config = {"image_processor_type": "BlipImageProcessor", "processor_class": "BlipProcessor",
+                    "do_convert_rgb": True, "do_resize": True, "size": {"height": size, "width": size},
+                    "resample": _PIL_RESAMPLE[preprocess.resample], "do_rescale": True, "rescale_factor": 1 / 255,
+                    "do_normalize": True, "image_mean": list(preprocess.mean), "image_std": list(preprocess.std)}
+
+    def dump(d):
+        return json.dumps(d, indent=2) + "\n"
+
+    return {"tokenizer.json": tok.to_str(pretty=True), "tokenizer_config.json": dump(tokenizer_config),
+            "preprocessor_config.json": dump(image_config),
+            "processor_config.json": dump({"processor_class": "BlipProcessor"})}
