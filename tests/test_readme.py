@@ -120,3 +120,79 @@ def test_ci_runs_exactly_the_quick_starts_test_command_and_it_lints():
     ci = [line for line in read(ROOT / ".ci" / "run").splitlines()
           if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == [commands[1]] and "ruff check ." in commands[1] and "pytest" in commands[1]
+
+
+# ------------------------------------------------------------------------ "Use what you trained"
+
+def use_commands() -> list[str]:
+    """The commands of the README's "Use what you trained" block, comments cut."""
+    section = read(README).split("## Use what you trained", 1)[1].split("\n## ", 1)[0]
+    m = re.search(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    assert m, "the section has no ```bash block"
+    return [line.split("  #")[0].strip() for line in m.group(1).splitlines() if line.strip()]
+
+
+def test_the_use_what_you_trained_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """Each vlpeft command of the section runs through the CLI as written, with two changes a test
+    needs: the fine-tuning stays a quick try (a few steps, small splits), and the runs it names that the
+    block does not make (a study's caption cell, a run on a transformers BLIP) are made first, small."""
+    import shlex
+
+    import numpy as np
+    from PIL import Image
+
+    from vlpeft.cli import main
+    from vlpeft.recipes.finetune import FinetuneConfig, finetune
+
+    transformers = pytest.importorskip("transformers")
+    commands = use_commands()
+    assert [c.split()[:2] for c in commands[:5]] == [
+        [".venv/bin/vlpeft", "finetune"], [".venv/bin/vlpeft", "evaluate"], [".venv/bin/vlpeft", "answer"],
+        [".venv/bin/vlpeft", "caption"], [".venv/bin/vlpeft", "export"]]
+    assert commands[5].startswith("tensorboard --logdir ")
+    monkeypatch.chdir(tmp_path)
+    quick = dict(length_policy="steps", steps=2, batch_size=8, val_limit=8, test_limit=8, evals=1, data_size=16)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save("shape.png")
+    Path("images.jsonl").write_text('{"image": "shape.png"}\n')
+    caption_run = shlex.split(commands[3])[shlex.split(commands[3]).index("--peft") + 1]
+    finetune(FinetuneConfig(model="tiny", task="scenes-caption", method="lora", budget="4", **quick), caption_run,
+             progress=False)
+    blip = tmp_path / "blip-base"
+    write_hf_blip(transformers, blip)
+    export_run = shlex.split(commands[4])[2]
+    finetune(FinetuneConfig(model=str(blip), task="easyvqa-vqa", method="lora", budget="4", **quick), export_run,
+             progress=False)
+    fast = ["--length-policy", "steps", "--steps", "2", "--batch-size", "8", "--data-size", "16",
+            "--val-limit", "8", "--test-limit", "8", "--quiet"]
+    for command in commands[:5]:
+        argv = shlex.split(command)[1:]
+        assert main(argv + (fast if argv[0] == "finetune" else [])) == 0, command
+    out = capsys.readouterr().out
+    assert "easyvqa-vqa lora: test vqa_accuracy" in out  # evaluate
+    assert json.loads(Path("captions.jsonl").read_text())["image"] == "shape.png"
+    assert (Path("exports/blip-lora") / "config.json").is_file()
+    assert transformers.BlipForQuestionAnswering.from_pretrained("exports/blip-lora") is not None
+
+
+def write_hf_blip(transformers, folder: Path) -> None:
+    """A small BlipForQuestionAnswering saved by transformers (random weights, the shipped tiny
+    tokenizer), as a real BLIP checkpoint folder is."""
+    import shutil
+
+    import torch
+
+    from vlpeft.model.checkpoint import SHIPPED_DIR
+    from vlpeft.model.tokenizer import load_tokenizer
+
+    tokenizer = SHIPPED_DIR / "tiny" / "tokenizer.json"
+    tok = load_tokenizer(tokenizer, add_blip_tokens=False)
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    text = dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=64, bos_token_id=tok.dec_id, pad_token_id=tok.pad_id,
+                sep_token_id=tok.sep_id, eos_token_id=tok.sep_id)
+    model = transformers.BlipForQuestionAnswering(
+        transformers.BlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=24))
+    model.save_pretrained(folder)
+    shutil.copyfile(tokenizer, folder / "tokenizer.json")
