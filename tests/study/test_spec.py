@@ -173,12 +173,13 @@ def test_quick_and_full_presets_cover_what_the_study_needs():
         assert all(len(g.budgets) >= 3 for g in s.methods.values() if g.method in study_methods)
     assert "full" in {g.method for g in full.methods.values()}
     assert len(quick.data_sizes) >= 3 and len(quick.seeds) >= 2
-    # the quick sizes span a decade and reach 10 % of each task's training pool
+    # the quick sizes span a decade on each task, and stay where converged runs fit under the cap (at 10 %
+    # of easy-VQA's pool they did not: docs/notes/2026-12-06-quick-preset-sizes.md)
     from vlpeft.data.subsets import resolve_size
 
     for pool in (4000, 34756):  # scenes-caption, easyvqa-vqa
         sizes = [resolve_size(x, pool, "size") for x in quick.data_sizes]
-        assert max(sizes) >= 10 * min(sizes) and max(sizes) >= pool // 10
+        assert max(sizes) >= 10 * min(sizes) and max(sizes) <= pool // 10
     assert set(full.methods) >= {"prompt", "prefix", "adapter", "lora", "mam", "full", "frozen", "bitfit", "ia3"}
     assert all(len(g.budgets) >= 4 for g in full.methods.values() if g.method in study_methods)
     assert len(full.data_sizes) >= 5 and len(full.seeds) == 3
