@@ -154,3 +154,18 @@ def write_user_task(tmp_path, fmt, kind, name=None):
 
     shutil.rmtree(root / "images")  # the images now live inside the dataset
     return write_task_file(root / "task.yaml", name=name, kind=kind, format=fmt, path=path)
+
+
+def altered_checkpoint(ckpt, dest):
+    """A copy of checkpoint folder `ckpt` at `dest` with one weight tensor scaled by 1.5: another base
+    checkpoint, for the rule that a run is used only on the one it adapted. -> dest."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ckpt, dest)
+    state = load_file(dest / "model.safetensors")
+    key = sorted(state)[0]
+    state[key] = state[key] * 1.5
+    save_file(state, str(dest / "model.safetensors"))
+    return dest

@@ -269,7 +269,6 @@ def test_a_run_is_re_scored_only_on_the_checkpoint_it_adapted(tiny_checkpoint, t
     import os
     import shutil
 
-    from safetensors.torch import load_file, save_file
 
     ckpt, _ = tiny_checkpoint
     m = run(ckpt, tmp_path / "run", data_size=16, steps=2, evals=1)
@@ -278,12 +277,9 @@ def test_a_run_is_re_scored_only_on_the_checkpoint_it_adapted(tiny_checkpoint, t
     assert peft_config["base_model_digest"] == m["base_model_digest"]
     for name in ("metrics.json", "peft_model.safetensors", "peft_config.json"):  # every run file 0644 (umask 022)
         assert oct(os.stat(tmp_path / "run" / name).st_mode & 0o777) == oct(0o666 & ~_umask())
-    other = tmp_path / "other"
-    shutil.copytree(ckpt, other)
-    state = load_file(other / "model.safetensors")
-    key = sorted(state)[0]
-    state[key] = state[key] * 1.5
-    save_file(state, str(other / "model.safetensors"))
+    from fixtures_data import altered_checkpoint
+
+    other = altered_checkpoint(ckpt, tmp_path / "other")
     with pytest.raises(
         UserError, match=r"this run adapted .* \(checkpoint [0-9a-f]{16}\), not .*other \(checkpoint [0-9a-f]{16}: "
                          r"its weights, config, tokenizer or preprocessing differ\)"

@@ -119,15 +119,10 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path):
 
 
 def test_a_run_is_used_only_on_the_checkpoint_it_adapted(runs, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from fixtures_data import altered_checkpoint
 
     ckpt, _, r = runs
-    other = tmp_path / "other"
-    shutil.copytree(ckpt, other)
-    state = load_file(other / "model.safetensors")
-    key = sorted(state)[0]
-    state[key] = state[key] * 1.5
-    save_file(state, str(other / "model.safetensors"))
+    other = altered_checkpoint(ckpt, tmp_path / "other")
     with pytest.raises(UserError, match=r"this run adapted .*--allow-other-base to use this one anyway"):
         infer.predictor(str(other), "vqa", run=r["vqa"]["run"])
     assert infer.predictor(str(other), "vqa", run=r["vqa"]["run"], allow_other_base=True).run is not None
