@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from vlpeft.study import store
+from vlpeft import store
 from vlpeft.study.spec import Cell
 
 # name, relation, lm_loss, gain of the score per tenfold data (share of the base), base score

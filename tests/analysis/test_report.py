@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlpeft import store
 from vlpeft.analysis import report
 from vlpeft.analysis.advise import advise
 from vlpeft.analysis.results import aggregate, load_runs
 from vlpeft.errors import UserError
-from vlpeft.study import store
 from vlpeft.study.spec import Cell
 
 METHODS = {"lora": ("rank", {2: 12_000, 8: 48_000}), "adapter": ("bottleneck", {4: 14_000, 16: 51_000}),
@@ -329,3 +329,18 @@ def test_a_name_holding_a_bar_or_a_line_break_stays_in_its_markdown_cell():
     rows = _table(["label", "score"], [["lora|wide\nrank 8", "71.5"]])
     assert rows[2] == "| lora\\|wide rank 8 | 71.5 |"
     assert all(r.count("|") - r.count("\\|") == 3 for r in rows)  # two columns in every row
+
+
+def test_the_setup_shows_the_pre_training_record_kept_in_the_store_not_the_checkpoint_folder(tmp_path):
+    folder = fake_study(tmp_path / "s")  # its model, "none", is no folder at all
+    assert report.build(folder)["setup"]["pretrain"] is None  # a store from before the record: as if none
+    assert "| pre-training | – |" in (folder / "report.md").read_text()
+    con = store.connect(folder / "results.sqlite")
+    store.write_meta(con, pretrain={"steps": 1740, "seed": 0, "objectives": ["itc", "itm", "lm"],
+                                    "train_seconds": 547.0, "config": {"scenes": 4096}, "data": {}, "other": 1})
+    con.close()
+    setup = report.build(folder)["setup"]
+    assert setup["pretrain"] == {"steps": 1740, "seed": 0, "objectives": ["itc", "itm", "lm"], "train_seconds": 547.0,
+                                 "config": {"scenes": 4096}, "data": {}}
+    assert "| pre-training | 1,740 steps in 547 s (9 min), seed 0; objectives itc, itm, lm |" in \
+        (folder / "report.md").read_text()

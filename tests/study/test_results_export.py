@@ -3,7 +3,7 @@ value kinds a study's configs give one column."""
 
 import pandas as pd
 
-from vlpeft.study import store
+from vlpeft import store
 from vlpeft.study.export import export_all, one_type
 from vlpeft.study.spec import Cell
 

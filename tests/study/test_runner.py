@@ -126,7 +126,7 @@ def test_a_folder_holding_another_study_or_other_files_is_refused_untouched(tiny
 
 def test_a_task_file_whose_data_changed_is_another_study(tiny_checkpoint, tmp_path):
     from fixtures_data import write_user_task
-    from vlpeft.study import store
+    from vlpeft import store
     from vlpeft.study.spec import fingerprint
 
     ckpt, _ = tiny_checkpoint
@@ -160,8 +160,8 @@ def test_cosmetic_changes_resume_and_a_folder_of_an_older_version_too(tiny_check
     import shutil
 
     from fixtures_data import write_user_task
+    from vlpeft import store
     from vlpeft.model.checkpoint import weights_digest
-    from vlpeft.study import store
     from vlpeft.study.runner import file_digest
     from vlpeft.study.spec import fingerprint
 
@@ -448,8 +448,41 @@ def test_too_few_steps_confound_the_data_claims_and_training_to_convergence_does
     assert "## Did the runs converge?" in md and "the length check re-ran" in md
 
 
+def test_the_store_keeps_the_checkpoints_pre_training_record_and_the_report_reads_it_there(tiny_checkpoint,
+                                                                                            tmp_path):
+    """The study keeps the checkpoint's pretrain.json in its store when it starts or resumes; the
+    report shows it from there, with the checkpoint folder gone."""
+    import shutil
+
+    from vlpeft import store
+    from vlpeft.analysis import report
+
+    ckpt, _ = tiny_checkpoint
+    local = tmp_path / "ckpt"
+    shutil.copytree(ckpt, local)
+    record = json.loads((local / "pretrain.json").read_text())
+    spec = write_spec(tmp_path, local, tasks=["easyvqa-vqa"], methods={"frozen": {}}, data_sizes=[16])
+    out = tmp_path / "study"
+    run_study(load_spec(str(spec)), out, quiet=True)
+    assert store.study_meta(out).pretrain == record
+    shown = f"| pre-training | {record['steps']:,} steps in "
+    assert shown in (out / "report.md").read_text()
+    con = sqlite3.connect(out / "results.sqlite")  # as a store made before the record was kept
+    con.execute("DELETE FROM meta WHERE key = 'pretrain'")
+    con.commit()
+    con.close()
+    report.build(out)
+    assert "| pre-training | – |" in (out / "report.md").read_text()  # no record: as if the checkpoint had none
+    assert run_study(load_spec(str(spec)), out, quiet=True)["ran"] == 0  # resuming keeps it again
+    assert store.study_meta(out).pretrain == record and shown in (out / "report.md").read_text()
+    shutil.rmtree(local)
+    (out / "report.md").unlink()
+    report.build(out)
+    assert shown in (out / "report.md").read_text()
+
+
 def test_a_store_from_before_lengths_gains_the_column_and_keeps_its_rows(tmp_path):
-    from vlpeft.study import store
+    from vlpeft import store
 
     path = tmp_path / "results.sqlite"
     con = sqlite3.connect(path)

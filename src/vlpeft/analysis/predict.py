@@ -29,7 +29,6 @@ Reads study folders through the store only (no torch): measuring a new task is `
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -83,9 +82,7 @@ def study_points(folder: str | Path) -> list[dict[str, Any]]:
     dropped_runs = [r for r in every if r.get("converged") is False]
     cells = aggregate(runs)
     verdicts = claims_mod.judge_claims(runs)
-    measured = json.loads(meta.get("consistency", "{}") or "{}")
-    ident = json.loads(meta.get("identity", "{}") or "{}")
-    spec = json.loads(meta.get("spec", "{}") or "{}")
+    measured, ident, spec = meta.consistency, meta.identity, meta.spec
     digests = sorted(set((ident.get("checkpoints") or {}).values()))
     zs, sens = cons.zero_shot(cells), sensitivity(verdicts, cells)
     points = []

@@ -28,6 +28,7 @@ from vlpeft.analysis import predict as predict_mod
 from vlpeft.analysis.results import aggregate, load_runs, read_store
 from vlpeft.errors import UserError
 from vlpeft.io import write_if_changed
+from vlpeft.store import StudyMeta
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -77,7 +78,7 @@ def build(
     cells = aggregate(runs)
     verdicts = claims_mod.judge_claims(runs, delta=delta, checks=checks)
     if consistency is None:
-        consistency = json.loads(meta.get("consistency", "{}") or "{}")
+        consistency = meta.consistency
     zs = cons.zero_shot(cells)
     sens = predict_mod.sensitivity(verdicts, cells)
     points = [{"task": t, "consistency": zs.get(t), **sens.get(t, {}),
@@ -138,12 +139,11 @@ def _budget_order(b) -> tuple:
     return (0, int(s), s) if s.isdigit() else (1, 0, s)
 
 
-def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
+def setup(meta: StudyMeta, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     """What the study is: from the store's meta and every row (finished or not), so a study with no
-    finished run yet still describes its grid; figures of finished runs (environment) where any."""
-    ident = json.loads(meta.get("identity", "{}") or "{}")
-    spec = json.loads(meta.get("spec", "{}") or "{}")
-    consistency = json.loads(meta.get("consistency", "{}") or "{}")
+    finished run yet still describes its grid; figures of finished runs (environment) where any. The
+    pre-training is the record the study kept in its store (never read from the checkpoint folder)."""
+    ident, spec, consistency = meta.identity, meta.spec, meta.consistency
     env, pretrain, length = {}, None, {}
     for r in rows:
         if r["metrics"] and not r.get("length_check"):  # a finished run records the settings in effect
@@ -153,9 +153,8 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
                       if k in m.get("config", {})}
             break
     model = ident.get("model")
-    if model and (Path(model) / "pretrain.json").is_file():
-        pre = json.loads((Path(model) / "pretrain.json").read_text())
-        pretrain = {k: pre.get(k) for k in ("steps", "seed", "objectives", "train_seconds", "config", "data")}
+    if meta.pretrain:
+        pretrain = {k: meta.pretrain.get(k) for k in ("steps", "seed", "objectives", "train_seconds", "config", "data")}
     grid = defaultdict(set)
     for r in rows:
         grid[r["label"]].add(r["budget"] or "–")
@@ -166,7 +165,7 @@ def setup(meta: dict, rows: list[dict], runs: list[dict]) -> dict[str, Any]:
         status[r["status"]] += 1
     val_s = [r["val_seconds"] for r in runs if r.get("val_seconds") is not None]
     test_s = [r["eval_seconds"] for r in runs if r.get("eval_seconds") is not None]
-    return {"name": meta.get("name"), "model": model, "checkpoints": ident.get("checkpoints"),
+    return {"name": meta.name, "model": model, "checkpoints": ident.get("checkpoints"),
             "eval_cost": {"validation": float(np.median(val_s)) if val_s else None,
                           "test": float(np.median(test_s)) if test_s else None},
             "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec,

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from vlpeft import store
 from vlpeft.analysis.stats import bootstrap_ci
 from vlpeft.runrecord import RunRecord
-from vlpeft.study import store
 
 
-def read_store(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """(meta, rows) of a study folder's store, read-only (through the store's API)."""
+def read_store(folder: str | Path) -> tuple[store.StudyMeta, list[dict[str, Any]]]:
+    """(meta, rows) of a study folder's store, read-only (through the store's API): the study's record
+    typed, and every row."""
     return store.read(folder)
 
 

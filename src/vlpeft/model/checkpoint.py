@@ -131,6 +131,11 @@ def _load_vlpeft(folder: Path, meta: dict) -> LoadedModel:
     except Exception as e:
         raise UserError(f"{weights}: cannot read weights ({e.__class__.__name__}: {str(e)[:160]})") from e
     model = _build(cfg, state, weights, allowed_missing={"lm_head.out.weight"} if cfg.tie_lm_head else set())
+    return LoadedModel(model, tokenizer, preprocess, str(folder), "vlpeft", _read_pretrain(folder))
+
+
+def _read_pretrain(folder: Path) -> dict[str, Any] | None:
+    """The folder's pretrain.json, checked (None: it has none)."""
     pretrain_file = folder / "pretrain.json"
     pretrain = read_json(pretrain_file, "pretrain record") if pretrain_file.exists() else None
     if pretrain is not None:  # its seed draws the synthetic scenes of the scenes tasks
@@ -138,7 +143,15 @@ def _load_vlpeft(folder: Path, meta: dict) -> LoadedModel:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise UserError(f"{pretrain_file}: expected a JSON object whose seed is an integer, got "
                             f"{shown(seed if isinstance(pretrain, dict) else pretrain)}")
-    return LoadedModel(model, tokenizer, preprocess, str(folder), "vlpeft", pretrain)
+    return pretrain
+
+
+def pretrain_record(ref: str | Path) -> dict[str, Any] | None:
+    """The pre-training record (pretrain.json) of the local checkpoint `ref` names, a folder or a
+    shipped name, without loading it; None when it has none (a hub id, a transformers folder, a
+    missing folder)."""
+    folder = _local(ref)
+    return None if folder is None else _read_pretrain(folder)
 
 
 def _load_transformers(folder: Path, meta: dict) -> LoadedModel:
@@ -309,4 +322,4 @@ def checkpoint_info(loaded: LoadedModel) -> dict[str, Any]:
 
 
 __all__ = ["LoadedModel", "save_checkpoint", "load_model", "checkpoint_info", "weights_digest",
-           "checkpoint_digest", "checkpoint_exists", "locate", "shipped_names", "SHIPPED_DIR"]
+           "checkpoint_digest", "checkpoint_exists", "locate", "pretrain_record", "shipped_names", "SHIPPED_DIR"]

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlpeft import store
 from vlpeft.io import atomic_path, write_if_changed
-from vlpeft.study import store
 
 FIXED = [c for c in store.COLUMNS if c not in ("config", "metrics")]
 

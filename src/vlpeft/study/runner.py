@@ -2,7 +2,8 @@
 grid, run what is not done on the chosen executor, record each result as it comes, export and report.
 
 Study folder:
-    results.sqlite   the store (vlpeft.study.store), the one source of truth
+    results.sqlite   the store (vlpeft.store), the one source of truth; its meta also keeps the spec,
+                     the consistency measures and the checkpoint's pre-training record (pretrain.json)
     results.csv      every row, metrics flattened (and results.parquet when pyarrow is installed)
     report.md        the results table
     runs/<cell id>/  each run's folder (metrics.json, curve.json, PEFT weights; error.log on a crash; with
@@ -21,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from vlpeft import store
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
 from vlpeft.recipes.config import fields_where
 from vlpeft.recipes.progress import Heartbeat, bar_shown, fmt_seconds, lines_shown
-from vlpeft.study import store
 from vlpeft.study.spec import Cell, StudySpec, check_cells, expand, fingerprint
 
 # FinetuneConfig fields that do not change a run's result (so they are not compared on resume).
@@ -225,37 +226,42 @@ def open_store(out: Path, spec: StudySpec, ident: dict) -> Any:
             raise UserError(f"{out}: folder is not empty and holds no study (results.sqlite); choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         con = store.connect(path)
-        store.set_meta(
-            con,
-            {
-                "fingerprint": fingerprint(ident),
-                "identity": json.dumps(ident, sort_keys=True, default=str),
-                "name": spec.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
+        store.write_meta(con, fingerprint=fingerprint(ident), identity=ident, name=spec.name,
+                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return con
-    found = store.read_meta(path)  # read-only look first: a foreign store must stay untouched
-    if found.get("name") not in (None, spec.name):  # its report is titled and gridded as that study
-        raise UserError(f"{out}: holds the study {found['name']!r}, not {spec.name!r}; use another --out "
-                        f"(or the name {found['name']!r} to extend that study)")
-    if found.get("fingerprint") == fingerprint(ident):
+    found = store.study_meta(path)  # read-only look first: a foreign store must stay untouched
+    if found.name not in (None, spec.name):  # its report is titled and gridded as that study
+        raise UserError(f"{out}: holds the study {found.name!r}, not {spec.name!r}; use another --out "
+                        f"(or the name {found.name!r} to extend that study)")
+    if found.fingerprint == fingerprint(ident):
         return store.connect(path)
     diff = differences(found, spec, ident)
     if diff:
         raise UserError(f"{out}: holds a different study (its {', '.join(diff)} differ from this spec's); "
                         f"use another --out")
     con = store.connect(path)  # the same study, recorded another way: recorded as this version does from now on
-    store.set_meta(con, {"fingerprint": fingerprint(ident), "identity": json.dumps(ident, sort_keys=True, default=str)})
+    store.write_meta(con, fingerprint=fingerprint(ident), identity=ident)
     return con
 
 
-def differences(meta: dict[str, str], spec: StudySpec, ident: dict) -> list[str]:
+def record_pretrain(con, spec: StudySpec) -> None:
+    """Keep the study checkpoint's pre-training record (its pretrain.json, if it has one: a folder
+    pre-trained by vlpeft, or the shipped tiny) in the store, so that the report reads it there and
+    not from the checkpoint folder. Written when the study starts or resumes, only when changed; a
+    record stays when its file later goes (the checkpoint, compared by digest, is the same)."""
+    from vlpeft.model.checkpoint import pretrain_record
+
+    record = pretrain_record(spec.model)
+    if record is not None:
+        store.write_meta(con, pretrain=record)
+
+
+def differences(meta: store.StudyMeta, spec: StudySpec, ident: dict) -> list[str]:
     """What differs between this study (`spec`, its `ident`) and the one a store's `meta` records;
     [] for the same study."""
-    if meta.get("fingerprint") == fingerprint(ident):
+    if meta.fingerprint == fingerprint(ident):
         return []
-    return identity_diff(json.loads(meta.get("identity") or "{}"), ident, lambda: study_fingerprint(spec, True))
+    return identity_diff(meta.identity, ident, lambda: study_fingerprint(spec, True))
 
 
 def identity_diff(theirs: dict, ident: dict, legacy: Callable[[], dict]) -> list[str]:
@@ -476,7 +482,7 @@ def finished_as_is(out: Path, spec: StudySpec, cells: list, t0: float) -> dict[s
         meta, rows = store.read(out)
     except UserError:
         return None
-    if meta.get("name") != spec.name or differences(meta, spec, study_fingerprint(spec)):
+    if meta.name != spec.name or differences(meta, spec, study_fingerprint(spec)):
         return None
     by_id = {r["id"]: r for r in rows}
     done = lambda c, f: (r := by_id.get(c.id)) is not None and r["status"] == "done" and \
@@ -504,6 +510,7 @@ def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
     ident = study_fingerprint(spec)
     con = open_store(out, spec, ident)
     try:
+        record_pretrain(con, spec)
         store.add_cells(con, [(c, f) for c, f, _ in cells])
         existing = {r["id"]: r for r in store.rows(con)}
         for cell, fields, _ in cells:
@@ -559,8 +566,8 @@ def record_study(con, spec: StudySpec, log=print) -> None:
     """Keep the spec and the checkpoint's consistency measures in the store (written only when new)."""
     import dataclasses
 
-    values = {"spec": json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)}
-    measured = json.loads(store.get_meta(con, "consistency") or "{}")
+    values: dict[str, Any] = {"spec": dataclasses.asdict(spec)}
+    measured = dict(store.study_meta(con).consistency)
     missing = [t for t in spec.tasks if t not in measured]
     if missing:
         from vlpeft.tasks.consistency import measure
@@ -571,10 +578,8 @@ def record_study(con, spec: StudySpec, log=print) -> None:
                 measured.update(measure(model, [(spec.task_ref(t), spec.task_paths_of(t)) for t in tasks]))
             except Exception as e:  # a report without these numbers beats no report
                 log(f"consistency measures of {', '.join(tasks)} skipped ({e.__class__.__name__}: {e})")
-        values["consistency"] = json.dumps(measured, sort_keys=True)
-    changed = {k: v for k, v in values.items() if store.get_meta(con, k) != v}
-    if changed:
-        store.set_meta(con, changed)
+        values["consistency"] = measured
+    store.write_meta(con, **values)  # only what changed
 
 
 def dry_run(spec: StudySpec) -> list[dict[str, Any]]:

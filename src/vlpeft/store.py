@@ -12,6 +12,10 @@ is the primary key). Rows:
     converged   1 / 0: validation had stopped improving when the run ended (NULL: not judged)
     length      a name of the spec's `lengths`          length_check  k for a length-check cell (NULL: the grid)
     host, started, ended (unix seconds), attempts
+
+The meta table (key -> text) holds the study's own record, `StudyMeta`: the driver writes it with
+`write_meta`, readers get it typed from `read` and `study_meta`. A utility below both the study (which
+writes) and the analysis (which reads): it imports neither.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import json
 import socket
 import sqlite3
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from vlpeft.errors import DiskError, UserError
 from vlpeft.faults import crash_point
@@ -119,13 +124,78 @@ def transaction(con: sqlite3.Connection) -> _Tx:
 
 
 def get_meta(con, key: str) -> str | None:
+    """The raw text of one meta key (None: not recorded)."""
     row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
 
 
 def set_meta(con, values: dict[str, str]) -> None:
+    """Write raw meta texts, in one transaction (`write_meta` writes StudyMeta fields)."""
     with transaction(con):
         con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+
+# The study's record in the meta table. Fields stored as plain text; every other is JSON.
+TEXT_FIELDS = ("name", "created", "fingerprint")
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """A study's own record: the store's meta table, typed. Each field is one key of the table; a key
+    a store lacks (one made by an older version) reads as the field's default, and keys this version
+    does not know are left alone."""
+
+    name: str | None = None  # the spec's name (a folder holds one study; its report is titled so)
+    created: str | None = None  # when the store was made, local time (ISO 8601)
+    fingerprint: str | None = None  # the digest of `identity`: equal for the same study
+    identity: dict[str, Any] = field(default_factory=dict)  # what every cell shares (runner.study_fingerprint)
+    spec: dict[str, Any] = field(default_factory=dict)  # the spec as last run (its StudySpec as a dict)
+    consistency: dict[str, Any] = field(default_factory=dict)  # task -> its consistency measures
+    # the study checkpoint's pre-training record (its pretrain.json) when the study last started or
+    # resumed; None: it has none (a hub id, a transformers folder), or the store predates the record
+    pretrain: dict[str, Any] | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, str]) -> StudyMeta:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            text = table.get(f.name)
+            try:
+                value = text if f.name in TEXT_FIELDS else (json.loads(text) if text else None)
+            except ValueError as e:
+                raise UserError(f"results store: the study's {f.name} is not JSON ({e})") from None
+            if value is not None:
+                values[f.name] = value
+        return cls(**values)
+
+
+def meta_text(**values: Any) -> dict[str, str]:
+    """The meta table's text of StudyMeta fields: the TEXT_FIELDS as they are, the others as JSON with
+    sorted keys (what every version has written)."""
+    unknown = sorted(set(values) - {f.name for f in fields(StudyMeta)})
+    if unknown:
+        raise TypeError(f"not a field of StudyMeta: {', '.join(unknown)}")
+    return {k: str(v) if k in TEXT_FIELDS else json.dumps(v, sort_keys=True, default=str) for k, v in values.items()}
+
+
+def write_meta(con, **values: Any) -> dict[str, str]:
+    """Record StudyMeta fields (`write_meta(con, name=..., identity={...})`), in one transaction, each
+    only when its text changed: a rerun that changes nothing leaves the file as it was. Returns what
+    was written."""
+    changed = {k: v for k, v in meta_text(**values).items() if get_meta(con, k) != v}
+    if changed:
+        set_meta(con, changed)
+    return changed
+
+
+def study_meta(where: str | Path | sqlite3.Connection) -> StudyMeta:
+    """The StudyMeta of an open store, or of a study folder or store file (opened read-only)."""
+    if isinstance(where, (str, Path)):
+        path = Path(where) / "results.sqlite" if Path(where).is_dir() else Path(where)
+        if not path.is_file():
+            raise UserError(f"{where}: no results.sqlite here (not a study folder)")
+        return StudyMeta.from_table(read_meta(path))
+    return StudyMeta.from_table(dict(where.execute("SELECT key, value FROM meta").fetchall()))
 
 
 def add_cells(con, cells: Iterable[tuple[Any, dict]]) -> int:
@@ -177,7 +247,7 @@ def counts(con) -> dict[str, int]:
     return {r[0]: r[1] for r in con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")}
 
 
-def read(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
+def read(folder: str | Path) -> tuple[StudyMeta, list[dict[str, Any]]]:
     """(meta, rows) of a study folder's store, opened read-only (a reader never changes it, and may
     read while the study runs)."""
     path = Path(folder) / "results.sqlite"
@@ -191,11 +261,12 @@ def read(folder: str | Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
         con.close()
     except sqlite3.DatabaseError as e:
         raise UserError(f"{path}: not a vlpeft results store ({e})") from None
-    return meta, found
+    return StudyMeta.from_table(meta), found
 
 
 def read_meta(path: str | Path) -> dict[str, str]:
-    """The meta table of the store file `path`, opened read-only (a foreign store stays untouched)."""
+    """The meta table of the store file `path`, raw (key -> text), opened read-only (a foreign store
+    stays untouched)."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         found = dict(con.execute("SELECT key, value FROM meta").fetchall())
