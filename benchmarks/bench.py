@@ -426,9 +426,10 @@ def matmul_probe(dev):
 
 
 def peft_vs_full(pristine, model_path, s, scene_seed, threads, dev) -> tuple[dict, dict, float, dict, float, dict]:
-    from vlpeft.peft import STUDY_METHODS, count_params, shared_copy
+    from vlpeft import catalogue
+    from vlpeft.peft import count_params, shared_copy
 
-    methods = ("full", *STUDY_METHODS, "bitfit", "ia3")
+    methods = ("full", *catalogue.compared(), "bitfit", "ia3")
     steps, params, batch = {}, {}, None
     originals = {p.data_ptr() for p in pristine.model.parameters()}
     for m in methods:

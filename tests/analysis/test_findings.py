@@ -1,5 +1,6 @@
 """The findings in sentences and the comparison with Tian et al., on verdict rows with known answers."""
 
+from vlpeft import catalogue
 from vlpeft.analysis import findings
 from vlpeft.analysis.claims import CLAIMS
 
@@ -50,13 +51,13 @@ def test_agreement_with_the_paper_per_task():
     assert rows["cap"]["agreement"] == "agrees" and rows["cap"]["methods"] == 5
     assert rows["cap"]["found"] == {"data_flat": 3, "param_nonmonotonic": 3, "data_trend": 1}
     assert rows["vqa"]["agreement"] == "agrees"  # both rising claims hold for 3 of 5; "data is flat" for 2 of 5 only
-    mixed = [row("vqa", m, data_trend="holds") for m in findings.PEFT_METHODS]  # parameters: not shown
+    mixed = [row("vqa", m, data_trend="holds") for m in catalogue.compared()]  # parameters: not shown
     assert findings.paper_comparison(mixed, RELATIONS)[0]["agreement"] == "not shown"
     assert rows["mine"]["agreement"] == "no expectation" and rows["mine"]["found"] == {}
     # the opposite of an expectation shown by most methods is a difference
-    flat_vqa = [row("vqa", m, data_flat="holds") for m in findings.PEFT_METHODS]
+    flat_vqa = [row("vqa", m, data_flat="holds") for m in catalogue.compared()]
     assert findings.paper_comparison(flat_vqa, RELATIONS)[0]["agreement"] == "differs"
-    rising = [row("vqa", m, data_trend="holds", param_trend="holds") for m in findings.PEFT_METHODS]
+    rising = [row("vqa", m, data_trend="holds", param_trend="holds") for m in catalogue.compared()]
     assert findings.paper_comparison(rising, RELATIONS)[0]["agreement"] == "agrees"
     assert "against it, data size does not matter: 0 of 5" in findings.found_text(
         findings.paper_comparison(rising, RELATIONS)[0])

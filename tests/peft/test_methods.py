@@ -322,11 +322,24 @@ def test_every_registered_method_has_a_test_row_and_a_default_learning_rate():
 
 
 @pytest.mark.parametrize("lr", [None, -1e-3, 1.0, float("nan"), True])
-def test_register_refuses_a_method_without_a_usable_learning_rate(lr):
+def test_the_catalogue_refuses_a_method_without_a_usable_learning_rate(lr):
+    from vlpeft import catalogue
+
+    with pytest.raises(ValueError, match="default_lr must be a learning rate"):
+        catalogue.add(catalogue.Method("lora-no-lr", "vlpeft.peft.lora", "layer", "#000000", "rank", (1,), (1,), lr,
+                                       "-"))
+    assert "lora-no-lr" not in catalogue.CATALOGUE and "lora-no-lr" not in REGISTRY
+
+
+def test_register_refuses_a_method_outside_the_catalogue_or_with_a_knob_its_config_lacks(monkeypatch):
+    from vlpeft import catalogue
     from vlpeft.peft.base import MethodSpec, register
     from vlpeft.peft.lora import LoraConfig
 
-    with pytest.raises(ValueError, match="default_lr must be a learning rate"):
-        register(MethodSpec("lora-no-lr", LoraConfig, lambda m, c: None, default_lr=lr, knob="rank", ladder=(1,),
-                            summary="-"))
-    assert "lora-no-lr" not in REGISTRY
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        register(MethodSpec("lora-unlisted", LoraConfig, lambda m, c: None))
+    monkeypatch.setitem(catalogue.CATALOGUE, "lora-width", dataclasses.replace(catalogue.CATALOGUE["lora"],
+                                                                              name="lora-width", knob="width"))
+    with pytest.raises(ValueError, match="knob 'width' is not a field of LoraConfig"):
+        register(MethodSpec("lora-width", LoraConfig, lambda m, c: None))
+    assert "lora-unlisted" not in REGISTRY and "lora-width" not in REGISTRY

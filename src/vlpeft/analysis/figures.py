@@ -14,10 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from vlpeft import catalogue
 from vlpeft.io import write_if_changed
-
-COLORS = {"prompt": "#1f77b4", "prefix": "#ff7f0e", "adapter": "#2ca02c", "lora": "#d62728", "mam": "#9467bd",
-          "full": "#000000", "frozen": "#7f7f7f", "bitfit": "#8c564b", "ia3": "#e377c2"}
 
 
 def _plt():
@@ -68,7 +66,7 @@ def score_vs_data(cells, task, folder) -> list[str]:
     for label, line in best_budget_cells(cells, task).items():
         x = [c["n_train"] for c in line]
         y = [c["mean"] for c in line]
-        color = COLORS.get(line[0]["method"])
+        color = catalogue.colour(line[0]["method"])
         ax.plot(x, y, marker="o", label=label, color=color)
         ax.fill_between(x, [c["ci"][0] for c in line], [c["ci"][1] for c in line], alpha=0.15, color=color)
     _log_axes(
@@ -100,7 +98,7 @@ def score_vs_params(cells, task, folder) -> list[str]:
             by[c["label"]].append(c)
         for label, line in by.items():
             line.sort(key=lambda c: c["params"])
-            color = COLORS.get(line[0]["method"])
+            color = catalogue.colour(line[0]["method"])
             if line[0]["params"] == 0:  # frozen: no parameters, a reference level
                 ax.axhline(line[0]["mean"], color=color, ls="--", lw=1, label=label)
                 continue
@@ -126,7 +124,7 @@ def pareto(cells, task, folder) -> list[str]:
     mine = [c for c in mine if c["n_train"] == largest]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for c in mine:
-        ax.scatter(c["params"], c["mean"], color=COLORS.get(c["method"]), s=18)
+        ax.scatter(c["params"], c["mean"], color=catalogue.colour(c["method"]), s=18)
     front, best = [], -np.inf
     for c in sorted(mine, key=lambda c: (c["params"], -c["mean"])):
         if c["mean"] > best:
@@ -138,7 +136,7 @@ def pareto(cells, task, folder) -> list[str]:
         ax.annotate(f"{c['label']} {c['budget'] or ''}".strip(), (c["params"], c["mean"]), fontsize=6,
                     xytext=(3, -8), textcoords="offset points")
     for method in sorted({c["method"] for c in mine}):
-        ax.scatter([], [], color=COLORS.get(method), label=method, s=18)
+        ax.scatter([], [], color=catalogue.colour(method), label=method, s=18)
     _log_axes(ax, "trainable parameters (log)", cells_metric(cells, task), f"{task}: Pareto front at n = {largest}")
     return _save(fig, folder, f"{task}-pareto")
 

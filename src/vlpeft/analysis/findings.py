@@ -16,7 +16,8 @@ So, per task, from the relation the task declares:
 
 The paper's summaries also group the five methods: embedding composition (prompt and prefix
 tuning, which add vectors to the sequence) and layer composition (adapters, LoRA, MAM, which add
-modules to the layers). `groups` compares the two on each task.
+modules to the layers). `groups` compares the two on each task; the methods compared and their
+groups are the catalogue's (`vlpeft.catalogue`), the other trained labels are baselines.
 
 Only the verdicts of `claims.judge_claims` and the cells of `results.aggregate` are read here.
 """
@@ -25,11 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlpeft import catalogue
 from vlpeft.analysis.claims import CLAIMS
 
-# The paper's five methods; other trained labels (full, bitfit, ia3) are baselines to them.
-PEFT_METHODS = ("prompt", "prefix", "adapter", "lora", "mam")
-GROUPS = {"embedding composition": ("prompt", "prefix"), "layer composition": ("adapter", "lora", "mam")}
 EXPECTED = {"consistent": ("data_flat", "param_nonmonotonic"), "inconsistent": ("data_trend", "param_trend")}
 OPPOSITE = {"consistent": ("data_trend",), "inconsistent": ("data_flat",)}  # a majority here contradicts the paper
 PAPER_SAYS = {
@@ -62,7 +61,8 @@ def _names(rows: list[dict]) -> str:
 
 
 def _peft(verdicts: list[dict], task: str, length: str | None = None) -> list[dict]:
-    return [v for v in verdicts if v["task"] == task and v.get("length") == length and v["method"] in PEFT_METHODS]
+    compared = catalogue.compared()
+    return [v for v in verdicts if v["task"] == task and v.get("length") == length and v["method"] in compared]
 
 
 def _keys(rows: list[dict]) -> list[tuple[str, str | None]]:
@@ -152,7 +152,7 @@ def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
             continue
         largest = max(c["n_train"] for c in mine)
         best, majority = {}, {}
-        for name, methods in GROUPS.items():
+        for name, methods in catalogue.groups().items():
             at = [c for c in mine if c["method"] in methods and c["n_train"] == largest]
             rows = [v for v in verdicts if v["task"] == task and v.get("length") == length and v["method"] in methods]
             if not at or not rows:
@@ -173,7 +173,8 @@ def groups(verdicts: list[dict], cells: list[dict]) -> list[dict[str, Any]]:
 def group_sentence(g: dict[str, Any]) -> str:
     (a, ca), (b, cb) = g["best"].items()
     hi, lo = ((a, ca), (b, cb)) if ca["mean"] >= cb["mean"] else ((b, cb), (a, ca))
-    score = (f"at {g['size']:,} examples, {hi[0]} ({', '.join(GROUPS[hi[0]])}) reached {hi[1]['mean']:.3g} at best "
+    members = ", ".join(catalogue.groups()[hi[0]])
+    score = (f"at {g['size']:,} examples, {hi[0]} ({members}) reached {hi[1]['mean']:.3g} at best "
              f"({hi[1]['label']}, 95% interval [{hi[1]['ci'][0]:.3g}, {hi[1]['ci'][1]:.3g}]) against "
              f"{lo[1]['mean']:.3g} for {lo[0]} ({lo[1]['label']}, [{lo[1]['ci'][0]:.3g}, {lo[1]['ci'][1]:.3g}])"
              + (": the intervals overlap" if g["overlap"] else ": the intervals do not overlap"))

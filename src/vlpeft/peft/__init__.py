@@ -1,7 +1,20 @@
-"""PEFT methods for vlpeft's BLIP. Importing this package registers the built-in methods, explicitly:"""
+"""PEFT methods for vlpeft's BLIP. Importing this package registers the methods of the catalogue
+(`vlpeft.catalogue`): it imports each entry's module, in the catalogue's order."""
 
-from vlpeft.peft import prompt, prefix, adapter, lora, mam, baselines, ia3  # noqa: F401,I001  (registry order)
-from vlpeft.peft.base import (REGISTRY, apply_peft, count_params, fold, get_method, load_peft, make_config,  # noqa: F401
-                              save_peft, shared_copy)
+import importlib
 
-STUDY_METHODS = ("prompt", "prefix", "adapter", "lora", "mam")
+from vlpeft import catalogue
+from vlpeft.peft.base import (  # noqa: F401
+    REGISTRY,
+    apply_peft,
+    count_params,
+    fold,
+    get_method,
+    load_peft,
+    make_config,
+    save_peft,
+    shared_copy,
+)
+
+for _method in catalogue.CATALOGUE.values():
+    importlib.import_module(_method.module)

@@ -80,14 +80,4 @@ def apply(model: nn.Module, cfg: AdapterConfig) -> None:
     add_adapters(model, cfg.placement, cfg.slots, cfg.bottleneck, parallel=False, scale=1.0)
 
 
-SPEC = register(
-    MethodSpec(
-        "adapter",
-        AdapterConfig,
-        apply,
-        default_lr=1e-3,
-        knob="bottleneck",
-        ladder=(2, 4, 8, 16, 32, 64),
-        summary="Houlsby sequential bottleneck after attention and after the MLP",
-    )
-)
+SPEC = register(MethodSpec("adapter", AdapterConfig, apply))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from vlpeft import catalogue
 from vlpeft.errors import UserError, did_you_mean
 from vlpeft.io import atomic_path, read_json, write_json
 from vlpeft.validate import from_mapping
@@ -56,38 +58,49 @@ class PeftCommon:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A PEFT method: everything a study needs to know about it.
-
-    `default_lr`: the learning rate a run uses unless it is given one. PEFT methods take 10-100x the
-    learning rate of full fine-tuning (Hu et al. 2021; He et al. 2022; Lester et al. 2021 go higher
-    still for prompts); these are starting points measured on the tiny model, not tuned per task,
-    and a study can sweep them (an `lr` grid, selected on validation)."""
+    """A PEFT method's implementation: its config dataclass (deriving from PeftCommon), `apply`, and
+    optionally `fold` (training form -> plain inference form, PEFT weights only). What needs no torch
+    (learning rate, knob, ladder, group, ...) is its entry in `vlpeft.catalogue`, read through `entry`."""
 
     name: str
     config: type  # a frozen dataclass deriving from PeftCommon
     apply: Callable[[nn.Module, Any], None]
-    default_lr: float  # see the class doc
-    knob: str | None  # the config field a budget sets (None: the method has no size)
-    ladder: tuple[int, ...]  # default knob values listed by `vlpeft methods` and swept by studies
-    summary: str
-    fold: Callable[[nn.Module], None] | None = None  # training form -> plain inference form, PEFT weights only
-    trains: bool = True  # False: nothing to train (the frozen model): a run only evaluates
+    fold: Callable[[nn.Module], None] | None = None
+
+    @property
+    def entry(self) -> catalogue.Method:
+        return catalogue.CATALOGUE[self.name]
+
+    @property
+    def default_lr(self) -> float:
+        return self.entry.default_lr
+
+    @property
+    def knob(self) -> str | None:
+        return self.entry.knob
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        return self.entry.ladder
+
+    @property
+    def summary(self) -> str:
+        return self.entry.summary
+
+    @property
+    def trains(self) -> bool:
+        return self.entry.trains
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    """Register the implementation of a method of the catalogue (the line at the end of its module)."""
+    if spec.name not in catalogue.CATALOGUE:
+        raise ValueError(f"PEFT method {spec.name!r} is not in the catalogue (add its line to vlpeft/catalogue.py)")
     if spec.name in REGISTRY:
         raise ValueError(f"PEFT method {spec.name!r} is already registered")
-    if (
-        isinstance(spec.default_lr, bool)
-        or not isinstance(spec.default_lr, (int, float))
-        or not 0 <= spec.default_lr < 1
-    ):
-        raise ValueError(
-            f"PEFT method {spec.name!r}: default_lr must be a learning rate in [0, 1), got {spec.default_lr!r}"
-        )
     if spec.knob is not None and spec.knob not in {f.name for f in dataclasses.fields(spec.config)}:
         raise ValueError(f"PEFT method {spec.name!r}: knob {spec.knob!r} is not a field of {spec.config.__name__}")
     REGISTRY[spec.name] = spec
@@ -95,8 +108,10 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 def get_method(name: str) -> MethodSpec:
-    import vlpeft.peft  # noqa: F401  (registers the built-in methods)
+    import vlpeft.peft  # noqa: F401  (registers the methods of the catalogue)
 
+    if name in catalogue.CATALOGUE and name not in REGISTRY:  # entered in the catalogue after vlpeft.peft loaded
+        importlib.import_module(catalogue.CATALOGUE[name].module)
     if name not in REGISTRY:
         raise UserError(f"unknown PEFT method {name!r}{did_you_mean(name, REGISTRY)}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]

@@ -52,11 +52,6 @@ def apply_bitfit(model: nn.Module, cfg: BitFitConfig) -> None:
                 m.bias.requires_grad_(True)
 
 
-FULL = register(
-    MethodSpec("full", FullConfig, apply_full, default_lr=1e-4, knob=None, ladder=(), summary="all weights trained")
-)
-FROZEN = register(MethodSpec("frozen", FrozenConfig, apply_frozen, default_lr=0.0, knob=None, ladder=(),
-                             summary="nothing trained: the pre-trained model as is", trains=False))
-BITFIT = register(
-    MethodSpec("bitfit", BitFitConfig, apply_bitfit, default_lr=3e-3, knob=None, ladder=(), summary="bias terms only")
-)
+FULL = register(MethodSpec("full", FullConfig, apply_full))
+FROZEN = register(MethodSpec("frozen", FrozenConfig, apply_frozen))
+BITFIT = register(MethodSpec("bitfit", BitFitConfig, apply_bitfit))

@@ -51,5 +51,4 @@ def apply(model: nn.Module, cfg: IA3Config) -> None:
             block.mlp.fc2 = ScaledLinear(block.mlp.fc2, "in")  # scales act(W_1 x)
 
 
-SPEC = register(MethodSpec("ia3", IA3Config, apply, default_lr=3e-3, knob=None, ladder=(),
-                           summary="learned rescaling of keys, values and MLP activations"))
+SPEC = register(MethodSpec("ia3", IA3Config, apply))

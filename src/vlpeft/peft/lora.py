@@ -121,5 +121,4 @@ def merge_lora(model: nn.Module) -> int:
     return n
 
 
-SPEC = register(MethodSpec("lora", LoraConfig, apply, default_lr=1e-3, knob="rank", ladder=(1, 2, 4, 8, 16, 32),
-                           summary="low-rank update of the query and value projections of every attention"))
+SPEC = register(MethodSpec("lora", LoraConfig, apply))

@@ -51,15 +51,4 @@ def apply(model: nn.Module, cfg: MamConfig) -> None:
         add_adapters(model, (part,), ("mlp",), cfg.bottleneck or scaled(512, width), parallel=True, scale=cfg.scale)
 
 
-SPEC = register(
-    MethodSpec(
-        "mam",
-        MamConfig,
-        apply,
-        default_lr=1e-3,
-        knob="bottleneck",
-        ladder=(4, 8, 16, 32, 64, 128),
-        summary="prefix tuning on attention + scaled parallel adapter on the MLP",
-        fold=fold_prefixes,
-    )
-)
+SPEC = register(MethodSpec("mam", MamConfig, apply, fold=fold_prefixes))

@@ -125,6 +125,4 @@ def apply(model: nn.Module, cfg: PrefixConfig) -> None:
     add_prefixes(model, cfg.placement, cfg.length, cfg.cross, cfg.reparam, cfg.reparam_hidden)
 
 
-SPEC = register(MethodSpec("prefix", PrefixConfig, apply, default_lr=1e-3, knob="length", ladder=(2, 4, 8, 16, 32),
-                           summary="learned key/value prefixes in every attention, via an MLP reparameterisation",
-                           fold=fold_prefixes))
+SPEC = register(MethodSpec("prefix", PrefixConfig, apply, fold=fold_prefixes))

@@ -54,5 +54,4 @@ def apply(model: nn.Module, cfg: PromptConfig) -> None:
         tower.prompt = PromptTokens(cfg.n_tokens, width, depth, cfg.deep, cfg.init_std)
 
 
-SPEC = register(MethodSpec("prompt", PromptConfig, apply, default_lr=1e-2, knob="n_tokens", ladder=(2, 4, 8, 16, 32),
-                           summary="learned tokens prepended to the input of each placed tower"))
+SPEC = register(MethodSpec("prompt", PromptConfig, apply))

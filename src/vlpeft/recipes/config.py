@@ -56,7 +56,7 @@ class FinetuneConfig:
         metadata={
             "grid": True,
             "min": 0,
-            "help": "peak learning rate; default: the method's (MethodSpec.default_lr, vlpeft methods)",
+            "help": "peak learning rate; default: the method's (vlpeft/catalogue.py, shown by vlpeft methods)",
         },
     )
     batch_size: int = field(default=defaults.COMMON["batch_size"], metadata={"min": 1, "help": "examples per step"})

@@ -1,5 +1,5 @@
 """Training defaults shared by every method (a method's own default learning rate is on its
-`MethodSpec`, `vlpeft.peft.base`).
+line of the catalogue, `vlpeft.catalogue`).
 
 Training length policy (what a data-size curve means depends on it):
 - "converge" (default): train until the validation score stops improving beyond its own noise

@@ -22,6 +22,7 @@ import math
 import time
 from typing import Any
 
+from vlpeft import catalogue
 from vlpeft.analysis import advise as advise_mod
 from vlpeft.analysis import predict
 from vlpeft.analysis.findings import consistency_class
@@ -29,8 +30,6 @@ from vlpeft.analysis.findings import consistency_class
 ZERO_SHOT_EXAMPLES = 200  # test examples of the zero-shot evaluation
 MEASURE_EXAMPLES = 256  # training examples (and images) of the consistency measures, as in a study
 CONFIRM_SEEDS = (0, 1)
-RULE_BUDGETS = {"prompt": [4, 8, 16], "prefix": [2, 8, 32], "adapter": [2, 8, 32], "lora": [1, 4, 16],
-                "mam": [4, 16, 64]}  # the quick preset's budgets, for a confirming grid without a study
 
 
 def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | None = None,
@@ -132,14 +131,14 @@ def _size(data_size, pool: int) -> int:
 
 def confirm_grid(a: dict[str, Any], n: int, label: str | None, grid: dict | None, budgets: list,
                  training: dict) -> dict[str, Any]:
-    """The smallest study that tests the expected claims on the new task: the recommended method
-    (or, without one, the five methods) at three budgets, three data sizes over a decade up to n,
-    two seeds, and the frozen model."""
+    """The smallest study that tests the expected claims on the new task: the recommended method at
+    three budgets (or, without one, every method the catalogue compares at its default budgets),
+    three data sizes over a decade up to n, two seeds, and the frozen model."""
     if label and grid is not None:
         entry = {k: v for k, v in grid.items() if v not in ((), [], {}, "", None) and k != "budgets"}
         methods = {label: {**entry, **({"budgets": budgets} if budgets else {})}}  # full, bitfit: no budget
     else:
-        methods = {m: {"budgets": b} for m, b in RULE_BUDGETS.items()}
+        methods = {m: {"budgets": list(catalogue.CATALOGUE[m].budgets)} for m in catalogue.compared()}
     methods["frozen"] = {}
     sizes = sorted({max(8, round(n / 10)), max(8, round(n / math.sqrt(10))), n})
     spec = {"name": f"confirm-{a['task']}", "model": a["model"], "tasks": [a["task_ref"]], "methods": methods,

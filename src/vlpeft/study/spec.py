@@ -223,7 +223,7 @@ def _as_list(value, where: str) -> list:
 def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     """Validate a spec mapping: every problem is a one-line UserError naming the key."""
     from vlpeft.data.subsets import resolve_size
-    from vlpeft.peft import REGISTRY, make_config
+    from vlpeft.peft import REGISTRY, get_method, make_config
     from vlpeft.peft.budget import parse_budget
     if data is None:
         raise UserError(f"{source}: the study spec is empty")
@@ -256,8 +256,10 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             raise UserError(f"{where}: a label may hold only letters, digits, '-' and '_'")
         g = check_keys(MethodGrid, grid if grid is not None else {}, where)
         method = g.get("method", label)
-        if method not in REGISTRY:
-            raise UserError(f"{where}: unknown method {method!r}{did_you_mean(str(method), REGISTRY)}")
+        try:
+            knob = get_method(str(method)).knob
+        except UserError:
+            raise UserError(f"{where}: unknown method {method!r}{did_you_mean(str(method), REGISTRY)}") from None
         budgets = tuple(_as_list(g.get("budgets", []), f"{where}.budgets"))
         for b in budgets:
             if isinstance(b, (float, bool)) or not isinstance(b, (int, str)):
@@ -266,7 +268,7 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
                 parse_budget(b)
             except UserError as e:
                 raise UserError(f"{where}.budgets: {e}") from None
-        if budgets and REGISTRY[method].knob is None:
+        if budgets and knob is None:
             raise UserError(f"{where}.budgets: {method} has no size knob: give no budgets")
         lrs = tuple(float(_typed(x, "number", f"{where}.lr")) for x in _as_list(g.get("lr", []), f"{where}.lr"))
         if any(not (0 <= x < float("inf")) for x in lrs):
