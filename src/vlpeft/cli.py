@@ -276,12 +276,10 @@ def cmd_tasks_check(args) -> int:
 
     if args.max_images < 0:
         raise UserError(f"--max-images {args.max_images}: must be >= 0 (0 = every image)")
-    scene_seed = args.scene_seed
-    if scene_seed is None and args.model:
-        from vlpeft.model.checkpoint import load_model
+    from vlpeft.model.checkpoint import pretrain_record, scene_seed_of
 
-        scene_seed = int((load_model(args.model).pretrain or {}).get("seed", 0))
-    report = check_task(args.task, _pairs(args.data, "--data", "KEY=PATH"), scene_seed or 0, args.max_images)
+    scene_seed = scene_seed_of(pretrain_record(args.model) if args.model else None, args.scene_seed)
+    report = check_task(args.task, _pairs(args.data, "--data", "KEY=PATH"), scene_seed, args.max_images)
     print(json.dumps(report, indent=1) if args.json else format_check(report))
     return 0
 

@@ -37,6 +37,12 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def scene_seed_of(pretrain: dict[str, Any] | None, given: int | None = None) -> int:
+    """The synthetic-scene seed a checkpoint's scene tasks use: `given` when set, else the seed its
+    pre-training drew its scenes with (`pretrain.json`), 0 for a checkpoint not pre-trained here."""
+    return int(given) if given is not None else int((pretrain or {}).get("seed", 0))
+
+
 def save_checkpoint(folder: str | Path, model: Blip, tokenizer: TextTokenizer, preprocess: ImagePreprocess,
                     pretrain: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save_file

@@ -33,6 +33,7 @@ from vlpeft.data.subsets import resolve_size
 from vlpeft.errors import UserError
 from vlpeft.faults import crash_point
 from vlpeft.io import check_writable, write_json
+from vlpeft.model.checkpoint import scene_seed_of
 from vlpeft.peft import apply_peft, count_params, fold, get_method, load_peft, save_peft
 from vlpeft.peft.base import trainable_state
 from vlpeft.peft.budget import method_config
@@ -128,7 +129,7 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
         if getattr(model, part) is None:
             raise UserError(f"{cfg.model}: task {task.name} needs a {part}, which this checkpoint lacks")
     check_text(cfg, kind, options, loaded, task.name)
-    scene_seed = cfg.scene_seed if cfg.scene_seed is not None else int((loaded.pretrain or {}).get("seed", 0))
+    scene_seed = scene_seed_of(loaded.pretrain, cfg.scene_seed)
     data = cached_task(task.ref, scene_seed=scene_seed, paths=cfg.paths)
     n = resolve_size(cfg.data_size, len(data.train), f"task {task.name} data_size")
     train, val, test = data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)

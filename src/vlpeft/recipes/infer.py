@@ -30,6 +30,7 @@ import vlpeft
 from vlpeft.data.images import decode_file
 from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.errors import UserError
+from vlpeft.model.checkpoint import scene_seed_of
 from vlpeft.recipes.finetune import check_base, check_text_room, read_record, resolve_device
 from vlpeft.tasks import cached_task, get_kind, get_task, task_data_digest
 from vlpeft.validate import from_mapping
@@ -99,8 +100,7 @@ def predictor(model: str, kind: str, run: str | Path | None = None, task: str | 
                     task_data_digest(task_def) != record.task_data_digest:
                 raise UserError(f"{run}: the records of task {record.task} changed since this run was trained, "
                                 f"so its candidate answers did too; train it again on the data as it is")
-            seed = record.scene_seed if record is not None and record.scene_seed is not None else \
-                int((loaded.pretrain or {}).get("seed", 0))
+            seed = scene_seed_of(loaded.pretrain, record.scene_seed if record is not None else None)
             paths = record.config.get("paths") if record is not None else None
             answers = tuple(cached_task(task_def.ref, scene_seed=seed, paths=paths).answers)
     device_ = resolve_device(device)

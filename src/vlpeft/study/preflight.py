@@ -48,7 +48,7 @@ def assess(model: str, task_ref: str, paths: dict | None = None, threads: int | 
     task = get_task(task_ref)
     paths = {**task_paths(task, {}), **(paths or {})}
     t0 = time.time()
-    m = measure(model, [(task_ref, paths)], n=n)[task.name]
+    m = measure(model, [(task_ref, paths)], max_text_len=FinetuneConfig.max_text_len, n=n)[task.name]
     t1 = time.time()
     cfg = FinetuneConfig(model=model, task=task_ref, method="frozen", val_limit=1, test_limit=zero_shot_examples,
                          paths=paths, evals=1)

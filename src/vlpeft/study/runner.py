@@ -120,36 +120,36 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     cells will use that does not decode is a UserError before anything runs."""
     import vlpeft
     from vlpeft.data.subsets import resolve_size
-    from vlpeft.model.checkpoint import checkpoint_exists
+    from vlpeft.model.checkpoint import checkpoint_exists, scene_seed_of
     from vlpeft.peft.budget import method_config
     from vlpeft.recipes.config import FinetuneConfig
     from vlpeft.recipes.finetune import check_text
     from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
 
-    models: dict[str, tuple] = {}  # checkpoint -> (model config, scene seed, loaded model or None)
+    models: dict[str, tuple] = {}  # checkpoint -> (model config, its pre-training record, loaded model or None)
 
     def model_of(name: str) -> tuple:
         if name not in models:
             if name == spec.model and spec.pretrain is not None and not checkpoint_exists(name):
                 from vlpeft.model.config import preset  # not pre-trained yet: the preset's architecture
 
-                models[name] = (preset(spec.pretrain), 0, None)
+                models[name] = (preset(spec.pretrain), None, None)
             else:
                 loaded = vlpeft.load_model(name)
-                models[name] = (loaded.model.cfg, int((loaded.pretrain or {}).get("seed", 0)), loaded)
+                models[name] = (loaded.model.cfg, loaded.pretrain, loaded)
         return models[name]
 
     tasks, pools, checked, out, sizes = {}, {}, set(), [], {}
     for cell in expand(spec):
         fields = cell.finetune_fields(spec)
-        model_cfg, scene_seed, loaded = model_of(fields["model"])
+        model_cfg, pretrain, loaded = model_of(fields["model"])
         if cell.task not in tasks:
             where = f"{spec.source}: task {cell.task}"
             task = get_task(fields["task"])
             try:
                 check_paths(task, fields["paths"])
                 task_options(task, fields.get("task_options"), f"{where}: task_options")
-                seed = fields["scene_seed"] if fields.get("scene_seed") is not None else scene_seed
+                seed = scene_seed_of(pretrain, fields.get("scene_seed"))
                 pools[cell.task] = len(cached_task(task.ref, scene_seed=seed, paths=fields["paths"]).train)
             except UserError as e:
                 raise UserError(str(e) if str(e).startswith(spec.source) else f"{where}: {e}") from None
@@ -194,7 +194,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     for name, task in tasks.items():  # decode every image the cells will use, once (subsets are nested)
         _, fields, n = max((c for c in out if c[0].task == name), key=lambda c: c[2])
         cfg = FinetuneConfig(**fields)
-        seed = cfg.scene_seed if cfg.scene_seed is not None else model_of(cfg.model)[1]
+        seed = scene_seed_of(model_of(cfg.model)[1], cfg.scene_seed)
         data = cached_task(task.ref, scene_seed=seed, paths=cfg.paths)
         used = data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
         try:
@@ -570,12 +570,18 @@ def record_study(con, spec: StudySpec, log=print) -> None:
     measured = dict(store.study_meta(con).consistency)
     missing = [t for t in spec.tasks if t not in measured]
     if missing:
+        from vlpeft.recipes.config import FinetuneConfig
         from vlpeft.tasks.consistency import measure
 
-        for model in sorted({spec.task_models.get(t, spec.model) for t in missing}):
-            tasks = [t for t in missing if spec.task_models.get(t, spec.model) == model]
+        def text_len(t: str) -> int:  # as the task's runs keep their texts
+            return int({**spec.training, **spec.task_training.get(t, {})}.get("max_text_len",
+                                                                              FinetuneConfig.max_text_len))
+
+        for model, length in sorted({(spec.task_models.get(t, spec.model), text_len(t)) for t in missing}):
+            tasks = [t for t in missing if (spec.task_models.get(t, spec.model), text_len(t)) == (model, length)]
             try:
-                measured.update(measure(model, [(spec.task_ref(t), spec.task_paths_of(t)) for t in tasks]))
+                measured.update(measure(model, [(spec.task_ref(t), spec.task_paths_of(t)) for t in tasks],
+                                        max_text_len=length))
             except Exception as e:  # a report without these numbers beats no report
                 log(f"consistency measures of {', '.join(tasks)} skipped ({e.__class__.__name__}: {e})")
         values["consistency"] = measured

@@ -17,23 +17,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MAX_TEXT_LEN = 40  # tokens per text, as in fine-tuning (FinetuneConfig.max_text_len's default)
 
-
-def measure(model_path: str, tasks: list[tuple[str, dict]], n: int = 256, seed: int = 0,
+def measure(model_path: str, tasks: list[tuple[str, dict]], *, max_text_len: int, n: int = 256, seed: int = 0,
             scene_seed: int | None = None) -> dict[str, dict]:
     """lm_loss and feature_distance per task (no zero_shot: that comes from the study's runs).
-    `tasks`: (task name or task file, the task's data paths) pairs; results are keyed by task name."""
+    `tasks`: (task name or task file, the task's data paths) pairs; results are keyed by task name.
+    `max_text_len`: tokens kept per text, as the fine-tuning runs keep them."""
     import vlpeft
     from vlpeft.data.images import preprocess
     from vlpeft.data.scenes import generate_scenes
+    from vlpeft.model.checkpoint import scene_seed_of
     from vlpeft.tasks import cached_task, get_kind, get_task, task_options
 
     loaded = vlpeft.load_model(model_path)
     model = loaded.model.eval()
     device = next(model.parameters()).device
-    pre = loaded.pretrain or {}
-    scene_seed = int(pre.get("seed", 0)) if scene_seed is None else scene_seed
+    scene_seed = scene_seed_of(loaded.pretrain, scene_seed)
     rng = np.random.default_rng(seed)
     with torch.inference_mode():
         scenes = generate_scenes(n, seed=scene_seed, split="train")
@@ -50,7 +49,7 @@ def measure(model_path: str, tasks: list[tuple[str, dict]], n: int = 256, seed: 
             losses = []
             for i in range(0, len(examples), 64):
                 chunk = examples[i:i + 64]
-                batch = kind.batch(chunk, data, loaded, options, MAX_TEXT_LEN, rng).to(device)
+                batch = kind.batch(chunk, data, loaded, options, max_text_len, rng).to(device)
                 losses.append(float(kind.loss(model, batch, 0.0)) * len(chunk))
             ids = list(dict.fromkeys(ex.image_id for ex in examples))
             feats = np.concatenate([_features(model, preprocess([data.image(x) for x in ids[i:i + 64]],
