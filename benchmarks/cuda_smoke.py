@@ -8,7 +8,7 @@ study) and one method that trains the ViT (so pixels go to the device in every s
 validation and test, re-scores the saved weights with `evaluate_run`, and reports per run: device,
 steps, train and evaluation seconds, peak CUDA memory, the test score and whether the re-score is
 equal. The checkpoint has random weights (no download): BLIP-base sizes with the tiny tokenizer
-(`bench.base_config`). The task files are written from synthetic scenes (JSON Lines captions, CSV
+(`common.base_config`). The task files are written from synthetic scenes (JSON Lines captions, CSV
 questions), so the task-file readers run on the GPU machine too. `--config tiny --device cpu` runs
 the same code on a CPU in seconds.
 """
@@ -63,8 +63,9 @@ def main() -> int:
     p.add_argument("--images", type=int, default=200, help="synthetic scenes in each task file")
     p.add_argument("--out", help="folder for smoke.json")
     args = p.parse_args()
-    from bench import base_model, tiny_model
-    from vlpeft.recipes.finetune import FinetuneConfig, evaluate_run, finetune
+    from common import base_model, tiny_model
+    from vlpeft.recipes.evaluate import evaluate_run
+    from vlpeft.recipes.finetune import FinetuneConfig, finetune
 
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     tmp = Path(tempfile.mkdtemp(prefix="vlpeft-smoke-"))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
+import common  # noqa: E402
 
 
 class Constant(nn.Module):
@@ -73,13 +73,13 @@ def amx() -> bool:
 def probe(name: str, loaded, path: str, threads: int, s: dict) -> dict:
     import dataclasses
 
-    dev = bench.device()
+    dev = common.device()
     out = {}
     for method, which in (("lora", ("k",)), ("adapter", ("k", "v"))):
-        prep, cfg, model, encode = bench.prepared(copy.deepcopy(loaded), path, method, s, 0, threads, dev)
-        batch, ids = bench.task_batch(prep, cfg, s["batch"], dev)
+        prep, cfg, model, encode = common.prepared(copy.deepcopy(loaded), path, method, s, 0, threads, dev)
+        batch, ids = common.task_batch(prep, cfg, s["batch"], dev)
         states = encode(ids)
-        step = bench.vlpeft_step(prep, cfg, model, batch, ids, encode)
+        step = common.vlpeft_step(prep, cfg, model, batch, ids, encode)
 
         def cached():
             undo = precomputed(model, states, which)
@@ -88,7 +88,7 @@ def probe(name: str, loaded, path: str, threads: int, s: dict) -> dict:
             finally:
                 restore(undo)
 
-        from vlpeft.recipes.finetune import task_loss
+        from vlpeft.recipes.step import task_loss
 
         model.eval()  # no dropout: the two losses must agree
         with torch.no_grad():  # the precomputed projections give the same loss (exact up to float order)
@@ -97,17 +97,17 @@ def probe(name: str, loaded, path: str, threads: int, s: dict) -> dict:
             cached_loss = float(task_loss(prep, model, batch, cfg, states))
             restore(undo)
         assert abs(plain_loss - cached_loss) <= 1e-5 * abs(plain_loss), (plain_loss, cached_loss)
-        times, _ = bench.interleaved({"plain": step, "cached": cached}, s["warmup"], s["reps"])
-        out[f"{method}_kv_cached_vs_not"] = bench.sig(bench.med(times["cached"]) / bench.med(times["plain"]))
-        out[f"{method}_step_ms"] = bench.sig(1000 * bench.med(times["plain"]))
+        times, _ = common.interleaved({"plain": step, "cached": cached}, s["warmup"], s["reps"])
+        out[f"{method}_kv_cached_vs_not"] = common.sig(common.med(times["cached"]) / common.med(times["plain"]))
+        out[f"{method}_step_ms"] = common.sig(1000 * common.med(times["plain"]))
         if method == "lora":
             cfg16 = dataclasses.replace(cfg, precision="bf16")
-            opt_step = bench.vlpeft_step(prep, cfg16, model, batch, ids, encode)
-            times, _ = bench.interleaved({"fp32": step, "bf16": opt_step}, s["warmup"], s["reps"])
-            out["bf16_vs_fp32"] = bench.sig(bench.med(times["bf16"]) / bench.med(times["fp32"]))
+            opt_step = common.vlpeft_step(prep, cfg16, model, batch, ids, encode)
+            times, _ = common.interleaved({"fp32": step, "bf16": opt_step}, s["warmup"], s["reps"])
+            out["bf16_vs_fp32"] = common.sig(common.med(times["bf16"]) / common.med(times["fp32"]))
         tcfg = model.cfg.text
         tokens = states.shape[1]
-        out["cache_mb_per_image"] = bench.sig(2 * tcfg.depth * tokens * tcfg.width * 4 / 2**20)
+        out["cache_mb_per_image"] = common.sig(2 * tcfg.depth * tokens * tcfg.width * 4 / 2**20)
     return out
 
 
@@ -118,16 +118,16 @@ def main() -> int:
     p.add_argument("--model", default="tiny")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{bench.machine()['cpu']}, AMX: {amx()}, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"{common.machine()['cpu']}, AMX: {amx()}, {args.threads} thread(s), torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="vlpeft-kv-") as tmp:
-        tiny, tiny_path, _ = bench.tiny_model(args.model, Path(tmp))
+        tiny, tiny_path, _ = common.tiny_model(args.model, Path(tmp))
         for name in args.configs.split(","):
             if name == "tiny":
                 loaded, path = tiny, tiny_path
             else:
-                loaded = bench.base_model(tiny, Path(tmp))
+                loaded = common.base_model(tiny, Path(tmp))
                 path = loaded.source
-            print(name, probe(name, loaded, path, args.threads, bench.SETTINGS[name]))
+            print(name, probe(name, loaded, path, args.threads, common.SETTINGS[name]))
     return 0
 
 

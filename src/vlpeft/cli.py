@@ -227,7 +227,7 @@ def is_run_folder(folder: Path) -> bool:
 
 
 def cmd_evaluate(args) -> int:
-    from vlpeft.recipes.finetune import evaluate_run
+    from vlpeft.recipes.evaluate import evaluate_run
 
     r = evaluate_run(args.model, args.peft, args.task, allow_other_base=args.allow_other_base)
     other = "" if r["same_base"] else " on another base checkpoint than the run adapted"

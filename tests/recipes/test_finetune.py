@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from vlpeft.errors import UserError
-from vlpeft.recipes.finetune import FinetuneConfig, eval_steps, evaluate_run, finetune, train_steps
+from vlpeft.recipes.evaluate import evaluate_run
+from vlpeft.recipes.finetune import FinetuneConfig, finetune
+from vlpeft.recipes.length import eval_steps, train_steps
 
 FAST = dict(length_policy="steps", steps=6, batch_size=16, val_limit=20, test_limit=30, evals=2)
 
@@ -134,7 +136,8 @@ def test_early_stopping_keeps_the_best_weights_and_records_convergence(tiny_chec
     import torch
 
     from vlpeft.peft import load_peft
-    from vlpeft.recipes.finetune import evaluate_split, prepare
+    from vlpeft.recipes.prepare import prepare
+    from vlpeft.recipes.step import evaluate_split
 
     ckpt, _ = tiny_checkpoint
     cfg = FinetuneConfig(model=str(ckpt), task="easyvqa-vqa", method="lora", budget="4", data_size=64,

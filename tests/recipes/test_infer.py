@@ -15,7 +15,8 @@ from vlpeft.cli import main
 from vlpeft.errors import UserError
 from vlpeft.peft import load_peft
 from vlpeft.recipes import infer
-from vlpeft.recipes.finetune import FinetuneConfig, finetune, prepare
+from vlpeft.recipes.finetune import FinetuneConfig, finetune
+from vlpeft.recipes.prepare import prepare
 
 FAST = dict(length_policy="steps", steps=6, batch_size=16, val_limit=20, test_limit=12, evals=1, data_size=64)
 

@@ -36,7 +36,7 @@ from vlpeft.model.checkpoint import locate
 from vlpeft.model.hf import config_to_hf
 from vlpeft.peft import load_peft
 from vlpeft.peft.export import FORMATS, export_hf_checkpoint, export_hf_peft, export_refusal, hf_blip_class
-from vlpeft.recipes.finetune import check_base, read_record
+from vlpeft.recipes.evaluate import check_base, read_record
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str, model: str | None = None, force: bool = False,

@@ -31,7 +31,8 @@ from vlpeft.data.images import decode_file
 from vlpeft.data.records import CaptionExample, VQAExample
 from vlpeft.errors import UserError
 from vlpeft.model.checkpoint import scene_seed_of
-from vlpeft.recipes.finetune import check_base, check_text_room, read_record, resolve_device
+from vlpeft.recipes.evaluate import check_base, read_record
+from vlpeft.recipes.prepare import check_text_room, resolve_device
 from vlpeft.tasks import cached_task, get_kind, get_task, task_data_digest
 from vlpeft.validate import from_mapping
 

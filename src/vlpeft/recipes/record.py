@@ -1,9 +1,11 @@
 """What every run records about where and how it ran, for pre-training and fine-tuning alike: the
 environment (vlpeft and package versions, git commit, host, machine, device, threads, time) and the
-peak memory of the run (CUDA allocations, or the process's peak resident set on CPU)."""
+peak memory of the run (CUDA allocations, or the process's peak resident set on CPU); and a
+fine-tuning run's whole record (`run_record` -> `RunRecord`, its metrics.json)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -16,6 +18,10 @@ from typing import Any
 import torch
 
 import vlpeft
+from vlpeft.recipes.prepare import Prepared
+from vlpeft.recipes.step import compile_on, precision_on
+from vlpeft.runrecord import RunRecord
+from vlpeft.tasks import task_data_digest
 
 
 def reset_peak_memory(device) -> None:
@@ -84,3 +90,68 @@ def git_commit() -> str | None:
                               text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test,
+               device, base_digest: str, diagnosis, stopped_by: str, val_seconds: float) -> RunRecord:
+    n_train, n_full = len(prep.train), len(prep.data.train)
+    secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
+    secondary.update(prep.kind.baselines(prep.data, prep.test))
+    return RunRecord(
+        task=prep.task.name,
+        task_ref=prep.task.ref,
+        task_kind=prep.task.kind,
+        task_relation=prep.task.relation,
+        method=cfg.method,
+        knob=prep.resolved["knob"],
+        knob_value=prep.resolved["value"],
+        budget_target=prep.resolved["target"],
+        method_config={
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep.method_cfg).items()
+        },
+        data_size=n_train,
+        data_fraction=n_train / n_full,
+        train_pool=n_full,
+        seed=cfg.seed,
+        subset_seed=cfg.subset_seed,
+        metric=prep.kind.metric,
+        test_score=test["score"],
+        best_val_score=best_val,
+        secondary=secondary,
+        metrics_ran=test.get("metrics_ran", []),
+        test_examples=test["examples"],
+        n_val=len(prep.val),
+        n_test=len(prep.test),
+        params=counts,
+        trainable_params=counts["trainable"],
+        budget_params=counts["budget"],
+        total_params=counts["total"],
+        lr=lr,
+        steps=steps,
+        steps_done=steps_done,
+        steps_to_best=diagnosis.best_step,
+        converged=diagnosis.converged,
+        convergence=diagnosis.to_dict(),
+        stopped_by=stopped_by,
+        best_val_se=diagnosis.noise,
+        batch_size=cfg.batch_size,
+        length_policy=cfg.length_policy,
+        epochs=cfg.epochs,
+        min_steps=cfg.min_steps,
+        train_seconds=round(train_seconds, 2),
+        eval_seconds=round(eval_seconds, 2),
+        val_seconds=round(val_seconds, 2),
+        examples_per_second=round(steps_done * cfg.batch_size / train_seconds, 2)
+        if train_seconds > 0 and steps_done
+        else 0.0,
+        peak_memory_mb=peak_memory_mb(device),
+        precision=precision_on(cfg, device),
+        compiled=compile_on(cfg, device) and steps > 0,
+        task_options=dataclasses.asdict(prep.options),
+        scene_seed=prep.scene_seed,
+        task_details=prep.data.details,
+        base_model_digest=base_digest,
+        task_data_digest=task_data_digest(prep.task),
+        config=dataclasses.asdict(cfg),
+        environment=environment(device),
+    )

@@ -24,7 +24,7 @@ def units(fields: dict[str, Any], examples: int) -> float:
     """A cell's cost without history: the most training examples it may process (step cap x batch);
     0 for a method with nothing to train (it only evaluates)."""
     from vlpeft.peft import get_method
-    from vlpeft.recipes.finetune import train_steps
+    from vlpeft.recipes.length import train_steps
 
     if not get_method(fields["method"]).trains:
         return 0.0

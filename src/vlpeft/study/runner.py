@@ -123,7 +123,7 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
     from vlpeft.model.checkpoint import checkpoint_exists, scene_seed_of
     from vlpeft.peft.budget import method_config
     from vlpeft.recipes.config import FinetuneConfig
-    from vlpeft.recipes.finetune import check_text
+    from vlpeft.recipes.prepare import check_text
     from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
 
     models: dict[str, tuple] = {}  # checkpoint -> (model config, its pre-training record, loaded model or None)
@@ -366,7 +366,7 @@ def lengthened(fields: dict[str, Any], k: int, original: dict[str, Any]) -> dict
     (min_steps), the cap (max_steps, max_epochs) k times higher, the same warm-up; then the usual
     stopping rule. A fixed length (steps, epochs, the epochs_min_steps floor) k times over."""
     from vlpeft.recipes.config import FinetuneConfig
-    from vlpeft.recipes.finetune import warmup_steps
+    from vlpeft.recipes.length import warmup_steps
 
     cfg = FinetuneConfig(**fields)
     longer = {
