@@ -1,9 +1,11 @@
 """End-to-end CLI behaviour on a tiny checkpoint: outputs, and one-line errors with exit code 2."""
 
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vlpeft.cli import main
@@ -96,6 +98,30 @@ def test_finetune_flags_come_from_the_config_fields():
     args = parser.parse_args(["finetune", "--model", "m", "--task", "t", "--method", "lora", "--out", "o",
                               "--no-feature-cache", "--lr", "3e-4", "--scene-seed", "5"])
     assert (args.feature_cache, args.lr, args.scene_seed, args.seed) == (False, 3e-4, 5, None)
+
+
+def test_pretrain_flags_come_from_the_config_fields_and_its_ranges_from_their_metadata():
+    """Every PretrainConfig field is a --flag with its help; a value out of a field's range is refused by
+    the rule written in the field's metadata, the one check of the command line and of Python."""
+    import dataclasses
+
+    from vlpeft.cli import build_parser
+    from vlpeft.errors import UserError
+    from vlpeft.recipes.config import PretrainConfig
+
+    parser = build_parser()
+    pretrain = next(a for a in parser._actions if a.dest == "command").choices["pretrain"]
+    actions = {a.dest: a for a in pretrain._actions}
+    for f in dataclasses.fields(PretrainConfig):
+        assert actions[f.name].help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    args = parser.parse_args(["pretrain", "--out", "o", "--lr", "3e-4", "--no-text-lm-reads-encoder", "--steps", "9"])
+    assert (args.lr, args.text_lm_reads_encoder, args.steps, args.seed) == (3e-4, False, 9, None)
+    for field, bad, needle in [("steps", 0, "pretrain: steps must be positive, got 0"),
+                               ("lr", 0.0, "pretrain: lr must be a finite number > 0, got 0.0"),
+                               ("single_object_fraction", 1.5, "must be a finite number >= 0 and <= 1, got 1.5"),
+                               ("threads", -1, "threads must be an integer >= 0, got -1")]:
+        with pytest.raises(UserError, match=re.escape(needle)):
+            PretrainConfig(**{field: bad})
 
 
 def test_finetune_prints_a_summary_naming_the_knob_only_where_there_is_one_and_convergence(tiny_checkpoint, tmp_path,

@@ -16,7 +16,8 @@ from vlpeft.errors import UserError
 def cmd_pretrain(args) -> int:
     from vlpeft.io import write_json
     from vlpeft.model.checkpoint import load_model
-    from vlpeft.recipes.pretrain import PretrainConfig, evaluate_pretrained, pretrain
+    from vlpeft.recipes.config import PretrainConfig
+    from vlpeft.recipes.pretrain import evaluate_pretrained, pretrain
 
     out = Path(args.out)
     if (out / "config.json").exists() and args.if_missing:
@@ -25,8 +26,7 @@ def cmd_pretrain(args) -> int:
         return 0
     if (out / "config.json").exists() and not args.force:
         raise UserError(f"{out}: already holds a checkpoint (use --force to replace it)")
-    given = {k: getattr(args, k) for k in ("steps", "scenes", "batch_size") if getattr(args, k) is not None}
-    cfg = PretrainConfig(preset=args.preset, seed=args.seed, threads=args.threads, **given)
+    cfg = PretrainConfig(**{k: getattr(args, k) for k in scalar_fields(PretrainConfig) if getattr(args, k) is not None})
     from vlpeft.recipes.training import Diverged
 
     try:
@@ -289,8 +289,8 @@ def cmd_study(args) -> int:
     from vlpeft.study.runner import dry_run_checks
     from vlpeft.study.spec import with_executor
 
-    spec = with_executor(load_spec(args.spec), kind=args.executor, workers=args.workers, threads=args.threads,
-                         address=args.address, gpus=args.gpus)
+    spec = with_executor(load_spec(args.spec, args.sets or ()), kind=args.executor, workers=args.workers,
+                         threads=args.threads, address=args.address, gpus=args.gpus)
     if args.address and spec.executor.kind != "ray":
         raise UserError("--address needs --executor ray")
     if args.dry_run:
@@ -431,20 +431,15 @@ def _inference_flags(s, line_keys: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlpeft.recipes.config import FinetuneConfig
+    from vlpeft.recipes.config import FinetuneConfig, PretrainConfig
 
     p = _Parser(prog="vlpeft", description="PEFT studies on BLIP-style vision-language models")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("pretrain", help="pre-train a tiny BLIP on synthetic scenes (ITC + ITM + LM)")
-    s.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     s.add_argument("--out", required=True, help="checkpoint folder to write")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
-    s.add_argument("--scenes", type=int, help="training scenes (default: the recipe's)")
-    s.add_argument("--batch-size", type=int, help="pairs per step (default: the recipe's)")
-    s.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    config_flags(s, PretrainConfig, scalar_fields(PretrainConfig))
     existing = s.add_mutually_exclusive_group()
     existing.add_argument("--force", action="store_true", help="replace an existing checkpoint in --out")
     existing.add_argument("--if-missing", action="store_true", help="do nothing when --out already holds a checkpoint")
@@ -544,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="ray cluster address (default: start a local Ray instance)")
     s.add_argument("--gpus", type=float, help="ray: GPUs per run (0.25: four runs share one); local: GPUs to "
                                               "spread the workers over, one per worker in turn")
+    s.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
+                   help="override any key of the spec before it is checked, dotted, the value as YAML; repeatable "
+                   "(e.g. --set training.patience=5 --set seeds=[0,1,2] "
+                   "--set task_training.scenes-caption.max_steps=900)")
     s.add_argument("--dry-run", action="store_true", help="list the cells and check them; run nothing")
     s.add_argument("--quiet", action="store_true", help="no per-run lines")
     s.set_defaults(func=cmd_study)

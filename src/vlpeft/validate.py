@@ -5,7 +5,7 @@ every PEFT method config, the study spec's parts, the task kinds' options, task 
 get a did-you-mean, required keys are checked, each value is checked against its field's type hint
 (`typing.get_type_hints`; nested dataclasses are built the same way), and the rules written in the
 field's metadata are checked by `check_values`: "choices", and for numbers "min" / "max" /
-"below" (a float must also be finite). The same metadata gives the CLI its flags (help text,
+"above" / "below" (a float must also be finite). The same metadata gives the CLI its flags (help text,
 choices). Every problem is a one-line UserError naming where the value came from.
 """
 
@@ -120,9 +120,10 @@ SEED_MAX = 2**32 - 1  # numpy's and torch's seeds, and what a results store's IN
 
 def check_values(obj: Any, where: str) -> None:
     """The rules written in the fields' metadata of the dataclass instance `obj`: "choices" (a tuple
-    of allowed values), and for numbers "min" / "max" (inclusive) and "below" (exclusive upper
-    bound); a float must also be finite. None passes (an unset optional value). The one check of
-    values given on the command line and in YAML: both build the same config.
+    of allowed values), and for numbers "min" / "max" (inclusive) and "above" / "below" (exclusive
+    bounds; "above": 0 reads "positive"); a float must also be finite. None passes (an unset
+    optional value). The one check of values given on the command line and in YAML: both build the
+    same config.
     UserError f"{where}: {name} must be ..., got ...", or "... is not one of ..."."""
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
@@ -130,7 +131,7 @@ def check_values(obj: Any, where: str) -> None:
             value = getattr(obj, f.name)
             raise UserError(f"{where}: {f.name} {shown(value)} is not one of {', '.join(map(str, choices))}"
                             f"{did_you_mean(str(value), choices)}")
-        rules = {k: f.metadata[k] for k in ("min", "max", "below") if k in f.metadata}
+        rules = {k: f.metadata[k] for k in ("min", "max", "above", "below") if k in f.metadata}
         value = getattr(obj, f.name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -139,9 +140,14 @@ def check_values(obj: Any, where: str) -> None:
             continue
         ok = ok and ("min" not in rules or value >= rules["min"]) and ("max" not in rules or value <= rules["max"])
         ok = ok and ("below" not in rules or value < rules["below"])
+        ok = ok and ("above" not in rules or value > rules["above"])
         if not ok:
-            parts = [f">= {rules['min']}" if "min" in rules else "", f"<= {rules['max']}" if "max" in rules else "",
-                     f"< {rules['below']}" if "below" in rules else ""]
-            kind = "a finite number" if isinstance(value, float) or isinstance(f.default, float) else "an integer"
+            real = isinstance(value, float) or isinstance(f.default, float)
+            if rules == {"above": 0}:
+                raise UserError(f"{where}: {f.name} must be {'a finite number > 0' if real else 'positive'}, got "
+                                f"{shown(value)}")
+            parts = [f">= {rules['min']}" if "min" in rules else "", f"> {rules['above']}" if "above" in rules else "",
+                     f"<= {rules['max']}" if "max" in rules else "", f"< {rules['below']}" if "below" in rules else ""]
+            kind = "a finite number" if real else "an integer"
             rule = " and ".join(p for p in parts if p)
             raise UserError(f"{where}: {f.name} must be {' '.join(w for w in (kind, rule) if w)}, got {shown(value)}")

@@ -146,6 +146,24 @@ def test_invalid_yaml_and_unknown_preset(tmp_path):
         load_spec(str(empty))
 
 
+def test_set_overrides_any_dotted_key_of_the_spec_before_it_is_checked():
+    base = load_spec("quick")
+    s = load_spec("quick", ["training.patience=7", "seeds=[3]", "task_training.scenes-caption.max_steps=900",
+                            "methods.lora.budgets=[2, 8]", "executor.workers=1"])
+    assert s.training == {**base.training, "patience": 7} and s.seeds == (3,)
+    assert s.task_training["scenes-caption"] == {**base.task_training["scenes-caption"], "max_steps": 900}
+    assert set(s.task_training) == set(base.task_training)
+    assert sorted({c.budget for c in expand(s) if c.label == "lora"}) == ["2", "8"]
+    assert s.executor.workers == 1
+    assert load_spec("quick") == base  # the preset itself is untouched
+    for bad, needle in [("training", "expected KEY=VALUE"), ("training..patience=5", "expected KEY=VALUE"),
+                        ("name.first=x", "name is not a mapping"), ("seeds=[0", "is not a YAML value"),
+                        ("training.patiense=5", 'did you mean "patience"'), ("seeds=[-1]", "seeds")]:
+        with pytest.raises(UserError, match=needle) as e:
+            load_spec("quick", [bad])
+        assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("preset", ["quick", "medium", "full", "paper-blip"])
 def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     monkeypatch.setenv("COCO", "/data/coco")

@@ -1,6 +1,7 @@
-"""The settings of one fine-tuning run (`FinetuneConfig`), apart from the recipe so that reading or
-validating them (the CLI's flags, a study spec) needs no torch. Every field carries its help text and
-its allowed values (`choices`, `min`, `max`, `below`), checked by `vlpeft.validate.check_values`,
+"""The settings of one fine-tuning run (`FinetuneConfig`) and of a pre-training (`PretrainConfig`),
+apart from the recipes so that reading or validating them (the CLI's flags, a study spec) needs no
+torch. Every field carries its help text and its allowed values (`choices`, `min`, `max`, `above`,
+`below`), checked by `vlpeft.validate.check_values`,
 and two flags a study reads: `grid` (set per cell by the study, not in a spec's `training`) and
 `result: False` (does not change a run's result: not compared when a study resumes).
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlpeft.errors import UserError
+from vlpeft.model.config import preset
 from vlpeft.recipes import defaults
 from vlpeft.validate import SEED_MAX, check_values
 
@@ -214,3 +216,74 @@ def fields_where(**flags) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(FinetuneConfig)
                  if all(f.metadata.get(k, True if k == "result" else None) == v for k, v in flags.items()))
 
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    preset: str = field(default="tiny", metadata={"help": "model preset (vlpeft.model.config.PRESETS)"})
+    seed: int = field(
+        default=0,
+        metadata={"min": 0, "max": SEED_MAX, "help": "seed for the scenes, the initialisation and the batches"},
+    )
+    scenes: int = field(default=20000, metadata={"above": 0, "help": "training scenes (the generator's split 'train')"})
+    steps: int = field(default=1740, metadata={"above": 0, "help": "optimiser steps"})
+    batch_size: int = field(default=32, metadata={"above": 0, "help": "image-caption pairs per step"})
+    lr: float = field(
+        default=1e-3, metadata={"above": 0, "help": "peak AdamW learning rate (linear warm-up, cosine decay)"}
+    )
+    warmup: int = field(default=150, metadata={"min": 0, "help": "warm-up steps"})
+    single_object_fraction: float = field(
+        default=0.25,
+        metadata={
+            "min": 0,
+            "max": 1,
+            "help": "curriculum: this fraction of the steps, at "
+            "the start, draws only the training scenes with "
+            "one object, whose caption names its shape "
+            "directly; later steps draw from all scenes. 0 = "
+            "off",
+        },
+    )
+    weight_decay: float = field(default=0.05, metadata={"min": 0, "help": "AdamW weight decay (not on biases/norms)"})
+    label_smoothing: float = field(
+        default=0.1, metadata={"min": 0, "below": 1, "help": "LM loss label smoothing, as BLIP"}
+    )
+    itc_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITC loss"})
+    itm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITM loss"})
+    lm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the LM loss"})
+    text_lm_weight: float = field(
+        default=0.5,
+        metadata={
+            "min": 0,
+            "help": "weight of the text-only LM loss on general English sentences (data/english.py); 0 = off",
+        },
+    )
+    mlm_weight: float = field(
+        default=0.5,
+        metadata={
+            "min": 0,
+            "help": "weight of a text-only masked-LM loss of the text encoder on "
+            "those sentences (BERT's objective); 0 = off",
+        },
+    )
+    text_lm_reads_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "the text-only decoder LM reads, through its "
+            "cross-attention, the encoder states of the same sentence "
+            "with half its words masked (BART's denoising, Lewis et al. "
+            "2020). False = a decoder LM with no context"
+        },
+    )
+    text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
+    vocab_size: int = field(default=1200, metadata={"above": 0, "help": "WordPiece vocabulary size (upper bound)"})
+    max_text_len: int = field(default=40, metadata={"above": 0, "help": "caption tokens kept, incl. specials"})
+    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads; 0 = all cores"})
+
+    def __post_init__(self):
+        check_values(self, "pretrain")  # each field's range (its metadata); below, what relates two fields
+        if self.batch_size > self.scenes:
+            raise UserError(f"pretrain: batch_size {self.batch_size} exceeds the {self.scenes} scenes")
+        if max(self.text_lm_weight, self.mlm_weight) > 0 and self.text_sentences < self.batch_size:
+            raise UserError("pretrain: text_sentences must be at least batch_size when text_lm_weight or mlm_weight "
+                            "is on")
+        preset(self.preset)  # unknown preset: fail before any work

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,91 +44,10 @@ from vlpeft.model.checkpoint import save_checkpoint
 from vlpeft.model.config import preset
 from vlpeft.model.tokenizer import SPECIAL_TOKENS, TextTokenizer, train_wordpiece
 from vlpeft.model.vit import fold_stem_batchnorm
+from vlpeft.recipes.config import PretrainConfig
 from vlpeft.recipes.progress import Steps
 from vlpeft.recipes.record import environment, peak_memory_mb, reset_peak_memory
 from vlpeft.recipes.training import adamw, optimizer_step, warmup_cosine
-from vlpeft.validate import SEED_MAX, check_values
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    preset: str = field(default="tiny", metadata={"help": "model preset (vlpeft.model.config.PRESETS)"})
-    seed: int = field(
-        default=0,
-        metadata={"min": 0, "max": SEED_MAX, "help": "seed for the scenes, the initialisation and the batches"},
-    )
-    scenes: int = field(default=20000, metadata={"help": "training scenes (split 'train' of the generator)"})
-    steps: int = field(default=1740, metadata={"help": "optimiser steps"})
-    batch_size: int = field(default=32, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(
-        default=1e-3, metadata={"min": 0, "help": "peak AdamW learning rate (linear warm-up, cosine decay)"}
-    )
-    warmup: int = field(default=150, metadata={"min": 0, "help": "warm-up steps"})
-    single_object_fraction: float = field(
-        default=0.25,
-        metadata={
-            "min": 0,
-            "max": 1,
-            "help": "curriculum: this fraction of the steps, at "
-            "the start, draws only the training scenes with "
-            "one object, whose caption names its shape "
-            "directly; later steps draw from all scenes. 0 = "
-            "off",
-        },
-    )
-    weight_decay: float = field(default=0.05, metadata={"min": 0, "help": "AdamW weight decay (not on biases/norms)"})
-    label_smoothing: float = field(
-        default=0.1, metadata={"min": 0, "below": 1, "help": "LM loss label smoothing, as BLIP"}
-    )
-    itc_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITC loss"})
-    itm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the ITM loss"})
-    lm_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the LM loss"})
-    text_lm_weight: float = field(
-        default=0.5,
-        metadata={
-            "min": 0,
-            "help": "weight of the text-only LM loss on general English sentences (data/english.py); 0 = off",
-        },
-    )
-    mlm_weight: float = field(
-        default=0.5,
-        metadata={
-            "min": 0,
-            "help": "weight of a text-only masked-LM loss of the text encoder on "
-            "those sentences (BERT's objective); 0 = off",
-        },
-    )
-    text_lm_reads_encoder: bool = field(
-        default=True,
-        metadata={
-            "help": "the text-only decoder LM reads, through its "
-            "cross-attention, the encoder states of the same sentence "
-            "with half its words masked (BART's denoising, Lewis et al. "
-            "2020). False = a decoder LM with no context"
-        },
-    )
-    text_sentences: int = field(default=20000, metadata={"help": "general English sentences generated for that loss"})
-    vocab_size: int = field(default=1200, metadata={"help": "WordPiece vocabulary size (upper bound)"})
-    max_text_len: int = field(default=40, metadata={"help": "caption tokens kept, incl. specials"})
-    threads: int = field(default=0, metadata={"min": 0, "help": "torch threads; 0 = all cores"})
-
-    def __post_init__(self):
-        check_values(self, "pretrain")
-        for name in ("scenes", "steps", "batch_size", "vocab_size", "max_text_len"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"pretrain: {name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.single_object_fraction <= 1:
-            raise UserError(f"pretrain: single_object_fraction must be in [0, 1], got {self.single_object_fraction}")
-        if self.batch_size > self.scenes:
-            raise UserError(f"pretrain: batch_size {self.batch_size} exceeds the {self.scenes} scenes")
-        if not self.lr > 0:
-            raise UserError(f"pretrain: lr must be positive, got {self.lr}")
-        if min(self.text_lm_weight, self.mlm_weight) < 0 or (
-                max(self.text_lm_weight, self.mlm_weight) > 0 and self.text_sentences < self.batch_size):
-            raise UserError("pretrain: text_lm_weight and mlm_weight must be >= 0, and text_sentences at least "
-                            "batch_size when either is on")
-        preset(self.preset)  # unknown preset: fail before any work
-
 
 LR_FLOOR = 0.1  # the cosine decays the learning rate to 0.1 x its peak, not to 0
 

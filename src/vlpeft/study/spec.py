@@ -41,7 +41,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vlpeft.errors import UserError, did_you_mean, shown
 from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_mapping
@@ -182,11 +182,48 @@ def find_spec(name_or_path: str) -> Path:
     return Path(str(candidate))  # a plain Path for callers (files() already gives one for a package on disk)
 
 
-def load_spec(name_or_path: str) -> StudySpec:
+def load_spec(name_or_path: str, overrides: Sequence[str] = ()) -> StudySpec:
+    """The spec of a preset or YAML file, with `overrides` (`--set KEY=VALUE`) applied before it is
+    checked, so an overridden key is checked as if the file said it."""
     from vlpeft.io import read_yaml
 
     path = find_spec(name_or_path)
-    return parse_spec(read_yaml(path, "study spec"), str(path))
+    return parse_spec(with_overrides(read_yaml(path, "study spec"), overrides), str(path))
+
+
+def with_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """`data` (a spec mapping) with each `KEY=VALUE` of `overrides` set: KEY a dotted path of mapping
+    keys (missing ones are made), VALUE read as YAML (5, 1e-3, [0, 1], true, a string), as torchtune's
+    `key=value` overrides. A malformed override is a one-line UserError naming it."""
+    import copy
+
+    import yaml
+
+    if not overrides:
+        return data
+    data = copy.deepcopy(data) if isinstance(data, dict) else data
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY a dotted key of the spec, e.g. "
+                            f"training.patience=5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: {text!r} is not a YAML value") from None
+        node = data
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):
+                where = ".".join(parts[:depth]) or "the spec"
+                raise UserError(f"--set {key}: {where} is not a mapping ({shown(node)}), so it has no key {part!r}")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                if node.get(part) is None:  # a key the file leaves out (or empty): a new mapping
+                    node[part] = {}
+                node = node[part]
+    return data
 
 
 def _typed(value, kind, where: str):
