@@ -4,6 +4,14 @@ import torch
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the pre-trained fixture checkpoint is slow: the first one pays its pre-training,
+    and each one trains or evaluates on it."""
+    for item in items:
+        if "tiny_checkpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny BLIP pre-trained for a few steps on a few scenes (seconds): a real checkpoint folder."""

@@ -105,6 +105,7 @@ def digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
     folder = fake_study(tmp_path / "s")
     out = report.build(folder)
@@ -134,6 +135,7 @@ def test_report_from_the_store_alone_and_a_rebuild_changes_nothing(tmp_path):
     assert {v["label"] for v in out["verdicts"]} == {"lora", "adapter", "full"}
 
 
+@pytest.mark.slow
 def test_claims_csv_is_the_verdict_matrix_row_for_row(tmp_path):
     import csv
 
@@ -155,6 +157,7 @@ def test_claims_csv_is_the_verdict_matrix_row_for_row(tmp_path):
     assert len(frame) == len(rows) and frame["p"].dtype == float and frame["cells_not_converged"].dtype == "int64"
 
 
+@pytest.mark.slow
 def test_a_study_whose_runs_were_still_improving_says_so_everywhere(tmp_path):
     import csv
 
@@ -176,6 +179,7 @@ def test_a_study_whose_runs_were_still_improving_says_so_everywhere(tmp_path):
     assert a["dropped"] == 2 and a["recommended"]["label"] != "lora"
 
 
+@pytest.mark.slow
 def test_runs_still_improving_where_more_training_only_strengthens_a_verdict_leave_it_standing(tmp_path):
     import csv
 
@@ -206,6 +210,7 @@ def test_advice_ranks_on_validation_and_respects_the_parameter_cap(tmp_path):
         advise(cells, "easyvqa-vqa", 100, max_params=5)
 
 
+@pytest.mark.slow
 def test_cli_report_and_advise(tmp_path):
     folder = fake_study(tmp_path / "s")
     r = subprocess.run([sys.executable, "-m", "vlpeft.cli", "advise", str(folder), "--task", "scenes-caption",
@@ -233,6 +238,7 @@ def _json_object(text: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _chromium(), reason="Debian's chromium is not installed (scripts/setup installs it)")
 def test_report_html_renders_in_headless_chromium_without_errors(tmp_path):
     folder = fake_study(tmp_path / "s")
@@ -331,6 +337,7 @@ def test_a_name_holding_a_bar_or_a_line_break_stays_in_its_markdown_cell():
     assert all(r.count("|") - r.count("\\|") == 3 for r in rows)  # two columns in every row
 
 
+@pytest.mark.slow
 def test_the_setup_shows_the_pre_training_record_kept_in_the_store_not_the_checkpoint_folder(tmp_path):
     folder = fake_study(tmp_path / "s")  # its model, "none", is no folder at all
     assert report.build(folder)["setup"]["pretrain"] is None  # a store from before the record: as if none

@@ -99,6 +99,7 @@ def test_decode_stops_at_sep_or_pad_and_skips_specials(tok):
     assert tok.decode_batch(torch.tensor([[tok.dec_id] + body, [tok.pad_id] + body])) == ["red circle", ""]
 
 
+@pytest.mark.slow
 def test_same_texts_same_tokenizer_in_other_processes(tmp_path):
     """tokenizers' own trainer breaks ties by hash order; ours must not."""
     code = (

@@ -52,6 +52,8 @@ from vlpeft.peft.lora import LoraLinear, merge_lora  # noqa: E402
 from vlpeft.recipes.export import export_run  # noqa: E402
 from vlpeft.recipes.finetune import FinetuneConfig, finetune  # noqa: E402
 
+pytestmark = pytest.mark.slow  # transformers and peft models, exports written and loaded back
+
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
               patch_size=8)
 TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,

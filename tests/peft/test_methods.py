@@ -110,6 +110,7 @@ def trained(m, steps=2):
     return m.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,extra", [(m, {}) for m in REGISTRY] + [("lora", {"train_head": True})])
 def test_a_shared_copy_trains_like_a_deep_copy_and_leaves_the_original_untouched(method, extra):
     torch.manual_seed(0)

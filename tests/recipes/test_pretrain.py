@@ -5,6 +5,8 @@ import torch
 
 from vlpeft.model.checkpoint import load_model
 
+pytestmark = pytest.mark.slow  # pre-training
+
 
 def test_checkpoint_folder_has_the_promised_files_and_records(tiny_checkpoint):
     out, record = tiny_checkpoint

@@ -81,6 +81,7 @@ def command(*args):
     return r.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_pretrain_to_a_log_prints_plain_progress_lines(tmp_path):
     lines = command("pretrain", "--out", tmp_path / "ckpt", "--steps", 6, "--scenes", 64, "--batch-size", 8,
                     "--no-eval")

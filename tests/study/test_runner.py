@@ -326,6 +326,7 @@ def test_ray_runs_share_a_gpu_by_fractions(tiny_checkpoint, tmp_path):
     assert len(seen) == 1 and None not in seen  # every run was given the same one GPU
 
 
+@pytest.mark.slow
 def test_cli_study_bad_input_is_one_line_exit_2(tmp_path):
     for argv, message in (
         [["study", "quik", "--out", str(tmp_path / "x")], 'did you mean "quick"'],

@@ -87,6 +87,7 @@ def test_meteor_left_out_with_reason_when_java_is_missing(monkeypatch):
         caption_scores(["a red circle"], [["a red circle"]], meteor=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
 def test_meteor_runs_offline_through_java():
     s = caption_scores(["a red circle", "a blue star"], [["a red circle"], ["a blue star", "blue star"]], meteor=True)
