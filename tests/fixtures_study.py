@@ -1,6 +1,7 @@
 """A study store with chosen sensitivities, shared by the prediction and pre-grid advice tests."""
 
 import json
+import time
 
 import numpy as np
 
@@ -49,3 +50,19 @@ def fake_store(folder, tasks=TASKS, digest="d1", seed=0):
                         store.finish(con, cell.id, {"status": "done", "metrics": metrics, "started": 1.0, "ended": 2.0})
     con.close()
     return folder
+
+
+def wait_for(condition, timeout: float, step: float = 0.1) -> bool:
+    """Poll `condition()` until it holds or `timeout` seconds pass (instead of a fixed sleep);
+    -> whether it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return bool(condition())
+
+
+def training_cells(out) -> list:
+    """The run folders of a study folder `out` whose fine-tuning has started (its lock holder file)."""
+    return sorted((out / "runs").glob("*/.vlpeft-finetune.holder")) if (out / "runs").is_dir() else []

@@ -10,6 +10,8 @@ import sys
 import pytest
 import yaml
 
+from fixtures_study import training_cells, wait_for  # (tests/ is on sys.path)
+
 TRAINING = {"length_policy": "steps", "steps": 6, "batch_size": 8, "evals": 2, "val_limit": 8, "test_limit": 16}
 
 
@@ -210,15 +212,14 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
     deadline = time.time() + 60  # the two workers have started (the driver and the resource tracker are the others)
     while len(_session_processes(p.pid)) < 4 and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
-    time.sleep(2.0)  # and are past their start-up, training
+    assert wait_for(lambda: len(training_cells(out)) >= 2 or p.poll() is not None, 120)  # both fine-tuning
     assert p.poll() is None, "the study ended before the interrupts: make its cells longer"
     os.killpg(p.pid, signal.SIGINT)  # what a terminal sends to the whole group, twice
     time.sleep(0.3)
     os.killpg(p.pid, signal.SIGINT)
     out_text, err = p.communicate(timeout=120)
     assert p.returncode == 130 and err.strip() == "vlpeft: interrupted", (p.returncode, err, out_text)
-    time.sleep(1.0)
-    assert _session_processes(p.pid) == []  # no worker outlives the driver
+    assert wait_for(lambda: _session_processes(p.pid) == [], 10)  # no worker outlives the driver
     resumed = study(spec, out)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert {s for _, s, _ in table(out)} == {"done"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures_study import training_cells, wait_for  # (tests/ is on sys.path)
 from vlpeft.errors import UserError
 from vlpeft.study import load_spec, run_study
 from vlpeft.study.spec import with_executor
@@ -240,7 +241,7 @@ def test_killed_worker_fails_its_cell_the_study_goes_on_and_a_rerun_completes(ti
                 c for c in _children(driver.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
             ]
             if running and workers:
-                time.sleep(1.0)  # let the worker get into training
+                wait_for(lambda: training_cells(out), 60)  # a worker is in its cell's fine-tuning
                 victim = workers[0]
                 os.kill(victim, signal.SIGKILL)
     output, _ = driver.communicate(timeout=300)
