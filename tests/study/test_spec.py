@@ -203,13 +203,14 @@ def test_quick_and_full_presets_cover_what_the_study_needs():
     assert len(full.data_sizes) >= 5 and len(full.seeds) == 3
 
 
-def test_the_medium_preset_covers_the_2x2_with_both_groups_at_three_budgets_to_the_whole_pool():
+def test_the_medium_preset_covers_the_2x2_with_both_groups_at_three_budgets_over_a_decade_of_data():
     medium = load_spec("medium")
     assert set(medium.tasks) == {"scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"}
     grids = {g.method: g for g in medium.methods.values()}
     assert {"prefix", "lora", "frozen"} <= set(grids)  # embedding and layer composition
     assert all(len(grids[m].budgets) >= 3 for m in ("prefix", "lora"))
-    assert len(medium.data_sizes) >= 3 and medium.data_sizes[-1] == "100%" and len(medium.seeds) >= 2
+    counts = [int(str(s)) for s in medium.data_sizes]  # counts, the same for every task (no pool is smaller)
+    assert len(counts) >= 3 and max(counts) >= 10 * min(counts) and len(medium.seeds) >= 2
 
 
 def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, monkeypatch):
