@@ -88,7 +88,7 @@ def predictor(model: str, kind: str, run: str | Path | None = None, task: str | 
     positions = loaded.model.cfg.text.max_positions  # the checkpoint alone: every position its own
     max_text_len = int(record.config.get("max_text_len", positions)) if record is not None else positions
     opts = from_mapping(the_kind.options, {**given, **(options or {})}, f"{kind} options")
-    check_text_room(max_text_len, model, the_kind, opts, loaded, kind)
+    check_text_room(max_text_len, model, the_kind, opts, loaded.model.cfg, loaded.tokenizer, kind)
     answers: tuple[str, ...] = ()
     if kind == "vqa" and opts.inference == "rank":
         if task_def is None and record is not None:

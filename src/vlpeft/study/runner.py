@@ -115,18 +115,17 @@ def ensure_model(spec: StudySpec, log=print) -> None:
 
 
 def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
-    """(cell, FinetuneConfig fields, training examples) for every cell, each checked: a task's missing
-    paths or bad options, an unreachable budget, a data size the task cannot give, or an image the
-    cells will use that does not decode is a UserError before anything runs."""
+    """(cell, FinetuneConfig fields, training examples) for every cell, each checked by the check a run
+    makes first (`recipes.prepare.check_cell`, without the weights on a device): a task's missing paths or
+    bad options, an unreachable budget, a data size the task cannot give, text that does not fit, a
+    device that is not there, or an image the cells will use that does not decode is a UserError naming
+    the spec's key before anything runs."""
     import vlpeft
-    from vlpeft.data.subsets import resolve_size
-    from vlpeft.model.checkpoint import checkpoint_exists, scene_seed_of
-    from vlpeft.peft.budget import method_config
+    from vlpeft.model.checkpoint import checkpoint_exists
     from vlpeft.recipes.config import FinetuneConfig
-    from vlpeft.recipes.prepare import check_text
-    from vlpeft.tasks import cached_task, check_paths, get_kind, get_task, task_options
+    from vlpeft.recipes.prepare import CellError, check_cell
 
-    models: dict[str, tuple] = {}  # checkpoint -> (model config, its pre-training record, loaded model or None)
+    models: dict[str, tuple] = {}  # checkpoint -> (model config, its pre-training record, tokenizer or None)
 
     def model_of(name: str) -> tuple:
         if name not in models:
@@ -136,69 +135,45 @@ def resolve_cells(spec: StudySpec) -> list[tuple[Cell, dict, int]]:
                 models[name] = (preset(spec.pretrain), None, None)
             else:
                 loaded = vlpeft.load_model(name)
-                models[name] = (loaded.model.cfg, loaded.pretrain, loaded)
+                models[name] = (loaded.model.cfg, loaded.pretrain, loaded.tokenizer)
         return models[name]
 
-    tasks, pools, checked, out, sizes = {}, {}, set(), [], {}
+    checked, out, sizes, largest = set(), [], {}, {}
     for cell in expand(spec):
         fields = cell.finetune_fields(spec)
-        model_cfg, pretrain, loaded = model_of(fields["model"])
-        if cell.task not in tasks:
-            where = f"{spec.source}: task {cell.task}"
-            task = get_task(fields["task"])
-            try:
-                check_paths(task, fields["paths"])
-                task_options(task, fields.get("task_options"), f"{where}: task_options")
-                seed = scene_seed_of(pretrain, fields.get("scene_seed"))
-                pools[cell.task] = len(cached_task(task.ref, scene_seed=seed, paths=fields["paths"]).train)
-            except UserError as e:
-                raise UserError(str(e) if str(e).startswith(spec.source) else f"{where}: {e}") from None
-            tasks[cell.task] = task
-        key = (cell.task, cell.label, cell.budget)
-        if key not in checked:
-            grid = spec.methods[cell.label]
-            try:
-                method_config(model_cfg, cell.method, cell.budget, grid.options, get_kind(tasks[cell.task].kind).parts,
-                              f"task {cell.task}")
-            except UserError as e:
-                raise UserError(f"{spec.source}: methods.{cell.label} on {cell.task}: {e}") from None
-            checked.add(key)
-        n = resolve_size(
-            cell.data_size, pools[cell.task], f"{spec.source}: data_sizes {cell.data_size!r} on {cell.task}"
-        )
-        other = sizes.setdefault((cell.task, n), cell.data_size)
-        if str(other) != str(cell.data_size):  # two sizes, one subset: identical cells under two names
-            raise UserError(f"{spec.source}: data_sizes {other!r} and {cell.data_size!r} are both {n} examples of "
-                            f"{cell.task}'s {pools[cell.task]}; give each size once")
         cfg = FinetuneConfig(**fields)  # types and ranges
+        prefix = {"task": f"{spec.source}: task {cell.task}: ", "text": f"{spec.source}: {cell.label} on {cell.task}: ",
+                  "method": f"{spec.source}: methods.{cell.label} on {cell.task}: ", "size": ""}
+        try:
+            c = check_cell(cfg, *model_of(cfg.model), size_name=f"{spec.source}: data_sizes {cell.data_size!r} on "
+                                                                f"{cell.task}")
+        except CellError as e:
+            msg = str(e)
+            if e.stage == "task" and msg.startswith(f"task {cell.task}: "):
+                msg = msg[len(f"task {cell.task}: "):]
+            raise UserError(prefix[e.stage] + msg) from None
+        other = sizes.setdefault((cell.task, c.n), cell.data_size)
+        if str(other) != str(cell.data_size):  # two sizes, one subset: identical cells under two names
+            raise UserError(f"{spec.source}: data_sizes {other!r} and {cell.data_size!r} are both {c.n} examples of "
+                            f"{cell.task}'s {len(c.data.train)}; give each size once")
         if cfg.log == "tensorboard" and "tensorboard" not in checked:
             from vlpeft.recipes.runlog import require_tensorboard
 
             require_tensorboard(f"{spec.source}: log tensorboard")
             checked.add("tensorboard")
-        if (cell.task, cell.label, cell.length) not in checked:  # what a run checks first, for every cell now
-            checked.add((cell.task, cell.label, cell.length))
-            where = f"{spec.source}: {cell.label} on {cell.task}"
-            kind = get_kind(tasks[cell.task].kind)
+        if cfg.device not in checked:
             try:
-                if loaded is not None:
-                    check_text(cfg, kind, task_options(tasks[cell.task], cfg.task_options, "task_options"), loaded,
-                               cell.task)
-                elif cfg.max_text_len > model_cfg.text.max_positions:
-                    raise UserError(f"max_text_len {cfg.max_text_len}: more than the "
-                                    f"{model_cfg.text.max_positions} text positions of the {spec.pretrain} preset")
                 check_device(cfg.device, spec.executor)
             except UserError as e:
-                raise UserError(f"{where}: {e}") from None
-        out.append((cell, fields, n))
-    for name, task in tasks.items():  # decode every image the cells will use, once (subsets are nested)
-        _, fields, n = max((c for c in out if c[0].task == name), key=lambda c: c[2])
-        cfg = FinetuneConfig(**fields)
-        seed = scene_seed_of(model_of(cfg.model)[1], cfg.scene_seed)
-        data = cached_task(task.ref, scene_seed=seed, paths=cfg.paths)
-        used = data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
+                raise UserError(f"{prefix['text']}{e}") from None
+            checked.add(cfg.device)
+        if c.n > largest.get(cell.task, (0,))[0]:
+            largest[cell.task] = (c.n, cfg, c)
+        out.append((cell, fields, c.n))
+    for name, (n, cfg, c) in largest.items():  # decode every image the cells will use, once (subsets are nested)
+        used = c.data.select(n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
         try:
-            data.check_images([ex.image_id for split in used for ex in split])
+            c.data.check_images([ex.image_id for split in used for ex in split])
         except UserError as e:
             raise UserError(f"{spec.source}: task {name}: {e}") from None
     return out
