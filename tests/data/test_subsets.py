@@ -5,7 +5,14 @@ from collections import Counter
 
 import pytest
 
-from vlpeft.data.subsets import nested_subset, resolve_size, stratified_nested_subset, stratified_order
+from vlpeft.data.subsets import (
+    DataSize,
+    nested_subset,
+    parse_size,
+    resolve_size,
+    stratified_nested_subset,
+    stratified_order,
+)
 from vlpeft.errors import UserError
 
 
@@ -145,3 +152,11 @@ def test_resolve_size_errors_name_the_setting(size, available, message):
     with pytest.raises(UserError, match=message) as err:
         resolve_size(size, available, "easyvqa-vqa train size")
     assert str(err.value).startswith("easyvqa-vqa train size: ") and "\n" not in str(err.value)
+
+
+def test_a_size_is_parsed_once_into_a_count_or_a_fraction_and_keeps_how_it_was_written():
+    assert parse_size("25%", "size") == DataSize("25%", fraction=0.25)
+    assert parse_size(" 200 ", "size") == DataSize(" 200 ", count=200)
+    assert parse_size(0.5, "size").of(7, "size") == 4 and parse_size("200", "size").of(1000, "size") == 200
+    with pytest.raises(UserError, match="size: asked for 200 examples but only 100 are available"):
+        parse_size(200, "size").of(100, "size")

@@ -99,6 +99,17 @@ def test_bad_specs_are_one_line_errors_naming_the_key(changes, message):
     assert str(e.value).startswith("s.yaml")
 
 
+def test_one_value_stands_for_a_one_item_list_and_an_empty_key_for_an_empty_mapping():
+    methods = {"lora": {"budgets": 2, "lr": "1e-3", "options": None, "training": None}, "frozen": None}
+    s = parse_spec({**copy.deepcopy(GOOD), "seeds": 3, "data_sizes": "10%", "methods": methods, "paths": None,
+                    "lengths": {"steps": {"length_policy": "steps", "steps": 9}}}, "s.yaml")
+    assert (s.name, s.seeds, s.data_sizes, s.paths) == ("t", (3,), ("10%",), {})  # the name is not a length's
+    lora = s.methods["lora"]
+    assert (lora.method, lora.budgets, lora.lr, lora.options, lora.training) == ("lora", (2,), (0.001,), {}, {})
+    assert [c.id for c in expand(s)][:2] == ["scenes-caption.lora.b2.n10pct.s3.Lsteps",
+                                             "scenes-caption.frozen.n10pct.s3.Lsteps"]
+
+
 def test_task_training_overrides_the_shared_settings_for_one_task():
     s = spec(task_training={"easyvqa-vqa": {"steps": 40, "evals": 4}})
     by_task = {c.task: c.finetune_fields(s) for c in expand(s) if c.label == "lora"}

@@ -25,24 +25,24 @@ def advise(cells: list[dict[str, Any]], task: str, data_size: int | float | str,
            max_params: int | None = None) -> dict[str, Any]:
     """`data_size`: examples you have, a count (2000) or a fraction of the task's training pool
     (0.1, "10%")."""
-    from vlpeft.data.subsets import resolve_size
+    from vlpeft.data.subsets import parse_size
 
     tasks = sorted({c["task"] for c in cells})
     if task not in tasks:
         raise UserError(f"advise: the study has no finished runs of task {task!r}{did_you_mean(task, tasks)} "
                         f"(it has: {', '.join(tasks) or 'none'})")
     mine = [c for c in cells if c["task"] == task]
-    if isinstance(data_size, str) and data_size.strip().lstrip("-").isdigit():
-        data_size = int(data_size)
-    if isinstance(data_size, int) and not isinstance(data_size, bool):
-        if data_size <= 0:
-            raise UserError(f"advise: --data-size must be a positive number of examples, got {data_size}")
+    if str(data_size).strip().lstrip("-").isdigit() and int(data_size) <= 0:
+        raise UserError(f"advise: --data-size must be a positive number of examples, got {data_size}")
+    size = parse_size(data_size, "advise: --data-size")
+    if size.count is not None:
+        data_size = size.count
     else:  # a fraction of the task's training pool, which a count is not bounded by
         pool = next((round(c["n_train"] / c["fraction"]) for c in mine if c.get("fraction")), None)
         if pool is None:
             raise UserError(f"advise: --data-size {data_size!r}: the study does not record {task}'s training pool; "
                             f"give a count of examples")
-        data_size = resolve_size(data_size, pool, "advise: --data-size")
+        data_size = size.of(pool, "advise: --data-size")
     sizes = sorted({c["n_train"] for c in mine})
     factor = max(sizes[0] / data_size, data_size / sizes[-1])
     if factor > EXTRAPOLATION_LIMIT:

@@ -5,7 +5,8 @@ seed every smaller subset lies inside every larger one: moving along the data-si
 examples, and a curve over sizes is not confounded by which examples each size happened to draw.
 `stratified_nested_subset` does the same while keeping the share of each value of a key (e.g. the
 answer of a VQA question) within one example of its share in the full set, at every size.
-`resolve_size` turns a size as written in a config (200, 0.25, "25%") into a count.
+`parse_size` reads a size as written in a config (200, 0.25, "25%") into a `DataSize`, a count or a
+fraction of the task's pool; `resolve_size` turns one into a number of examples.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
+from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
@@ -90,15 +92,33 @@ def stratified_nested_subset(items: Sequence[T], n: int, seed: int, key: Callabl
 _PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
 
 
-def resolve_size(size: int | float | str, n_available: int, what: str) -> int:
-    """A data size as a number of examples out of `n_available`.
+@dataclass(frozen=True)
+class DataSize:
+    """A training-set size: `count` examples, or a `fraction` in (0, 1] of the task's training pool.
+    `written` is the size as the config wrote it (200, "200", 0.25, "25%"): configs keep that value,
+    which names the size (cell IDs, the results store)."""
 
-    `size` is a count (an int >= 1, or a string of one such as "200"), or a fraction in (0, 1]:
-    a float ("0.25", 0.25) or a percentage string ("25%"). A fraction becomes round(size * n_available),
-    at least 1. Floats above 1 are refused rather than read as counts (1.5 is most likely a typo).
-    `what` names the setting in the one-line UserError, e.g. "easyvqa-vqa train size"."""
-    if n_available < 1:
-        raise UserError(f"{what}: no examples are available to take {size!r} of")
+    written: int | float | str
+    count: int | None = None
+    fraction: float | None = None
+
+    def of(self, n_available: int, what: str) -> int:
+        """The number of examples out of `n_available`: the count (at most `n_available`), or
+        round(fraction * n_available), at least 1. `what` names the setting in the one-line UserError."""
+        if n_available < 1:
+            raise UserError(f"{what}: no examples are available to take {self.written!r} of")
+        if self.count is not None:
+            if self.count > n_available:
+                raise UserError(f"{what}: asked for {self.count} examples but only {n_available} are available")
+            return self.count
+        return min(n_available, max(1, math.floor(self.fraction * n_available + 0.5)))
+
+
+def parse_size(size: int | float | str, what: str) -> DataSize:
+    """A data size as written in a config: a count (an int >= 1, or a string of one such as "200"), or
+    a fraction in (0, 1]: a float ("0.25", 0.25) or a percentage string ("25%"). Floats above 1 are
+    refused rather than read as counts (1.5 is most likely a typo). `what` names the setting in the
+    one-line UserError, e.g. "easyvqa-vqa train size"."""
     fraction: float | None = None
     count: int | None = None
     if isinstance(size, bool):
@@ -127,11 +147,14 @@ def resolve_size(size: int | float | str, n_available: int, what: str) -> int:
     if count is not None:
         if count < 1:
             raise UserError(f"{what}: a count must be at least 1, got {count}")
-        if count > n_available:
-            raise UserError(f"{what}: asked for {count} examples but only {n_available} are available")
-        return count
-    assert fraction is not None
+        return DataSize(size, count=count)
     if not math.isfinite(fraction) or not 0 < fraction <= 1:
         hint = " (give a count as an integer, e.g. 200)" if math.isfinite(fraction) and fraction > 1 else ""
         raise UserError(f"{what}: a fraction must be in (0, 1], got {size!r}{hint}")
-    return min(n_available, max(1, math.floor(fraction * n_available + 0.5)))
+    return DataSize(size, fraction=fraction)
+
+
+def resolve_size(size: int | float | str, n_available: int, what: str) -> int:
+    """A data size as written in a config (see `parse_size`) as a number of examples out of
+    `n_available` (see `DataSize.of`)."""
+    return parse_size(size, what).of(n_available, what)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlpeft.data.subsets import parse_size
 from vlpeft.errors import UserError
 from vlpeft.model.config import preset
 from vlpeft.recipes import defaults
@@ -37,7 +38,7 @@ class FinetuneConfig:
     method_options: dict = field(
         default_factory=dict, metadata={"grid": True, "help": "other method config fields (placement, targets, ...)"}
     )
-    data_size: Any = field(
+    data_size: Any = field(  # kept as written (a run records it); read by vlpeft.data.subsets.parse_size
         default=1.0, metadata={"grid": True, "help": "training examples: fraction (0.1, '10%') or count (200)"}
     )
     seed: int = field(
@@ -205,6 +206,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_values(self, "finetune")
+        parse_size(self.data_size, "finetune: data_size")
         if self.length_policy == "steps" and self.steps <= 0:
             raise UserError("finetune: length_policy 'steps' needs steps > 0")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlpeft.errors import UserError, did_you_mean, shown
-from vlpeft.validate import SEED_MAX, check_keys, check_values, coerce, from_mapping
+from vlpeft.validate import SEED_MAX, check_values, coerce, from_mapping
 
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
@@ -56,18 +56,21 @@ LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps", "max_steps", "
 @dataclass(frozen=True)
 class MethodGrid:
     method: str = field(default="", metadata={"help": "PEFT method name (vlpeft.peft.REGISTRY); defaults to the label"})
-    budgets: tuple = field(default=(), metadata={"help": "knob values (8) or parameter targets ('params=50k'); "
-                                                         "empty for methods without a knob, or for the default knob"})
-    options: dict = field(
+    budgets: tuple[int | str, ...] = field(
+        default=(), metadata={"help": "knob values (8) or parameter targets ('params=50k'); empty for methods "
+                                      "without a knob, or for the default knob"})
+    options: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "other method config fields (placement, targets, ...)"}
     )
-    lr: tuple = field(default=(), metadata={"help": "learning rates to try (empty: the method's default); "
-                                                    "the report selects on validation"})
-    training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields for this label's runs, "
-                                                                  "over the study's training, lengths and "
-                                                                  "task_training (e.g. a slower method's steps)"})
-    task_training: dict = field(default_factory=dict, metadata={"help": "task -> FinetuneConfig fields for this "
-                                                                       "label's runs on that task, applied last"})
+    lr: tuple[float, ...] = field(
+        default=(), metadata={"min": 0, "help": "learning rates to try (empty: the method's default); the report "
+                                                "selects on validation"})
+    training: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "FinetuneConfig fields for this label's runs, over the study's "
+                                                "training, lengths and task_training (e.g. a slower method's steps)"})
+    task_training: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": "task -> FinetuneConfig fields for this label's runs on that task, "
+                                                "applied last"})
 
 
 @dataclass(frozen=True)
@@ -85,34 +88,38 @@ class ExecutorSpec:
 class StudySpec:
     name: str = field(metadata={"help": "study name (shown in the report)"})
     model: str = field(metadata={"help": "tiny (shipped with vlpeft), a checkpoint folder or a hub id"})
-    tasks: tuple = field(metadata={"help": "built-in task names (`vlpeft tasks`) or task files of your own data "
-                                           "(relative to the spec's folder); cells are named by task name"})
-    methods: dict = field(metadata={"help": "label -> MethodGrid"})
-    data_sizes: tuple = field(metadata={"help": "training-set sizes: counts (250) or fractions (0.1, '10%')"})
-    seeds: tuple = field(default=(0,), metadata={"help": "training seeds"})
-    task_models: dict = field(
+    tasks: tuple[str, ...] = field(
+        metadata={"help": "built-in task names (`vlpeft tasks`) or task files of your own data (relative to the "
+                          "spec's folder); cells are named by task name"})
+    methods: dict[str, MethodGrid] = field(metadata={"help": "label -> MethodGrid"})
+    data_sizes: tuple[int | float | str, ...] = field(
+        metadata={"help": "training-set sizes: counts (250) or fractions (0.1, '10%')"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": SEED_MAX, "help": "training seeds"})
+    task_models: dict[str, str] = field(
         default_factory=dict,
         metadata={
             "help": "task -> checkpoint, overriding `model` for that task (e.g. BLIP's captioning and VQA checkpoints)"
         },
     )
     pretrain: str | None = field(default=None, metadata={"help": "pre-train this preset into `model` if it is missing"})
-    subset_seed: int = field(default=0, metadata={"help": "seed of the nested data subsets"})
-    training: dict = field(default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
-    task_training: dict = field(
+    subset_seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "seed of the nested data subsets"})
+    training: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "FinetuneConfig fields shared by every run"})
+    task_training: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={"help": "task -> FinetuneConfig fields overriding `training` (and `lengths`) for that task's runs"},
     )
-    lengths: dict = field(
+    lengths: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={"help": "name -> training-length fields (length_policy and its numbers: epochs, steps, "
                           "min_steps, max_steps, ...): the grid runs under each, so the report can compare training "
                           "to convergence with equal optimiser steps"},
     )
-    paths: dict = field(default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, "
-                                                               "vqav2): each task takes the keys it knows"})
-    task_paths: dict = field(default_factory=dict, metadata={"help": "task -> data files of that task alone, "
-                                                                    "overriding `paths`"})
+    paths: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "data files of tasks that take them (coco-caption, vqav2): each task "
+                                                "takes the keys it knows"})
+    task_paths: dict[str, dict[str, str]] = field(
+        default_factory=dict, metadata={"help": "task -> data files of that task alone, overriding `paths`"})
     length_check: int = field(
         default=0,
         metadata={"help": "k >= 2: once the grid has run, re-run for each task x method label the smallest and the "
@@ -122,8 +129,8 @@ class StudySpec:
     )
     executor: ExecutorSpec = field(default_factory=ExecutorSpec, metadata={"help": "how runs are executed"})
     source: str = field(default="spec", metadata={"help": "where the spec came from (for messages)"})
-    task_files: dict = field(default_factory=dict, metadata={"help": "task name -> its task file (absolute path), "
-                                                                    "for tasks given as files"})
+    task_files: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "task name -> its task file (absolute path), for tasks given as files"})
 
     def task_ref(self, task: str) -> str:
         """How a run names the task: the built-in name, or the task file."""
@@ -226,137 +233,84 @@ def with_overrides(data: Any, overrides: Sequence[str]) -> Any:
     return data
 
 
-def _typed(value, kind, where: str):
-    if kind == "number" and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "list": isinstance(value, list),
-        "dict": isinstance(value, dict),
-    }[kind]
-    if not ok:
-        article = {
-            "bool": "true or false",
-            "int": "an integer",
-            "number": "a number",
-            "str": "a string",
-            "list": "a list",
-            "dict": "a mapping",
-        }
-        raise UserError(f"{where} must be {article[kind]}, got {shown(value)}")
-    return value
-
-
-def _as_list(value, where: str) -> list:
-    return list(value) if isinstance(value, list) else [value] if value is not None else _typed(value, "list", where)
-
-
 def parse_spec(data: Any, source: str = "spec") -> StudySpec:
-    """Validate a spec mapping: every problem is a one-line UserError naming the key."""
-    from vlpeft.data.subsets import resolve_size
+    """Validate a spec mapping: every problem is a one-line UserError naming the key. `from_mapping`
+    builds the typed spec (keys, types and the ranges in the fields' metadata); what types cannot say
+    is checked here after it."""
+    from vlpeft.data.subsets import parse_size
     from vlpeft.peft import REGISTRY, get_method, make_config
     from vlpeft.peft.budget import parse_budget
     if data is None:
         raise UserError(f"{source}: the study spec is empty")
-    d = check_keys(StudySpec, data, source, skip=("source", "task_files"))
-    name = _typed(d["name"], "str", f"{source}: name")
-    model = _typed(d["model"], "str", f"{source}: model")
+    spec = from_mapping(StudySpec, data, source, what="keys", skip=("source", "task_files"))
+    model = spec.model
     if not model.strip():
         raise UserError(f"{source}: model: empty; name a checkpoint folder or a hub id")
-    pretrain = d.get("pretrain")
-    if pretrain is not None:
+    if spec.pretrain is not None:
         from vlpeft.model.config import PRESETS
 
-        if pretrain not in PRESETS:
-            raise UserError(f"{source}: pretrain: unknown preset {pretrain!r}{did_you_mean(str(pretrain), PRESETS)}")
-    tasks, task_files = _tasks(d["tasks"], source)
+        if spec.pretrain not in PRESETS:
+            raise UserError(f"{source}: pretrain: unknown preset {spec.pretrain!r}"
+                            f"{did_you_mean(spec.pretrain, PRESETS)}")
+    tasks, task_files = _tasks(spec.tasks, source)
+    _only_tasks(spec.task_models, tasks, f"{source}: task_models")
 
-    task_models = _typed(d.get("task_models", {}) or {}, "dict", f"{source}: task_models")
-    for t, m in task_models.items():
-        if t not in tasks:
-            raise UserError(f"{source}: task_models: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
-        _typed(m, "str", f"{source}: task_models.{t}")
-
-    methods_raw = _typed(d["methods"], "dict", f"{source}: methods")
-    if not methods_raw:
+    if not spec.methods:
         raise UserError(f"{source}: methods is empty: the grid has no cell")
     methods = {}
-    for label, grid in methods_raw.items():
+    for label, grid in spec.methods.items():
         where = f"{source}: methods.{label}"
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(label)):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", label):
             raise UserError(f"{where}: a label may hold only letters, digits, '-' and '_'")
-        g = check_keys(MethodGrid, grid if grid is not None else {}, where)
-        method = g.get("method", label)
+        method = grid.method or label
         try:
-            knob = get_method(str(method)).knob
+            knob = get_method(method).knob
         except UserError:
-            raise UserError(f"{where}: unknown method {method!r}{did_you_mean(str(method), REGISTRY)}") from None
-        budgets = tuple(_as_list(g.get("budgets", []), f"{where}.budgets"))
-        for b in budgets:
-            if isinstance(b, (float, bool)) or not isinstance(b, (int, str)):
+            raise UserError(f"{where}: unknown method {method!r}{did_you_mean(method, REGISTRY)}") from None
+        for b in grid.budgets:
+            if isinstance(b, bool) or not isinstance(b, (int, str)):
                 raise UserError(f"{where}.budgets: {b!r} is not a knob value (8) or a parameter target ('params=50k')")
             try:
                 parse_budget(b)
             except UserError as e:
                 raise UserError(f"{where}.budgets: {e}") from None
-        if budgets and knob is None:
+        if grid.budgets and knob is None:
             raise UserError(f"{where}.budgets: {method} has no size knob: give no budgets")
-        lrs = tuple(float(_typed(x, "number", f"{where}.lr")) for x in _as_list(g.get("lr", []), f"{where}.lr"))
-        if any(not (0 <= x < float("inf")) for x in lrs):
-            raise UserError(f"{where}.lr: learning rates must be finite numbers >= 0, got {list(lrs)}")
-        options = _typed(g.get("options", {}) or {}, "dict", f"{where}.options")
-        make_config(method, options, source=where)
-        methods[str(label)] = MethodGrid(method=method, budgets=budgets, options=options, lr=lrs,
-                                         training=g.get("training") or {}, task_training=g.get("task_training") or {})
+        make_config(method, grid.options, source=where)
+        methods[label] = dataclasses.replace(grid, method=method)
 
-    sizes = tuple(_as_list(d["data_sizes"], f"{source}: data_sizes"))
+    sizes = spec.data_sizes
     if not sizes:
         raise UserError(f"{source}: data_sizes is empty: the grid has no cell")
     for s in sizes:  # the range check against each task's pool happens when cells are resolved
-        resolve_size(s, 10**12, f"{source}: data_sizes {s!r}")
-    seeds = tuple(_seed(s, f"{source}: seeds") for s in _as_list(d.get("seeds", [0]), f"{source}: seeds"))
-    if not seeds:
+        parse_size(s, f"{source}: data_sizes {s!r}")
+    if not spec.seeds:
         raise UserError(f"{source}: seeds is empty: the grid has no cell")
-    if len(set(seeds)) != len(seeds) or len(set(map(str, sizes))) != len(sizes):
+    if len(set(spec.seeds)) != len(spec.seeds) or len(set(map(str, sizes))) != len(sizes):
         raise UserError(f"{source}: seeds and data_sizes must not repeat a value")
 
-    training = _training(d.get("training", {}), f"{source}: training", model, tasks[0])
-    task_training = _typed(d.get("task_training", {}) or {}, "dict", f"{source}: task_training")
-    for t in task_training:
-        if t not in tasks:
-            raise UserError(
-                f"{source}: task_training: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}"
-            )
+    training = _training(spec.training, f"{source}: training", model, tasks[0])
+    _only_tasks(spec.task_training, tasks, f"{source}: task_training")
     task_training = {t: _training(v, f"{source}: task_training.{t}", model, t, base=training)
-                     for t, v in task_training.items()}
+                     for t, v in spec.task_training.items()}
     for label, grid in methods.items():  # a label's own training fields, checked like the study's
         where = f"{source}: methods.{label}"
         own = _training(grid.training, f"{where}.training", model, tasks[0], base=training)
-        per_task = _typed(grid.task_training, "dict", f"{where}.task_training")
-        for t in per_task:
-            if t not in tasks:
-                raise UserError(f"{where}.task_training: {t!r} is not one of the spec's tasks"
-                                f"{did_you_mean(str(t), tasks)}")
+        _only_tasks(grid.task_training, tasks, f"{where}.task_training")
         per_task = {t: _training(v, f"{where}.task_training.{t}", model, t,
-                                 base={**training, **task_training.get(t, {}), **own}) for t, v in per_task.items()}
+                                 base={**training, **task_training.get(t, {}), **own})
+                    for t, v in grid.task_training.items()}
         methods[label] = dataclasses.replace(grid, training=own, task_training=per_task)
     lengths = {}
-    for name, fields in _typed(d.get("lengths", {}) or {}, "dict", f"{source}: lengths").items():
-        where = f"{source}: lengths.{name}"
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
+    for length, fields in spec.lengths.items():
+        where = f"{source}: lengths.{length}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", length):
             raise UserError(f"{where}: a length's name may hold only lower-case letters, digits, '-' and '_'")
-        fields = _typed(fields, "dict", where)
         extra = sorted(set(fields) - set(LENGTH_FIELDS))
         if extra or "length_policy" not in fields:
             raise UserError(f"{where}: give length_policy and its numbers ({', '.join(LENGTH_FIELDS)})"
                             + (f"; {extra[0]!r} is not a length field" if extra else ""))
-        lengths[str(name)] = _training(fields, where, model, tasks[0], base=training)
+        lengths[length] = _training(fields, where, model, tasks[0], base=training)
     for label, grid in methods.items() if lengths else ():
         own = [*grid.training, *(k for v in grid.task_training.values() for k in v)]
         clash = next((k for k in own if k in LENGTH_FIELDS), None)
@@ -364,45 +318,33 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
             raise UserError(f"{source}: methods.{label}: {clash!r} would override the study's lengths (each "
                             "length must mean the same for every method); set it in lengths instead")
 
-    length_check = _typed(d.get("length_check", 0), "int", f"{source}: length_check")
-    if length_check == 1 or length_check < 0:
-        raise UserError(f"{source}: length_check must be 0 (no check) or a factor k >= 2, got {length_check}")
-    executor = from_mapping(ExecutorSpec, d.get("executor", {}) or {}, f"{source}: executor", what="keys")
-    _check_gpus(executor, f"{source}: executor.gpus")
-    return StudySpec(
-        name=name,
-        model=model,
+    if spec.length_check == 1 or spec.length_check < 0:
+        raise UserError(f"{source}: length_check must be 0 (no check) or a factor k >= 2, got {spec.length_check}")
+    _check_gpus(spec.executor, f"{source}: executor.gpus")
+    return dataclasses.replace(
+        spec,
         tasks=tuple(tasks),
-        task_models=task_models,
         methods=methods,
-        data_sizes=sizes,
-        seeds=seeds,
-        pretrain=pretrain,
-        subset_seed=_seed(d.get("subset_seed", 0), f"{source}: subset_seed"),
         training=training,
         task_training=task_training,
         lengths=lengths,
-        length_check=length_check,
-        paths=_expand_paths(d.get("paths", {}) or {}, f"{source}: paths"),
-        task_paths=_task_paths(d.get("task_paths", {}) or {}, tasks, task_files, source),
-        executor=executor,
+        paths=_expand_paths(spec.paths, f"{source}: paths"),
+        task_paths=_task_paths(spec.task_paths, tasks, task_files, source),
         source=source,
         task_files=task_files,
     )
 
 
-def _tasks(raw, source: str) -> tuple[list[str], dict[str, str]]:
+def _tasks(entries: tuple[str, ...], source: str) -> tuple[list[str], dict[str, str]]:
     """Task names, and name -> task file for the entries that are files (relative to the spec's folder)."""
     from vlpeft.tasks import TASKS, get_task
     from vlpeft.tasks.files import is_task_file
 
-    entries = _as_list(raw, f"{source}: tasks")
     if not entries:
         raise UserError(f"{source}: tasks is empty: the grid has no cell")
     base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
     names, files = [], {}
     for entry in entries:
-        _typed(entry, "str", f"{source}: tasks")
         if entry in TASKS:
             names.append(entry)
             continue
@@ -425,29 +367,35 @@ def _tasks(raw, source: str) -> tuple[list[str], dict[str, str]]:
     return names, files
 
 
-def _task_paths(raw, tasks: list[str], task_files: dict, source: str) -> dict[str, dict[str, str]]:
-    out = {}
-    for t, paths in _typed(raw, "dict", f"{source}: task_paths").items():
+def _only_tasks(by_task: dict, tasks: list[str], where: str) -> None:
+    """A UserError naming the first key of `by_task` (task -> settings) that is not one of the spec's tasks."""
+    for t in by_task:
         if t not in tasks:
-            raise UserError(f"{source}: task_paths: {t!r} is not one of the spec's tasks{did_you_mean(str(t), tasks)}")
+            raise UserError(f"{where}: {t!r} is not one of the spec's tasks{did_you_mean(t, tasks)}")
+
+
+def _task_paths(raw: dict[str, dict[str, str]], tasks: list[str], task_files: dict,
+                source: str) -> dict[str, dict[str, str]]:
+    _only_tasks(raw, tasks, f"{source}: task_paths")
+    out = {}
+    for t, paths in raw.items():
         if t in task_files:
             raise UserError(f"{source}: task_paths.{t}: a task file names its own data; give no paths for it")
         out[t] = _expand_paths(paths, f"{source}: task_paths.{t}")
     return out
 
 
-def _training(raw, where: str, model: str, task: str, base: dict | None = None) -> dict[str, Any]:
+def _training(raw: dict[str, Any], where: str, model: str, task: str, base: dict | None = None) -> dict[str, Any]:
     """Validated FinetuneConfig fields shared by runs (cell-level keys are the grid's, not these);
     ranges are checked on `base` updated with them."""
     from vlpeft.recipes.config import FinetuneConfig
 
-    training = dict(_typed(raw or {}, "dict", where))
     known = [f.name for f in dataclasses.fields(FinetuneConfig) if not f.metadata.get("grid")]
-    for key in training:
+    for key in raw:
         if key not in known:
             raise UserError(f"{where}: unknown or grid-level key {key!r}{did_you_mean(str(key), known)}")
     hints = typing.get_type_hints(FinetuneConfig)
-    training = {key: coerce(value, hints[key], f"{where}.{key}") for key, value in training.items()}
+    training = {key: coerce(value, hints[key], f"{where}.{key}") for key, value in raw.items()}
     try:  # range checks of FinetuneConfig itself
         FinetuneConfig(model=model, task=task, method="frozen", **{**(base or {}), **training})
     except TypeError as e:
@@ -457,15 +405,11 @@ def _training(raw, where: str, model: str, task: str, base: dict | None = None) 
     return training
 
 
-def _expand_paths(paths, where: str) -> dict[str, str]:
+def _expand_paths(paths: dict[str, str], where: str) -> dict[str, str]:
     """Data paths with $VARIABLES and ~ expanded (presets name user data through the environment)."""
     from vlpeft.io import expand_path
 
-    out = {}
-    for key, value in _typed(paths, "dict", where).items():
-        _typed(value, "str", f"{where}.{key}")
-        out[str(key)] = expand_path(value, f"{where}.{key}")
-    return out
+    return {key: expand_path(value, f"{where}.{key}") for key, value in paths.items()}
 
 
 def with_executor(spec: StudySpec, **changes) -> StudySpec:
@@ -489,13 +433,6 @@ def _check_gpus(executor: ExecutorSpec, where: str) -> None:
     if executor.kind == "local" and executor.gpus != int(executor.gpus):
         raise UserError(f"{where}: the local executor pins each worker to one whole GPU; a fraction "
                         f"({executor.gpus:g}) shares a GPU between runs on Ray (executor kind ray)")
-
-
-def _seed(value, where: str) -> int:
-    seed = _typed(value, "int", where)
-    if not 0 <= seed <= SEED_MAX:
-        raise UserError(f"{where} must be an integer in [0, {SEED_MAX}], got {seed}")
-    return seed
 
 
 # ---------------------------------------------------------------------------------------- expansion
