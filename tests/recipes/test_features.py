@@ -57,6 +57,20 @@ def test_cached_states_equal_the_encoder_output(tiny_checkpoint):
     assert torch.equal(again, first.flip(0))
 
 
+def test_an_images_states_do_not_depend_on_what_was_missing_with_it(tiny_checkpoint):
+    """A lone image takes another kernel path on a CPU (its states differ in the 6th digit), so the
+    states of a study worker, whose batches find some images already cached, would differ from a run
+    alone: every image is encoded in a padded chunk of features.CHUNK."""
+    ckpt, _ = tiny_checkpoint
+    _, task, _, encode = _frozen_encoder(ckpt, None)
+    ids = [ex.image_id for ex in task.val[:5]]
+    features.clear()
+    together = encode(ids)
+    features.clear()
+    alone = torch.cat([encode([i]) for i in ids])  # each the only one missing
+    assert torch.equal(alone, together)
+
+
 def _frozen_encoder(ckpt, cache_dir, cap_mb=8192):
     from vlpeft.tasks import cached_task
 

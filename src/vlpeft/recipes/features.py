@@ -42,6 +42,14 @@ _STORE: dict[tuple, torch.Tensor] = {}
 _BYTES = 0
 _DISK: dict[str, "DiskCache"] = {}
 RESCAN_EVERY = 256
+# Images encoded together. Every batch the cache encodes holds exactly this many (padded), because an
+# image's states must not depend on which other images happened to be missing with it: on a CPU a lone
+# image takes another kernel path and its states differ in the 6th digit, enough to change a run's
+# course, so a cell run inside a study (whose workers share the disk tier) scored differently from the
+# same cell run alone (docs/notes/2026-12-07-quick-preset-whole-run.md).
+CHUNK = 16
+# Part of the disk tier's key: states written before CHUNK padding (some encoded alone) are not reused.
+ENCODING = "chunk16"
 
 
 def room_left(folder: Path, size: int) -> bool:
@@ -166,7 +174,7 @@ def folder_bytes(root: Path) -> int:
 
 
 def disk_cache(cache_dir: str | os.PathLike, digest: str, source: str, cap_mb: float) -> DiskCache:
-    key = hashlib.sha1(f"{digest}\n{source}".encode()).hexdigest()[:20]
+    key = hashlib.sha1(f"{digest}\n{source}\n{ENCODING}".encode()).hexdigest()[:20]
     root = Path(cache_dir)
     if str(root / key) not in _DISK:
         _DISK[str(root / key)] = DiskCache(root, key, {"vision_sha1": digest, "source": source}, int(cap_mb * 2**20))
@@ -182,8 +190,12 @@ def image_encoder(model, task, pp, source: str, cache_dir: str | os.PathLike | N
         raise ValueError("image_encoder: the vision encoder is trained or modified; its states cannot be cached")
 
     def plain(ids: Sequence[str]) -> torch.Tensor:
+        """The states of `ids` (at most CHUNK), encoded as one batch of exactly CHUNK images (the last
+        image repeated): the kernels, and so the bits, do not depend on how many were missing."""
         device = next(model.parameters()).device
-        return model.encode_image(preprocess([task.image(i) for i in ids], pp).to(device))
+        pixels = preprocess([task.image(i) for i in ids], pp).to(device)  # (b, 3, H, W)
+        pixels = torch.cat([pixels, pixels[-1:].expand(CHUNK - len(ids), *pixels.shape[1:])])  # (CHUNK, 3, H, W)
+        return model.encode_image(pixels)[:len(ids)]  # (b, N, D)
 
     digest = vision_digest(model)
     prefix = (digest, source)
@@ -210,8 +222,8 @@ def image_encoder(model, task, pp, source: str, cache_dir: str | os.PathLike | N
                 remember(key[i], fresh[i])
             else:
                 missing.append(i)
-        for start in range(0, len(missing), 64):
-            chunk = missing[start:start + 64]
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start:start + CHUNK]
             with torch.no_grad():  # not inference_mode: the states are inputs of graphs that backpropagate
                 states = plain(chunk)  # (b, N, D)
             for i, s in zip(chunk, states):
