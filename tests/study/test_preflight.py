@@ -97,3 +97,15 @@ def test_the_dry_run_measures_caption_noise_on_the_frozen_checkpoint(tiny_checkp
     (r,) = preflight.validation_noise(spec)
     assert r["probe"] == 200 and r["n_val"] == 400 and r["score"] is not None and r["se"] > 0
     assert r["delta"] == pytest.approx(0.05 * r["score"]) and "measured on 200 and scaled" in r["basis"]
+
+
+def test_the_dry_run_sizes_delta_from_held_out_references_where_the_frozen_model_cannot_caption(tiny_checkpoint):
+    # easy-VQA's images are new to the checkpoint: its frozen CIDEr-D is near 0, and 5 % of it would ask for
+    # thousands of validation images; a caption held out of each image's references scores what a run can reach
+    ckpt, _ = tiny_checkpoint
+    spec = parse_spec({"name": "n", "model": str(ckpt), "tasks": ["easyvqa-caption"], "methods": {"lora": {}},
+                       "data_sizes": [16], "training": {"val_limit": 200}})
+    (r,) = preflight.validation_noise(spec)
+    frozen = 0.05 * r["score"]
+    assert r["scale"] == "a held-out reference's score" and "held-out references'" in r["basis"]
+    assert r["score"] > 1.0 and r["delta"] == pytest.approx(frozen) and not r["too_small"], r

@@ -78,3 +78,17 @@ def test_options_are_the_kinds_and_validated_by_it():
         task_options(TASKS["scenes-caption"], {"num_beams": "3"})
     with pytest.raises(UserError, match=r">= 1"):
         task_options(TASKS["scenes-caption"], {"num_beams": 0})
+
+
+def test_a_held_out_caption_is_scored_against_the_other_references_of_its_image():
+    from vlpeft.data.records import CaptionExample
+
+    kind = get_kind("caption")
+    examples = [CaptionExample("a", "a.png", ("a red circle", "a red circle", "there is a red circle")),
+                CaptionExample("b", "b.png", ("a blue square", "the image shows a blue square")),
+                CaptionExample("c", "c.png", ("only one caption",))]
+    predictions, kept = kind.held_out(examples)
+    assert predictions == ["a red circle", "a blue square"]  # c has no other reference to be scored against
+    assert [ex.captions for ex in kept] == [("a red circle", "there is a red circle"),
+                                            ("the image shows a blue square",)]
+    assert kind.score(predictions, kept)["cider_d"] > 0 and get_kind("vqa").held_out is None

@@ -7,7 +7,8 @@
    split can tell the claims' margin δ from noise: the validation score's standard error (for a metric
    with a ceiling, VQA accuracy, its bound ceiling / (2 sqrt(n)); else the frozen checkpoint's,
    measured) against δ estimated as `delta` of the ceiling or, without one (CIDEr-D), of the frozen
-   score. The report checks again with the real δ and standard errors (`analysis.converged.noise`).
+   score or, where higher (a task the frozen model cannot do yet), of a held-out reference's score
+   (`TaskKind.held_out`: one caption scored against the image's others). The report checks again with the real δ and standard errors (`analysis.converged.noise`).
 3. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
    per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
    Tian et al. the task is expected to follow, recommends a method and budget from the study task
@@ -99,9 +100,13 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
             se, margin = ceiling / (2 * math.sqrt(n_val)), delta * ceiling
             basis, scale, score = "its bound for scores in [0, the ceiling]", "the metric's ceiling", None
         else:  # the standard error of a mean scales as 1/sqrt(n): measured on a probe of the split, scaled to it
-            se, margin = rec["best_val_se"] * math.sqrt(probe / max(n_val, 1)), delta * rec["best_val_score"]
-            basis, scale, score = (f"the frozen model's, measured on {probe:,} and scaled", "the frozen score",
-                                   rec["best_val_score"])
+            score, se, probe = rec["best_val_score"], rec["best_val_se"], rec["n_val"]
+            who, scale = "the frozen model's", "the frozen score"
+            reference = _held_out(cfg, rec["scene_seed"], NOISE_PROBE)
+            if reference is not None and reference[0] > score:  # a new task: the frozen model is near the floor
+                (score, se, probe), who, scale = reference, "the held-out references'", "a held-out reference's score"
+            se, margin = se * math.sqrt(probe / max(n_val, 1)), delta * score
+            basis = f"{who}, measured on {probe:,} and scaled"
         too_small = NOISE_RATIO * se > margin
         out.append({"task": task, "n_val": n_val, "probe": probe, "score": score, "se": se, "basis": basis,
                     "delta": margin, "scale": scale, "too_small": too_small,
@@ -110,6 +115,21 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
 
 
 NOISE_PROBE = 200  # validation examples the dry run's frozen evaluation scores
+
+
+def _held_out(cfg, scene_seed: int, n: int) -> tuple[float, float, int] | None:
+    """(score, standard error, examples) of the task kind's held-out references (`TaskKind.held_out`)
+    on the first `n` validation examples of the runs' draw; None where the kind has none."""
+    from vlpeft.tasks import cached_task
+
+    data = cached_task(cfg.task, scene_seed=scene_seed, paths=cfg.paths)
+    if data.kind.held_out is None:
+        return None
+    predictions, examples = data.kind.held_out(data.select(1, 0, n, 1)[1])
+    if not examples:
+        return None
+    scores = data.kind.score(predictions, examples)
+    return scores[data.kind.metric], scores[f"{data.kind.metric}_se"], len(examples)
 
 
 def noise_text(r: dict[str, Any]) -> str:

@@ -63,6 +63,10 @@ class TaskKind:
         (CIDEr-D); bounds the claims' margin before any run (`study --dry-run`'s noise check)
     given_tokens(tok, opts) -> how many tokens the kind puts before the decoder's target (a caption
         prompt); checked against the text length before any work
+    held_out(examples) -> (predictions, examples): each example's first reference as the prediction,
+        the examples keeping only their other references (those with one reference left out): scored
+        with `score`, the references' agreement, a score within reach where the metric has no ceiling
+        (`study --dry-run` sizes δ with it on a task the frozen model cannot do yet); None: not defined
     """
 
     name: str
@@ -83,6 +87,7 @@ class TaskKind:
     summary: str
     ceiling: float | None = None
     given_tokens: Callable[[Any, Any], int] = lambda tok, opts: 0
+    held_out: Callable[[Sequence[Any]], tuple[list[str], list]] | None = None
 
     def answer_list(self, examples: Sequence[Any], limit: int | None = None) -> tuple[str, ...]:
         """The candidate answers of `examples` (train + val), or () for a kind without them."""

@@ -8,7 +8,7 @@ A training example is one image with its reference captions; each visit samples 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -112,11 +112,18 @@ def captions_from_rows(records, rows) -> list[CaptionExample]:
     return [CaptionExample(i, rows.refs[i].path, tuple(c)) for i, c in captions.items()]
 
 
+def held_out_captions(examples: Sequence[CaptionExample]) -> tuple[list[str], list[CaptionExample]]:
+    """Each image's first caption as a prediction against its other captions (images with one caption
+    left out): the score a caption written like the references gets, e.g. CIDEr-D's human agreement."""
+    kept = [ex for ex in examples if len(ex.captions) >= 2]
+    return [ex.captions[0] for ex in kept], [replace(ex, captions=ex.captions[1:]) for ex in kept]
+
+
 KIND = register_kind(TaskKind(
     name="caption", metric="cider_d", parts=("vision", "text_decoder"), options=CaptionOptions,
     example=CaptionExample, batch=caption_batch, loss=caption_loss, predict=predict_captions,
     score=score_captions, baselines=lambda data, examples: {}, describe=describe_captions, stratum=None,
     candidates=None, fields=("caption", "captions"), from_rows=captions_from_rows,
     summary="image -> caption: the image-grounded decoder, next-token loss on the caption; CIDEr-D",
-    given_tokens=lambda tok, opts: len(prompt_ids(tok, opts.prompt)),
+    given_tokens=lambda tok, opts: len(prompt_ids(tok, opts.prompt)), held_out=held_out_captions,
 ))
