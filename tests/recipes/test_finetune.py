@@ -10,7 +10,7 @@ import pytest
 from vlpeft.errors import UserError
 from vlpeft.recipes.evaluate import evaluate_run
 from vlpeft.recipes.finetune import FinetuneConfig, finetune
-from vlpeft.recipes.length import eval_steps, train_steps
+from vlpeft.recipes.length import eval_steps, stop_floor, train_steps
 
 FAST = dict(length_policy="steps", steps=6, batch_size=16, val_limit=20, test_limit=30, evals=2)
 
@@ -125,9 +125,14 @@ def test_training_length_policies():
     assert train_steps(cfg(length_policy="steps", steps=7), 95) == 7
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=50), 95) == 50
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=5), 95) == 30
+    # converge's floor: min_steps, or min_epochs passes over the subset when that is later
+    assert stop_floor(cfg(min_steps=200, min_epochs=40), 40) == 200  # 4 steps a pass: 160 < 200
+    assert stop_floor(cfg(min_steps=200, min_epochs=40), 995) == 4000  # 100 steps a pass
+    assert stop_floor(cfg(min_steps=200, min_epochs=0), 995) == 200
 
 
-CONVERGE = dict(length_policy="converge", batch_size=16, val_limit=40, test_limit=30, min_steps=0, eval_growth=1.0)
+CONVERGE = dict(length_policy="converge", batch_size=16, val_limit=40, test_limit=30, min_steps=0, min_epochs=0,
+                eval_growth=1.0)
 
 
 def test_early_stopping_keeps_the_best_weights_and_records_convergence(tiny_checkpoint, tmp_path):
@@ -174,6 +179,11 @@ def test_a_run_that_only_hurts_validation_keeps_its_starting_weights(tiny_checkp
     assert m["steps_to_best"] == 0 and m["stopped_by"] == "converged" and m["steps_done"] == 16  # 2 windows of 2
     assert m["best_val_score"] == frozen["best_val_score"] and m["test_score"] == frozen["test_score"]
     assert m["converged"] is True and frozen["converged"] is True and frozen["convergence"]["state"] == "not_trained"
+    # the same run with a floor of 6 passes over its 64 examples (4 steps each): judged converged at step 16
+    # as before, but not stopped before step 24
+    floored = run(ckpt, None, task="scenes-caption", method="lora", budget="8", data_size=64, lr=0.5,
+                  **{**CONVERGE, "max_steps": 40, "eval_every": 4, "patience": 2, "noise_z": 0.0, "min_epochs": 6})
+    assert floored["stopped_by"] == "converged" and floored["steps_done"] == 24 and floored["steps_to_best"] == 0
 
 
 def cli(*args):

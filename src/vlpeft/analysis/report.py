@@ -105,7 +105,7 @@ def build(
 
 
 # FinetuneConfig's training-length fields
-LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "steps", "max_steps", "max_epochs", "eval_every", "patience",
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "min_epochs", "steps", "max_steps", "max_epochs", "eval_every", "patience",
                  "patience_ratio", "noise_z")
 
 
@@ -216,8 +216,8 @@ def _pairs(d: dict) -> str:
 LENGTH_WORDS = {
     "converge": "until validation stops improving beyond its noise (early stopping): an evaluation every "
                 "{eval_every} steps and at step 0, the best weights kept, stopped after {patience} evaluations "
-                "without an improvement above {noise_z} standard error(s), not before {min_steps} steps nor "
-                "{patience_ratio}× the best evaluation's step, capped at {max_steps} steps; learning "
+                "without an improvement above {noise_z} standard error(s), not before {min_steps} steps, "
+                "{min_epochs} passes over the training subset nor {patience_ratio}× the best evaluation's step, capped at {max_steps} steps; learning "
                 "rate constant after its warm-up",
     "epochs": "equal epochs: {epochs} passes over every data subset (more data, more steps)",
     "steps": "equal optimiser steps (compute-matched): {steps} steps at every data size",
@@ -232,7 +232,8 @@ def length_text(policy: str | None, length: dict, name: bool = False) -> str:
         return f"{policy} = " + length_text(length.get("length_policy"), length)
     if policy is None:
         return "–"
-    values = {k: "?" for k in LENGTH_FIELDS} | {k: v for k, v in length.items() if v is not None}
+    # runs recorded before min_epochs existed had none (0)
+    values = {k: "?" for k in LENGTH_FIELDS} | {"min_epochs": 0} | {k: v for k, v in length.items() if v is not None}
     return f"{policy}: " + LENGTH_WORDS.get(policy, "{}").format(**values)
 
 

@@ -81,6 +81,12 @@ class FinetuneConfig:
         metadata={"min": 0, "help": "floor on steps: epochs_min_steps trains at least this many; converge does "
                                     "not stop before it"},
     )
+    min_epochs: float = field(
+        default=defaults.COMMON["min_epochs"],
+        metadata={"min": 0, "help": "converge: nor stop before this many passes over the training subset (a "
+                                    "floor that grows with the data: on a larger subset a first plateau is often "
+                                    "followed by a second rise); the cap still applies"},
+    )
     steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
     max_steps: int = field(
         default=defaults.COMMON["max_steps"],

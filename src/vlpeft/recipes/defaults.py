@@ -5,9 +5,10 @@ Training length policy (what a data-size curve means depends on it):
 - "converge" (default): train until the validation score stops improving beyond its own noise
   (`vlpeft.convergence`): a validation evaluation every `eval_every` steps (spaced out by
   `eval_growth`), step 0 included, the best weights kept, stopped once the level of the last
-  `patience` evaluations is no higher than that of the ones before, but not before `min_steps` nor
-  before `patience_ratio` times the step of the best evaluation so far (a plateau early in a run,
-  followed by a second rise, is common on VQA), capped at
+  `patience` evaluations is no higher than that of the ones before, but not before `min_steps`, nor
+  `min_epochs` passes over the subset, nor `patience_ratio` times the step of the best evaluation so
+  far (a plateau early in a run, followed by a second rise, is common on VQA; on larger subsets the
+  second rise comes later in steps, hence a floor in epochs), capped at
   `max_steps` (and `max_epochs`); a run stopped by the cap while still improving is recorded as not
   converged. The learning rate is
   constant after its warm-up: a schedule tied to the run's length would depend on the cap, and a
@@ -29,6 +30,7 @@ COMMON = {
     "batch_size": 32,
     "epochs": 5,
     "min_steps": 200,
+    "min_epochs": 40,
     "length_policy": "converge",
     "max_steps": 4000,
     "eval_every": 50,

@@ -30,7 +30,7 @@ from vlpeft.io import check_writable, write_json
 from vlpeft.peft import apply_peft, count_params, fold, get_method, save_peft
 from vlpeft.peft.base import trainable_state
 from vlpeft.recipes.config import FinetuneConfig
-from vlpeft.recipes.length import eval_steps, lr_factor, train_steps
+from vlpeft.recipes.length import eval_steps, lr_factor, stop_floor, train_steps
 from vlpeft.recipes.prepare import prepare, resolve_device
 from vlpeft.recipes.progress import Steps
 from vlpeft.recipes.record import reset_peak_memory, run_record
@@ -87,6 +87,7 @@ def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closin
     encode = frozen_image_encoder(prep, cfg, model)  # None: the ViT runs in every step
     lr = cfg.lr if cfg.lr is not None else get_method(cfg.method).default_lr
     steps = 0 if counts["trainable"] == 0 else train_steps(cfg, len(prep.train))
+    floor = stop_floor(cfg, len(prep.train))
     rng = np.random.default_rng(cfg.seed)
     opt = adamw(model, cfg.weight_decay, lr) if steps else None
     loss_fn = loss_function(prep, cfg, model, device) if steps else None
@@ -140,7 +141,7 @@ def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closin
             if cfg.length_policy == "converge":
                 stopped_by = "cap"
                 judged = diagnose(curve, cfg.patience, cfg.noise_z)
-                if step + 1 >= max(cfg.min_steps, cfg.patience_ratio * judged.best_step) and judged.converged:
+                if step + 1 >= max(floor, cfg.patience_ratio * judged.best_step) and judged.converged:
                     stopped_by = "converged"
                     break
     train_seconds = time.time() - started

@@ -23,6 +23,12 @@ def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
     return max(cfg.epochs * per_epoch, cfg.min_steps)
 
 
+def stop_floor(cfg: FinetuneConfig, n_train: int) -> int:
+    """Under converge, the step before which a run does not stop: `min_steps`, and `min_epochs` passes
+    over a subset of n_train examples."""
+    return max(cfg.min_steps, math.ceil(cfg.min_epochs * math.ceil(n_train / cfg.batch_size)))
+
+
 def eval_steps(cfg: FinetuneConfig, steps: int) -> list[int]:
     """The steps after which validation is evaluated (step 0, before training, comes besides): every
     `eval_every` steps and at the cap under converge; `evals` evenly spaced ones for a fixed length."""

@@ -103,8 +103,11 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
             score, se, probe = rec["best_val_score"], rec["best_val_se"], rec["n_val"]
             who, scale = "the frozen model's", "the frozen score"
             reference = _held_out(cfg, rec["scene_seed"], NOISE_PROBE)
-            if reference is not None and reference[0] > score:  # a new task: the frozen model is near the floor
-                (score, se, probe), who, scale = reference, "the held-out references'", "a held-out reference's score"
+            if reference is not None and reference[0] > score:  # a score within reach, above the frozen model's
+                # the noise is the larger of the two: references written alike agree more than a model's captions
+                score, scale = reference[0], "a held-out reference's score"
+                if reference[1] * math.sqrt(reference[2]) > se * math.sqrt(probe):
+                    se, probe, who = reference[1], reference[2], "the held-out references' (a lower bound)"
             se, margin = se * math.sqrt(probe / max(n_val, 1)), delta * score
             basis = f"{who}, measured on {probe:,} and scaled"
         too_small = NOISE_RATIO * se > margin
