@@ -127,7 +127,9 @@ def test_training_length_policies():
     assert train_steps(cfg(length_policy="epochs_min_steps", epochs=3, min_steps=5), 95) == 30
     # converge's floor: min_steps, or min_epochs passes over the subset when that is later
     assert stop_floor(cfg(min_steps=200, min_epochs=40), 40) == 200  # 4 steps a pass: 160 < 200
-    assert stop_floor(cfg(min_steps=200, min_epochs=40), 995) == 4000  # 100 steps a pass
+    assert stop_floor(cfg(min_steps=200, min_epochs=40), 250) == 1000  # 25 steps a pass
+    assert stop_floor(cfg(min_steps=200, min_epochs=40), 995) == 2000  # 4,000 steps of passes: half the cap
+    assert stop_floor(cfg(min_steps=200, min_epochs=40, max_epochs=10), 995) == 500  # the cap: 10 passes
     assert stop_floor(cfg(min_steps=200, min_epochs=0), 995) == 200
 
 
@@ -179,10 +181,10 @@ def test_a_run_that_only_hurts_validation_keeps_its_starting_weights(tiny_checkp
     assert m["steps_to_best"] == 0 and m["stopped_by"] == "converged" and m["steps_done"] == 16  # 2 windows of 2
     assert m["best_val_score"] == frozen["best_val_score"] and m["test_score"] == frozen["test_score"]
     assert m["converged"] is True and frozen["converged"] is True and frozen["convergence"]["state"] == "not_trained"
-    # the same run with a floor of 6 passes over its 64 examples (4 steps each): judged converged at step 16
-    # as before, but not stopped before step 24
+    # the same run with a floor of 6 passes over its 64 examples (4 steps each), under half its cap of 60:
+    # judged converged at step 16 as before, but not stopped before step 24
     floored = run(ckpt, None, task="scenes-caption", method="lora", budget="8", data_size=64, lr=0.5,
-                  **{**CONVERGE, "max_steps": 40, "eval_every": 4, "patience": 2, "noise_z": 0.0, "min_epochs": 6})
+                  **{**CONVERGE, "max_steps": 60, "eval_every": 4, "patience": 2, "noise_z": 0.0, "min_epochs": 6})
     assert floored["stopped_by"] == "converged" and floored["steps_done"] == 24 and floored["steps_to_best"] == 0
 
 

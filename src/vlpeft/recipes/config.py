@@ -85,7 +85,7 @@ class FinetuneConfig:
         default=defaults.COMMON["min_epochs"],
         metadata={"min": 0, "help": "converge: nor stop before this many passes over the training subset (a "
                                     "floor that grows with the data: on a larger subset a first plateau is often "
-                                    "followed by a second rise); the cap still applies"},
+                                    "followed by a second rise); at most half the cap"},
     )
     steps: int = field(default=0, metadata={"min": 0, "help": "exact steps (policy 'steps')"})
     max_steps: int = field(

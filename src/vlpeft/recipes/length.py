@@ -25,8 +25,10 @@ def train_steps(cfg: FinetuneConfig, n_train: int) -> int:
 
 def stop_floor(cfg: FinetuneConfig, n_train: int) -> int:
     """Under converge, the step before which a run does not stop: `min_steps`, and `min_epochs` passes
-    over a subset of n_train examples."""
-    return max(cfg.min_steps, math.ceil(cfg.min_epochs * math.ceil(n_train / cfg.batch_size)))
+    over a subset of n_train examples but at most half the cap (a large subset, whose passes the cap
+    does not allow, can still be judged converged before its cap)."""
+    passes = math.ceil(cfg.min_epochs * math.ceil(n_train / cfg.batch_size))
+    return max(cfg.min_steps, min(passes, train_steps(cfg, n_train) // 2))
 
 
 def eval_steps(cfg: FinetuneConfig, steps: int) -> list[int]:
