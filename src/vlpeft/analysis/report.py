@@ -105,8 +105,8 @@ def build(
 
 
 # FinetuneConfig's training-length fields
-LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "min_epochs", "steps", "max_steps", "max_epochs", "eval_every", "patience",
-                 "patience_ratio", "noise_z")
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "min_epochs", "steps", "max_steps", "max_epochs",
+                 "eval_every", "patience", "patience_ratio", "noise_z")
 
 
 def write_claims(folder: Path, table: list[dict[str, Any]]) -> None:
@@ -217,8 +217,8 @@ LENGTH_WORDS = {
     "converge": "until validation stops improving beyond its noise (early stopping): an evaluation every "
                 "{eval_every} steps and at step 0, the best weights kept, stopped after {patience} evaluations "
                 "without an improvement above {noise_z} standard error(s), not before {min_steps} steps, "
-                "{min_epochs} passes over the training subset nor {patience_ratio}× the best evaluation's step, capped at {max_steps} steps; learning "
-                "rate constant after its warm-up",
+                "{min_epochs} passes over the training subset (at most half the cap) nor {patience_ratio}× the "
+                "best evaluation's step, capped at {max_steps} steps; learning rate constant after its warm-up",
     "epochs": "equal epochs: {epochs} passes over every data subset (more data, more steps)",
     "steps": "equal optimiser steps (compute-matched): {steps} steps at every data size",
     "epochs_min_steps": "{epochs} epochs, at least {min_steps} optimiser steps",

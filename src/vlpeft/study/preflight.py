@@ -8,7 +8,8 @@
    with a ceiling, VQA accuracy, its bound ceiling / (2 sqrt(n)); else the frozen checkpoint's,
    measured) against δ estimated as `delta` of the ceiling or, without one (CIDEr-D), of the frozen
    score or, where higher (a task the frozen model cannot do yet), of a held-out reference's score
-   (`TaskKind.held_out`: one caption scored against the image's others). The report checks again with the real δ and standard errors (`analysis.converged.noise`).
+   (`TaskKind.held_out`: one caption scored against the image's others). The report checks again
+   with the real δ and standard errors (`analysis.converged.noise`).
 3. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
    per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
    Tian et al. the task is expected to follow, recommends a method and budget from the study task

@@ -49,8 +49,8 @@ from vlpeft.validate import SEED_MAX, check_values, coerce, from_mapping
 # Presets ship inside the package (package data), so they are found after a non-editable install too.
 PRESET_DIR = importlib.resources.files("vlpeft") / "configs"
 EXECUTORS = ("local", "ray")
-LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "min_epochs", "steps", "max_steps", "max_epochs", "eval_every",
-                 "eval_growth", "patience", "patience_ratio", "noise_z", "warmup_steps")
+LENGTH_FIELDS = ("length_policy", "epochs", "min_steps", "min_epochs", "steps", "max_steps", "max_epochs",
+                 "eval_every", "eval_growth", "patience", "patience_ratio", "noise_z", "warmup_steps")
 
 
 @dataclass(frozen=True)
