@@ -581,9 +581,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's stop), raised where the process is, so it shuts down as after
+    Ctrl-C: workers stopped, the store closed, a study resumable."""
+
+
+def _terminated(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the shutdown
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    own = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    before = signal.signal(signal.SIGTERM, _terminated) if own else None
     try:
         return args.func(args) or 0
     except UserError as e:
@@ -591,12 +608,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vlpeft: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("vlpeft: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        import signal
-
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
         print("vlpeft: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

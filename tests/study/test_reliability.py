@@ -223,3 +223,24 @@ def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_c
     resumed = study(spec, out)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert {s for _, s, _ in table(out)} == {"done"}
+
+
+def test_sigterm_stops_the_study_and_its_workers_cleanly_and_it_resumes(tiny_checkpoint, tmp_path):
+    """`kill PID` (or a scheduler's stop) reaches the driver alone: it stops its workers as after Ctrl-C,
+    says so in one line (no resource-tracker warning of leaked semaphores), exits 143, and resumes."""
+    ckpt, _ = tiny_checkpoint
+    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
+                     training={**TRAINING, "steps": 400}, executor={"kind": "local", "workers": 2, "threads": 1})
+    out = tmp_path / "study"
+    p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert _wait_for_running(out, p)
+    assert wait_for(lambda: len(training_cells(out)) >= 2 or p.poll() is not None, 120)  # both fine-tuning
+    assert p.poll() is None, "the study ended before the signal: make its cells longer"
+    p.send_signal(signal.SIGTERM)
+    out_text, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and err.strip() == "vlpeft: terminated", (p.returncode, err, out_text)
+    assert wait_for(lambda: _session_processes(p.pid) == [], 10)  # no worker outlives the driver
+    resumed = study(spec, out)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {s for _, s, _ in table(out)} == {"done"}
