@@ -92,20 +92,14 @@ def check_cell(cfg: FinetuneConfig, model_cfg, pretrain: dict | None, tokenizer,
 
 
 @dataclass
-class Prepared:
-    """Everything a run needs, validated and loaded before any training or writing."""
+class Prepared(Checked):
+    """Everything a run needs, validated and loaded before any training or writing: its `Checked`
+    inputs, the loaded model and the drawn subsets."""
 
     loaded: Any  # vlpeft.model.checkpoint.LoadedModel
-    task: Any  # vlpeft.tasks.TaskDef
-    kind: Any  # vlpeft.tasks.TaskKind
-    data: Any  # vlpeft.tasks.TaskData
-    options: Any  # the kind's options (e.g. CaptionOptions)
     train: list
     val: list
     test: list
-    method_cfg: Any
-    resolved: dict
-    scene_seed: int
 
 
 def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prepared:
@@ -117,8 +111,7 @@ def prepare(cfg: FinetuneConfig, loaded=None, check_images: bool = True) -> Prep
     train, val, test = c.data.select(c.n, cfg.subset_seed, cfg.val_limit, cfg.test_limit)
     if check_images:
         c.data.check_images([ex.image_id for ex in train + val + test])
-    return Prepared(loaded, c.task, c.kind, c.data, c.options, train, val, test, c.method_cfg, c.resolved,
-                    c.scene_seed)
+    return Prepared(**vars(c), loaded=loaded, train=train, val=val, test=test)
 
 
 def check_text_room(max_text_len: int, model: str, kind, options, model_cfg, tokenizer, where: str) -> None:
