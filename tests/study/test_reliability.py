@@ -194,53 +194,54 @@ def test_one_study_per_folder_and_a_killed_holder_does_not_block_the_resume(tiny
     assert {s for _, s, _ in table(out)} == {"done"} and not (out / ".vlpeft-study.holder").exists()
 
 
-def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_checkpoint, tmp_path):
+def _two_cells_training(tiny_checkpoint, tmp_path, **popen):
+    """A study of two long LoRA cells started in its own session and left while both fine-tune.
+    -> (spec, out, process)."""
     import time
 
     ckpt, _ = tiny_checkpoint
     spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
                      training={**TRAINING, "steps": 400}, executor={"kind": "local", "workers": 2, "threads": 1})
-    # 400 steps: long enough that the two cells are still training when the interrupts arrive (with 60
-    # an idle machine could finish the study in the second before them, and exit 0)
+    # 400 steps: long enough that the two cells are still training when the signal arrives (with 60
+    # an idle machine could finish the study in the second before it, and exit 0)
     out = tmp_path / "study"
-    # SIGINT as a terminal leaves it: a test runner started in the background by a non-interactive
-    # shell ignores SIGINT, and a child would inherit that (and rightly keep ignoring Ctrl-C)
     p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
     assert _wait_for_running(out, p)
     deadline = time.time() + 60  # the two workers have started (the driver and the resource tracker are the others)
     while len(_session_processes(p.pid)) < 4 and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
     assert wait_for(lambda: len(training_cells(out)) >= 2 or p.poll() is not None, 120)  # both fine-tuning
-    assert p.poll() is None, "the study ended before the interrupts: make its cells longer"
-    os.killpg(p.pid, signal.SIGINT)  # what a terminal sends to the whole group, twice
-    time.sleep(0.3)
-    os.killpg(p.pid, signal.SIGINT)
+    assert p.poll() is None, "the study ended before the signal: make its cells longer"
+    return spec, out, p
+
+
+def _stopped_cleanly_then_resumes(spec, out, p, code: int, line: str) -> None:
+    """The driver exits with `code` saying `line` alone, no worker outlives it, and the study resumes."""
     out_text, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.strip() == "vlpeft: interrupted", (p.returncode, err, out_text)
+    assert p.returncode == code and err.strip() == line, (p.returncode, err, out_text)
     assert wait_for(lambda: _session_processes(p.pid) == [], 10)  # no worker outlives the driver
     resumed = study(spec, out)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert {s for _, s, _ in table(out)} == {"done"}
+
+
+def test_two_ctrl_c_stop_the_study_and_its_workers_cleanly_and_it_resumes(tiny_checkpoint, tmp_path):
+    import time
+
+    # SIGINT as a terminal leaves it: a test runner started in the background by a non-interactive
+    # shell ignores SIGINT, and a child would inherit that (and rightly keep ignoring Ctrl-C)
+    spec, out, p = _two_cells_training(tiny_checkpoint, tmp_path,
+                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal sends to the whole group, twice
+    time.sleep(0.3)
+    os.killpg(p.pid, signal.SIGINT)
+    _stopped_cleanly_then_resumes(spec, out, p, 130, "vlpeft: interrupted")
 
 
 def test_sigterm_stops_the_study_and_its_workers_cleanly_and_it_resumes(tiny_checkpoint, tmp_path):
     """`kill PID` (or a scheduler's stop) reaches the driver alone: it stops its workers as after Ctrl-C,
     says so in one line (no resource-tracker warning of leaked semaphores), exits 143, and resumes."""
-    ckpt, _ = tiny_checkpoint
-    spec = spec_file(tmp_path, ckpt, tasks=["easyvqa-vqa"], data_sizes=[16], methods={"lora": {"budgets": [1, 2]}},
-                     training={**TRAINING, "steps": 400}, executor={"kind": "local", "workers": 2, "threads": 1})
-    out = tmp_path / "study"
-    p = subprocess.Popen([sys.executable, "-m", "vlpeft.cli", "study", str(spec), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert _wait_for_running(out, p)
-    assert wait_for(lambda: len(training_cells(out)) >= 2 or p.poll() is not None, 120)  # both fine-tuning
-    assert p.poll() is None, "the study ended before the signal: make its cells longer"
+    spec, out, p = _two_cells_training(tiny_checkpoint, tmp_path)
     p.send_signal(signal.SIGTERM)
-    out_text, err = p.communicate(timeout=120)
-    assert p.returncode == 143 and err.strip() == "vlpeft: terminated", (p.returncode, err, out_text)
-    assert wait_for(lambda: _session_processes(p.pid) == [], 10)  # no worker outlives the driver
-    resumed = study(spec, out)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert {s for _, s, _ in table(out)} == {"done"}
+    _stopped_cleanly_then_resumes(spec, out, p, 143, "vlpeft: terminated")
