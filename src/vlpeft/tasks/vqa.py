@@ -28,6 +28,7 @@ from vlpeft.data.images import preprocess
 from vlpeft.data.records import VQAExample
 from vlpeft.errors import UserError
 from vlpeft.model.generate import generate
+from vlpeft.model.text import KVCache
 from vlpeft.tasks.base import Batch, TaskKind, pixel_encoder, register_kind
 from vlpeft.tasks.metrics import normalize_vqa_answer, vqa_scores
 from vlpeft.tasks.splits import answer_type, candidate_answers
@@ -97,19 +98,44 @@ def vqa_loss(model, batch: VQABatch, label_smoothing: float = 0.0, image_states=
 
 
 @torch.inference_mode()
-def rank_answers(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128) -> torch.Tensor:
-    """Best candidate index per question. q_states (B, Lq, D); cand_ids/mask (C, La) start with [DEC]."""
-    B, C = q_states.shape[0], cand_ids.shape[0]
+def candidate_logprobs(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, scores), each (B, K): the candidates scored per question (all C, or BLIP's k) and their
+    sum_t log p(a_t | a_<t, question), a = "[DEC] a_1 .. a_T [SEP]". q_states (B, Lq, D); cand_ids/mask
+    (C, La), every row starting with [DEC].
+
+    The [DEC] step is decoded once per question with a key/value cache; its next-token distribution
+    gives log p(a_1) of every candidate (and, with C > k, BLIP's filter: the k candidates whose first
+    token is likeliest), and its cache (the question's cross-attention keys/values, [DEC]'s
+    self-attention keys/values) is shared by the question's K candidates, which are decoded from a_1
+    on. The same sums as decoding each "[DEC] a [SEP]" whole, without recomputing what they share."""
+    B, C, La = q_states.shape[0], cand_ids.shape[0], cand_ids.shape[1]
+    cache = KVCache()
+    first = model.decoder_logits(cand_ids[:1, :1].expand(B, 1), None, q_states, q_mask, cache=cache)
+    first = first[:, 0].float().log_softmax(-1)  # (B, V): log p(a_1 | [DEC], question)
+    first_cand = first[:, cand_ids[:, 1]]  # (B, C)
     if C > k:  # BLIP: keep the k candidates with the likeliest first token
-        first = model.decoder_logits(cand_ids[:1, :1].expand(B, 1), None, q_states, q_mask)[:, 0].log_softmax(-1)
-        keep = first[:, cand_ids[:, 1]].topk(k, dim=1).indices  # (B, k)
+        keep = first_cand.topk(k, dim=1).indices  # (B, k)
     else:
         keep = torch.arange(C, device=q_states.device).expand(B, C)  # (B, C)
     K = keep.shape[1]
-    ids, mask = cand_ids[keep].flatten(0, 1), cand_mask[keep].flatten(0, 1)  # (B*K, La)
-    ctx = q_states.repeat_interleave(K, 0)  # (B*K, Lq, D)
-    ctx_mask = q_mask.repeat_interleave(K, 0)
-    scores = model.sequence_logprob(ids, mask, ctx, ctx_mask).view(B, K)  # (B, K)
+    scores = first_cand.gather(1, keep) * cand_mask[keep][..., 1].to(first.dtype)  # (B, K)
+    if La > 2:  # a_2 .. [SEP], read from the positions a_1 .. a_T
+        ids, mask = cand_ids[keep].flatten(0, 1), cand_mask[keep].flatten(0, 1)  # (B*K, La)
+        rows = torch.arange(B, device=q_states.device).repeat_interleave(K)  # (B*K,) each candidate's question
+        cache.reorder(rows)
+        q_rows = None if q_mask is None else q_mask.index_select(0, rows)
+        logits = model.decoder_logits(ids[:, 1:-1], mask[:, 1:-1], q_states.index_select(0, rows), q_rows,
+                                      cache=cache)  # (B*K, La-2, V)
+        tok = logits.float().log_softmax(-1).gather(-1, ids[:, 2:, None]).squeeze(-1)  # (B*K, La-2)
+        scores = scores + (tok * mask[:, 2:].to(tok.dtype)).sum(-1).view(B, K)
+    return keep, scores
+
+
+@torch.inference_mode()
+def rank_answers(model, q_states, q_mask, cand_ids, cand_mask, k: int = 128) -> torch.Tensor:
+    """Best candidate index per question (B,): the likeliest of `candidate_logprobs`."""
+    keep, scores = candidate_logprobs(model, q_states, q_mask, cand_ids, cand_mask, k)
     return keep.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)  # (B,)
 
 
