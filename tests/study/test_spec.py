@@ -183,7 +183,7 @@ def test_presets_parse_and_start_with_their_launch_command(preset, monkeypatch):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Launch: ") and f"vlpeft study {preset} --out runs/{preset}" in first
     s = load_spec(preset)
-    assert len(expand(s)) == {"quick": 192, "medium": 168, "full": 2232, "paper-blip": 660}[preset]  # as documented
+    assert len(expand(s)) == {"quick": 192, "medium": 112, "full": 2232, "paper-blip": 660}[preset]  # as documented
     assert s.length_check >= 2  # every preset checks its verdicts against longer training
     from vlpeft.recipes.config import FinetuneConfig
 
@@ -215,13 +215,14 @@ def test_quick_and_full_presets_cover_what_the_study_needs():
 
 
 def test_the_medium_preset_covers_the_2x2_with_both_groups_at_three_budgets_over_a_decade_of_data():
+    """Two sizes (the cut that keeps it near two hours), three budgets (the non-monotonic claim), two seeds."""
     medium = load_spec("medium")
     assert set(medium.tasks) == {"scenes-caption", "scenes-vqa", "easyvqa-caption", "easyvqa-vqa"}
     grids = {g.method: g for g in medium.methods.values()}
     assert {"prefix", "lora", "frozen"} <= set(grids)  # embedding and layer composition
     assert all(len(grids[m].budgets) >= 3 for m in ("prefix", "lora"))
     counts = [int(str(s)) for s in medium.data_sizes]  # counts, the same for every task (no pool is smaller)
-    assert len(counts) >= 3 and max(counts) >= 10 * min(counts) and len(medium.seeds) >= 2
+    assert len(counts) >= 2 and max(counts) >= 10 * min(counts) and len(medium.seeds) >= 2
 
 
 def test_paper_blip_preset_names_user_data_through_the_environment(tmp_path, monkeypatch):
