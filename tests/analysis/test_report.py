@@ -322,6 +322,14 @@ def test_the_setup_names_what_a_method_label_sets_beyond_its_budgets():
     assert report._method_settings({}) == []
 
 
+def test_the_setup_says_how_each_kind_predicts():
+    assert report.inference_text("caption", {"num_beams": 3, "prompt": ""}) == "beam search (3 beams)"
+    assert report.inference_text("caption", {"num_beams": 1, "prompt": "a photo of"}) == \
+        'greedy decoding after the prompt "a photo of"'
+    assert report.inference_text("vqa", {"inference": "generate", "rank_k": 128}) == "greedy generation of a free answer"
+    assert "the 16 with the likeliest first token" in report.inference_text("vqa", {"inference": "rank", "rank_k": 16})
+
+
 def test_the_did_it_learn_reading_tells_undertrained_from_a_baseline_near_the_best():
     assert report.learn_reading({"flagged": [], "headroom": 30, "margin": 3}) == "learned"
     assert report.learn_reading({"flagged": [{}], "headroom": 29.2, "margin": 3.5}) == "undertrained"

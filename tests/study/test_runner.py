@@ -68,6 +68,9 @@ def test_tiny_study_runs_exports_and_a_rerun_changes_nothing(tiny_checkpoint, tm
     assert len(csv) == 13 and "m.test_score" in csv[0] and "config.data_size" in csv[0]
     report = (out / "report.md").read_text()
     assert "## Verdict matrix" in report and "| scenes-caption | lora |" in report
+    assert ("| inference (validation and test alike) | easyvqa-vqa: BLIP's ranking of the candidate answers by "
+            "likelihood (the 128 with the likeliest first token, where there are more); scenes-caption: greedy "
+            "decoding |") in report  # from the runs' recorded task options
     assert (out / "report.html").is_file() and (out / "figures" / "easyvqa-vqa-data.png").is_file()
     meta = sqlite3.connect(out / "results.sqlite").execute("SELECT value FROM meta WHERE key='consistency'").fetchone()
     assert set(json.loads(meta[0])) == {"scenes-caption", "easyvqa-vqa"}

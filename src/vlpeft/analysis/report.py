@@ -152,6 +152,11 @@ def setup(meta: StudyMeta, rows: list[dict], runs: list[dict]) -> dict[str, Any]
             length = {k: m["config"][k] for k in LENGTH_FIELDS
                       if k in m.get("config", {})}
             break
+    inference = {}  # task -> (kind, options) as its finished runs recorded them
+    for r in rows:
+        if r["metrics"]:
+            m = json.loads(r["metrics"])
+            inference.setdefault(m.get("task"), (m.get("task_kind"), m.get("task_options") or {}))
     model = ident.get("model")
     if meta.pretrain:
         pretrain = {k: meta.pretrain.get(k) for k in ("steps", "seed", "objectives", "train_seconds", "config", "data")}
@@ -168,6 +173,7 @@ def setup(meta: StudyMeta, rows: list[dict], runs: list[dict]) -> dict[str, Any]
     return {"name": meta.name, "model": model, "checkpoints": ident.get("checkpoints"),
             "eval_cost": {"validation": float(np.median(val_s)) if val_s else None,
                           "test": float(np.median(test_s)) if test_s else None},
+            "inference": inference,
             "training": ident.get("training", {}), "task_training": ident.get("task_training", {}), "spec": spec,
             "environment": env, "pretrain": pretrain,
             "tasks": {t: relation.get(t) or consistency.get(t, {}).get("relation") or "–"
@@ -200,6 +206,20 @@ def _md_cell(text: str) -> str:
 def _text(cell) -> str:
     """A table cell is a string, or (text, css class, tooltip) for the verdict matrix."""
     return cell[0] if isinstance(cell, tuple) else str(cell)
+
+
+def inference_text(kind: str | None, opts: dict) -> str:
+    """How a task's predictions are made, in words, from its kind and its recorded options."""
+    if kind == "caption":
+        beams = opts.get("num_beams", 1)
+        how = "greedy decoding" if beams == 1 else f"beam search ({beams} beams)"
+        return how + (f" after the prompt \"{opts['prompt']}\"" if opts.get("prompt") else "")
+    if kind == "vqa":
+        if opts.get("inference") == "generate":
+            return "greedy generation of a free answer"
+        return (f"BLIP's ranking of the candidate answers by likelihood (the {opts.get('rank_k', 128)} with the "
+                f"likeliest first token, where there are more)")
+    return _pairs(opts)
 
 
 def _pairs(d: dict) -> str:
@@ -293,6 +313,9 @@ def setup_rows(s: dict) -> list[list[str]]:
         *([["length check", f"the smallest and the largest data size at each method's middle budget (first seed) "
                             f"re-run {s['spec']['length_check']}× longer (cap and patience, or a fixed length)"]]
           if (s["spec"] or {}).get("length_check") else []),
+        *([["inference (validation and test alike)", "; ".join(f"{t}: {inference_text(*v)}"
+                                                              for t, v in sorted(s["inference"].items()))]]
+          if s.get("inference") else []),
         ["evaluation per run (median)", f"validation {_fmt(s['eval_cost']['validation'])} s over the whole run "
                                         f"(step 0 included), test {_fmt(s['eval_cost']['test'])} s"],
         ["multiple testing", "Benjamini–Hochberg over every test of the report (false discovery rate α = "
