@@ -88,6 +88,12 @@ def test_the_dry_run_warns_when_a_validation_split_cannot_tell_delta_from_noise(
     assert "warning: too small to tell δ from noise" in preflight.noise_text(small)
     (large,) = preflight.validation_noise(spec(0))  # the whole split
     assert large["n_val"] >= 400 and not large["too_small"]
+    # the report's δ is 5 % of the best score p: 2 sqrt(p (1 - p) / n) <= 0.05 p needs p >= 4 / (4 + 0.0025 n)
+    n = large["n_val"]
+    assert large["score_needed"] == pytest.approx(100 * 4 / (4 + 0.0025 * n))
+    p = large["score_needed"] / 100
+    assert 2 * (p * (1 - p) / n) ** 0.5 == pytest.approx(0.05 * p)  # exactly at the edge
+    assert f"only if the best score reaches {large['score_needed']:.3g}" in preflight.noise_text(large)
 
 
 def test_the_dry_run_measures_caption_noise_on_the_frozen_checkpoint(tiny_checkpoint):

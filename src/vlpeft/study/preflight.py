@@ -8,8 +8,10 @@
    with a ceiling, VQA accuracy, its bound ceiling / (2 sqrt(n)); else the frozen checkpoint's,
    measured) against δ estimated as `delta` of the ceiling or, without one (CIDEr-D), of the frozen
    score or, where higher (a task the frozen model cannot do yet), of a held-out reference's score
-   (`TaskKind.held_out`: one caption scored against the image's others). The report checks again
-   with the real δ and standard errors (`analysis.converged.noise`).
+   (`TaskKind.held_out`: one caption scored against the image's others). With a ceiling it also gives
+   the best score the split needs, since the report's δ is 5 % of the best cell's score (scores far
+   under the ceiling need more examples). The report checks again with the real δ and standard
+   errors (`analysis.converged.noise`).
 3. `advise_task`: places the task among the tasks of the studies given (`analysis.predict`: a line
    per sensitivity on `predict.PREDICTOR`, with its prediction interval), says which claim of
    Tian et al. the task is expected to follow, recommends a method and budget from the study task
@@ -112,8 +114,11 @@ def validation_noise(spec, delta: float | None = None, log=print) -> list[dict[s
             se, margin = se * math.sqrt(probe / max(n_val, 1)), delta * score
             basis = f"{who}, measured on {probe:,} and scaled"
         too_small = NOISE_RATIO * se > margin
+        # the report's δ is `delta` of the best cell's score p (a fraction of the ceiling), its noise binomial:
+        # k sqrt(p (1 - p) / n) <= delta p  <=>  p >= k^2 / (k^2 + delta^2 n), with k = NOISE_RATIO
+        reach = ceiling * NOISE_RATIO ** 2 / (NOISE_RATIO ** 2 + delta ** 2 * n_val) if ceiling else None
         out.append({"task": task, "n_val": n_val, "probe": probe, "score": score, "se": se, "basis": basis,
-                    "delta": margin, "scale": scale, "too_small": too_small,
+                    "delta": margin, "scale": scale, "too_small": too_small, "score_needed": reach,
                     "needed": math.ceil(n_val * (NOISE_RATIO * se / margin) ** 2) if too_small else None})
     return out
 
@@ -144,6 +149,9 @@ def noise_text(r: dict[str, Any]) -> str:
     if r["too_small"]:
         line += (f"\n  warning: too small to tell δ from noise (δ < 2 SE): early stopping and model selection would "
                  f"decide at the level of noise; about {r['needed']:,} validation examples would do (val_limit)")
+    elif r.get("score_needed") is not None:
+        line += (f"\n  the report takes δ as 5 % of the best cell's score: with {r['n_val']:,} examples that is 2 SE or "
+                 f"more only if the best score reaches {r['score_needed']:.3g}; below it, raise val_limit")
     return line
 
 
