@@ -68,7 +68,10 @@ class RunRecord:
     length_policy: str | None = field(default=None, metadata={"help": "converge, epochs, steps or epochs_min_steps"})
     epochs: int | None = field(default=None, metadata={"help": "the policy's epochs"})
     min_steps: int | None = field(default=None, metadata={"help": "the policy's floor on steps"})
-    train_seconds: float | None = field(default=None, metadata={"help": "training wall time"})
+    resumed_from_step: int | None = field(default=None, metadata={"help": "the step a longer run went on from, "
+                                                                         "taking a shorter run's saved state (the "
+                                                                         "length check); None: trained from step 0"})
+    train_seconds: float | None = field(default=None, metadata={"help": "training wall time (of this run's own steps)"})
     eval_seconds: float | None = field(default=None, metadata={"help": "test evaluation wall time"})
     val_seconds: float | None = field(default=None, metadata={"help": "validation wall time (all evaluations, "
                                                                      "included in train_seconds)"})

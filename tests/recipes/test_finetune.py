@@ -188,6 +188,50 @@ def test_a_run_that_only_hurts_validation_keeps_its_starting_weights(tiny_checkp
     assert floored["stopped_by"] == "converged" and floored["steps_done"] == 24 and floored["steps_to_best"] == 0
 
 
+def test_a_longer_run_goes_on_from_a_shorter_runs_state_and_is_the_run_trained_from_scratch(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """The length check's saving: a run that keeps its state, then the same cell with a higher floor and
+    cap resumed from it, gives the curve, weights and scores of that longer cell trained from scratch,
+    computing only the steps after the shorter run's stop. A state that does not fit is not used."""
+    import dataclasses
+
+    import vlpeft.recipes.finetune as ft
+
+    ckpt, _ = tiny_checkpoint
+    short = FinetuneConfig(model=str(ckpt), task="easyvqa-vqa", method="lora", budget="4", data_size=64, lr=3e-3,
+                           max_steps=40, eval_every=5, patience=2, **{**CONVERGE, "noise_z": 0.0})
+    first = finetune(short, tmp_path / "short", progress=False, keep_state=True)
+    assert first["stopped_by"] == "converged" and (tmp_path / "short" / "state.pt").is_file()
+    from vlpeft.study.runner import lengthened  # as the study's length check lengthens a cell
+
+    longer = FinetuneConfig(**lengthened(dataclasses.asdict(short), 2, first))
+    assert longer.min_steps == 2 * first["steps_done"] and longer.max_steps == 80
+    steps = []
+    real_step = ft.train_step
+    monkeypatch.setattr(ft, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    scratch = finetune(longer, tmp_path / "scratch", progress=False)
+    n_scratch, steps[:] = len(steps), []
+    resumed = finetune(longer, tmp_path / "resumed", progress=False, resume=tmp_path / "short")
+    assert len(steps) == n_scratch - first["steps_done"] > 0  # only the steps after the shorter run's stop
+    def curve(run):  # every figure but the clock
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((tmp_path / run / "curve.json")
+                                                                                     .read_text())]
+    assert curve("resumed") == curve("scratch") and len(curve("scratch")) > len(curve("short"))
+    for key in ("test_score", "best_val_score", "steps_done", "steps_to_best", "converged", "stopped_by"):
+        assert resumed[key] == scratch[key], key
+    assert resumed["resumed_from_step"] == first["steps_done"] and scratch["resumed_from_step"] is None
+    assert (tmp_path / "resumed" / "peft_model.safetensors").read_bytes() == \
+        (tmp_path / "scratch" / "peft_model.safetensors").read_bytes()
+    assert not (tmp_path / "resumed" / "state.pt").exists()  # kept only when asked
+    # not resumed: another learning rate, another policy, no state, another evaluation schedule
+    assert ft.resumable(dataclasses.replace(longer, lr=1e-3), tmp_path / "short") is None
+    assert ft.resumable(dataclasses.replace(longer, length_policy="steps", steps=80), tmp_path / "short") is None
+    assert ft.resumable(longer, tmp_path / "scratch") is None  # no state there
+    steps[:] = []
+    odd = finetune(dataclasses.replace(longer, eval_every=7), None, progress=False, resume=tmp_path / "short")
+    assert len(steps) == odd["steps_done"]  # trained from scratch
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "vlpeft.cli", *map(str, args)], capture_output=True, text=True)
 

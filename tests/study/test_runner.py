@@ -446,6 +446,10 @@ def test_too_few_steps_confound_the_data_claims_and_training_to_convergence_does
         assert config["min_steps"] == 2 * original["steps_done"] and config["max_steps"] == 400
         assert json.loads(r["metrics"])["steps_done"] >= 2 * original["steps_done"]
         assert config["warmup_steps"] == 1 and config["patience"] == 2
+        # it went on from the state its original kept (the same run as from scratch: tests/recipes/test_finetune.py)
+        assert json.loads(r["metrics"])["resumed_from_step"] == original["steps_done"]
+    kept = sorted(p.parent.name for p in (tmp_path / "long" / "runs").glob("*/state.pt"))
+    assert kept == ["easyvqa-vqa.lora.b2.n16.s0", "easyvqa-vqa.lora.b2.n32.s0"]  # the originals only
     claims = list(csv.DictReader((tmp_path / "long" / "claims.csv").open()))
     assert "confounded" not in {r["verdict"] for r in claims if r["claim"] in ("data_trend", "data_flat")} or \
         {r["confounded_by"] for r in claims if r["verdict"] == "confounded"} == {"length check"}

@@ -93,7 +93,8 @@ def git_commit() -> str | None:
 
 
 def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds, eval_seconds, best_val, test,
-               device, base_digest: str, diagnosis, stopped_by: str, val_seconds: float) -> RunRecord:
+               device, base_digest: str, diagnosis, stopped_by: str, val_seconds: float,
+               resumed_from: int | None = None) -> RunRecord:
     n_train, n_full = len(prep.train), len(prep.data.train)
     secondary = {k: v for k, v in test.items() if k not in ("score", "examples", "metrics_ran")}
     secondary.update(prep.kind.baselines(prep.data, prep.test))
@@ -138,10 +139,11 @@ def run_record(cfg, prep: Prepared, counts, lr, steps, steps_done, train_seconds
         length_policy=cfg.length_policy,
         epochs=cfg.epochs,
         min_steps=cfg.min_steps,
+        resumed_from_step=resumed_from,
         train_seconds=round(train_seconds, 2),
         eval_seconds=round(eval_seconds, 2),
         val_seconds=round(val_seconds, 2),
-        examples_per_second=round(steps_done * cfg.batch_size / train_seconds, 2)
+        examples_per_second=round((steps_done - (resumed_from or 0)) * cfg.batch_size / train_seconds, 2)
         if train_seconds > 0 and steps_done
         else 0.0,
         peak_memory_mb=peak_memory_mb(device),

@@ -83,7 +83,9 @@ def _set_threads(threads: int) -> None:
 
 
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune one cell. payload: {"id", "config" (FinetuneConfig fields), "run_dir", "threads"}."""
+    """Fine-tune one cell. payload: {"id", "config" (FinetuneConfig fields), "run_dir", "threads"}, and
+    optionally "keep_state" (the run keeps its training state) and "resume" (the run folder of a shorter
+    run of the cell to go on from, when its state is there and fits)."""
     started = time.time()
     base = {"host": socket.gethostname(), "started": started}
     run_dir = Path(payload["run_dir"])
@@ -101,7 +103,8 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
         pristine = _LOADED[cfg.model]
         # the run's own modules over the checkpoint's tensors: what the method trains is cloned, the rest shared
         loaded = dataclasses.replace(pristine, model=shared_copy(pristine.model))
-        metrics = finetune(cfg, run_dir, progress=False, loaded=loaded, log=lambda *a, **k: None)
+        metrics = finetune(cfg, run_dir, progress=False, loaded=loaded, log=lambda *a, **k: None,
+                           keep_state=bool(payload.get("keep_state")), resume=payload.get("resume"))
         return {**base, "status": "done", "metrics": metrics, "ended": time.time()}
     except Exception as e:  # every failure becomes a row with its reason; the study goes on
         from vlpeft.errors import DiskError, UserError

@@ -283,9 +283,11 @@ def _adopted(con, out: Path, cell: Cell, fields: dict) -> dict | None:
     return adopted
 
 
-def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]], quiet: bool) -> None:
+def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]], quiet: bool,
+             keep: frozenset[str] = frozenset()) -> None:
     """Run `todo` ((examples, cell, fields)) on the spec's executor, recording each result as it comes,
-    the longest expected first (`study.cost`: the workers finish together; the ETA uses the same costs)."""
+    the longest expected first (`study.cost`: the workers finish together; the ETA uses the same costs).
+    `keep`: the ids of the runs that keep their training state (the length check's originals)."""
     from vlpeft.study import cost, executors
 
     expected = cost.expected_seconds(todo, store.rows(con))
@@ -293,8 +295,12 @@ def _execute(con, spec: StudySpec, out: Path, todo: list[tuple[int, Cell, dict]]
     ex = spec.executor
     # Absolute paths: Ray workers need not share the driver's working folder.
     cache = {"feature_cache_dir": str((out / "cache" / "features").resolve())}  # shared by the workers
-    payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str((out / "runs" / c.id).resolve()),
-                 "threads": ex.threads} for _, c, f in todo]
+    runs = (out / "runs").resolve()
+    # The length check's originals keep their training state, and each check goes on from its original's
+    # (the same run as training it from scratch, without the steps both share: recipes/finetune.py).
+    payloads = [{"id": c.id, "config": {**cache, **f}, "run_dir": str(runs / c.id), "threads": ex.threads,
+                 "keep_state": c.id in keep,
+                 "resume": str(runs / original_of(c.id)) if c.check is not None else None} for _, c, f in todo]
     progress = Progress(len(todo), quiet=quiet, expected=expected)
 
     def on_start(cell_id):
@@ -327,12 +333,17 @@ def length_check_cells(spec: StudySpec, cells: list[tuple[Cell, dict, int]],
     fields_of = {c.id: f for c, f, _ in cells}
     out = []
     for cell, n in check_cells(spec, [(c, n) for c, _, n in cells]):
-        original = rows.get(cell.id.rsplit(".", 1)[0])
+        original = rows.get(original_of(cell.id))
         if original is None or original["status"] != "done":
             continue
         out.append((cell, lengthened(fields_of[original["id"]], spec.length_check, json.loads(original["metrics"])),
                     n))
     return out
+
+
+def original_of(check_id: str) -> str:
+    """The grid cell a length-check cell trains longer (its id less the trailing `.xK`)."""
+    return check_id.rsplit(".", 1)[0]
 
 
 def lengthened(fields: dict[str, Any], k: int, original: dict[str, Any]) -> dict[str, Any]:
@@ -507,7 +518,8 @@ def _run_grid(spec: StudySpec, out: Path, cells: list, t0: float, quiet: bool, l
         if any(f.get("log") == "tensorboard" for _, f, _ in cells):
             log(f"TensorBoard events in each run folder: tensorboard --logdir {out / 'runs'}")
         grid_started = time.time()
-        _execute(con, spec, out, todo, quiet)
+        originals = frozenset(original_of(c.id) for c, _ in check_cells(spec, [(c, n) for c, _, n in cells]))
+        _execute(con, spec, out, todo, quiet, keep=originals)
         ran = len(todo)
         checks = length_check_cells(spec, cells, {r["id"]: r for r in store.rows(con)})
         if checks:
