@@ -326,7 +326,8 @@ def test_the_setup_says_how_each_kind_predicts():
     assert report.inference_text("caption", {"num_beams": 3, "prompt": ""}) == "beam search (3 beams)"
     assert report.inference_text("caption", {"num_beams": 1, "prompt": "a photo of"}) == \
         'greedy decoding after the prompt "a photo of"'
-    assert report.inference_text("vqa", {"inference": "generate", "rank_k": 128}) == "greedy generation of a free answer"
+    assert report.inference_text("vqa", {"inference": "generate", "rank_k": 128}) == \
+        "greedy generation of a free answer"
     assert "the 16 with the likeliest first token" in report.inference_text("vqa", {"inference": "rank", "rank_k": 16})
 
 

@@ -150,8 +150,8 @@ def noise_text(r: dict[str, Any]) -> str:
         line += (f"\n  warning: too small to tell δ from noise (δ < 2 SE): early stopping and model selection would "
                  f"decide at the level of noise; about {r['needed']:,} validation examples would do (val_limit)")
     elif r.get("score_needed") is not None:
-        line += (f"\n  the report takes δ as 5 % of the best cell's score: with {r['n_val']:,} examples that is 2 SE or "
-                 f"more only if the best score reaches {r['score_needed']:.3g}; below it, raise val_limit")
+        line += (f"\n  the report takes δ as 5 % of the best cell's score: with {r['n_val']:,} examples that is "
+                 f"2 SE or more only if the best score reaches {r['score_needed']:.3g}; below it, raise val_limit")
     return line
 
 
