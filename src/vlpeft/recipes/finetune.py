@@ -113,6 +113,14 @@ def resumable(cfg: FinetuneConfig, state: str | Path, n_train: int | None = None
     return saved
 
 
+def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` (name -> tensor, as `trainable_state` keeps it) into the model's parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
 def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closing: contextlib.ExitStack,
            keep_state: bool = False, resume: str | Path | None = None) -> dict[str, Any]:
     from vlpeft.model.checkpoint import checkpoint_digest
@@ -162,10 +170,7 @@ def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closin
         best, best_state = curve[0]["val_score"], trainable_state(model) if steps else None
         order, pos, start = rng.permutation(len(prep.train)), 0, 0
     else:  # go on from the end of a shorter run of this cell: its weights, optimiser, data order, curve
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in saved["weights"].items():
-                params[n].copy_(t)
+        load_trainable(model, saved["weights"])
         opt.load_state_dict(saved["optimizer"])
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
@@ -215,10 +220,7 @@ def _train(cfg: FinetuneConfig, out: Path | None, progress: bool, loaded, closin
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "order": order.tolist(), "pos": pos, "curve": curve, "best": best, "best_state": best_state}
     if best_state is not None:  # the validation-selected weights (the starting ones when step 0 was best)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in best_state.items():
-                params[n].copy_(t)
+        load_trainable(model, best_state)
     fold(model)  # e.g. prefixes leave their reparameterisation; outputs unchanged
     bar.doing("scoring the test split")
     t0 = time.time()
