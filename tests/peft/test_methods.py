@@ -295,6 +295,27 @@ def test_lora_merge_keeps_outputs(base):
     assert (before - after).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_vocab_initialised_prompts_are_the_towers_own_token_states(base, deep):
+    """init vocab: every prompt vector is LN(E[t]) of some vocabulary token t of its tower (the input state of
+    a real token, no position), at that state's scale; init normal starts them near zero."""
+    torch.manual_seed(0)
+    m = copy.deepcopy(base)
+    apply_peft(m, "prompt", make_config("prompt", {"n_tokens": 5, "deep": deep, "init": "vocab"}))
+    for tower in (m.text_encoder, m.text_decoder):
+        with torch.no_grad():
+            states = tower.embed.norm(tower.embed.tokens.weight)  # (V, D): every token's input state
+        prompts = tower.prompt.tokens.detach()  # (layers|1, P, D)
+        assert prompts.shape == (DEPTH_T if deep else 1, 5, D)
+        nearest = (prompts.reshape(-1, 1, D) - states[None]).norm(dim=-1).min(dim=1).values  # (layers|1 * P,)
+        assert nearest.max() < 1e-5
+        assert 0.5 < prompts.std() < 2
+    torch.manual_seed(0)
+    n = copy.deepcopy(base)
+    apply_peft(n, "prompt", make_config("prompt", {"n_tokens": 5}))
+    assert n.text_encoder.prompt.tokens.std() < 0.05
+
+
 @pytest.mark.parametrize("method,overrides,needle", [
     ("lorra", {}, 'did you mean "lora"'),
     ("lora", {"rank": 0}, "rank must be positive"),
@@ -304,6 +325,8 @@ def test_lora_merge_keeps_outputs(base):
     ("adapter", {"placement": ["decoder"]}, 'did you mean "text_decoder"'),
     ("adapter", {"placement": []}, "names no part"),
     ("prompt", {"n_tokens": -1}, "must be positive"),
+    ("prompt", {"init": "xavier"}, "init must be one of normal, vocab"),
+    ("prompt", {"init": "vocab", "placement": ["vision", "text_decoder"]}, "the vision tower has none"),
     ("adapter", {"slots": ["ffn"]}, "unknown slot"),
 ])
 def test_bad_method_configs_are_one_line_user_errors(base, method, overrides, needle):
