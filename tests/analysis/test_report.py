@@ -360,3 +360,8 @@ def test_the_setup_shows_the_pre_training_record_kept_in_the_store_not_the_check
                                  "config": {"scenes": 4096}, "data": {}}
     assert "| pre-training | 1,740 steps in 547 s (9 min), seed 0; objectives itc, itm, lm |" in \
         (folder / "report.md").read_text()
+
+
+def test_table_numbers_keep_three_digits_and_never_an_exponent():
+    assert [report._fmt(v) for v in (1187.5, 4000.0, 12345, 3.14159, 0.000123, 16, None, float("nan"))] == [
+        "1,188", "4,000", "12,345", "3.14", "0.000123", "16", "–", "–"]

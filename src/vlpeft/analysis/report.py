@@ -32,8 +32,12 @@ from vlpeft.store import StudyMeta
 
 
 def _fmt(v, digits: int = 3) -> str:
+    """A number for a table: `digits` significant digits, never an exponent for a large one (a median
+    of 1,187.5 steps reads 1,188, not 1.19e+03)."""
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= 10 ** digits and np.isfinite(v):
+        return f"{v:,.0f}"
     if isinstance(v, float):
         return f"{v:.{digits}g}"
     return str(v)
